@@ -1,7 +1,7 @@
 """Crash-safe file writing: write to a hidden temporary name, then rename.
 
 A process killed at any moment leaves either the old file, the complete new
-file, or a hidden ``.name.partial-*`` file that no reader globs for (list
+file, or a hidden ``.partial-*`` file that no reader globs for (list
 readers, checkpoint finders and image loaders only look at final names).
 ``os.replace`` is atomic on POSIX when source and target share a directory,
 which is why the temporary file is always created beside the target.
@@ -14,15 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-PARTIAL_MARKER = ".partial-"
+PARTIAL_PREFIX = ".partial-"
 
 
 def _temp_name(target: Path) -> Path:
-    # Keep the suffix: writers such as cv2.imwrite and keras' save() pick the
-    # format from the extension.
-    fd, name = tempfile.mkstemp(
-        prefix=f".{target.stem}{PARTIAL_MARKER}", suffix=target.suffix, dir=target.parent
-    )
+    # The temporary name ends with the whole target name: writers such as
+    # cv2.imwrite and Keras pick the format from it (Keras even insists on
+    # ".weights.h5"), and the leading ".partial-" hides it from every glob.
+    fd, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=f".{target.name}", dir=target.parent)
     os.close(fd)
     return Path(name)
 
@@ -66,8 +65,7 @@ def atomic_write_text(
 
 def is_partial(path: str | os.PathLike[str]) -> bool:
     """True for the hidden temporary files left behind by a killed writer."""
-    name = Path(path).name
-    return name.startswith(".") and PARTIAL_MARKER in name
+    return Path(path).name.startswith(PARTIAL_PREFIX)
 
 
 def remove_partials(folder: str | os.PathLike[str]) -> int:

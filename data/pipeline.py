@@ -1,0 +1,333 @@
+"""The tf.data input pipeline: list entries in, batches of ``[0, 1]`` images out.
+
+Everything on the hot path is a TensorFlow op run by tf.data's thread pool:
+reading, decoding (PNG/JPEG/BMP/GIF, 8 or 16 bit), resizing, balancing,
+batching, augmentation (``data.augment``) and prefetching. Python only builds
+the graph.
+
+Preprocessing is SURFsara's: ``cv2.imread`` (3 channels) then
+``cv2.resize(x, (size, size))`` (bilinear, no antialiasing, aspect ratio not
+kept) then ``/ 255``. The decoded channel order is RGB, where cv2 gave BGR; the
+two only differ for the few colour images in the public sources.
+
+Balanced training batches follow SURFsara's ``BalanceDataGenerator``: every
+batch holds ``batch_size - k`` normal/pneumonia images and ``k`` COVID-19
+images (k = 1 in the baseline). The non-COVID stream is reshuffled every pass
+and one epoch is one pass over it; the COVID-19 stream is reshuffled and
+repeated as often as needed. Class weights are applied per sample on top, as
+the baseline passed ``class_weight`` to ``fit``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from data.augment import AugmentConfig, augment_batch
+from data.labels import CLASS_TO_INDEX, CLASSES, NUM_CLASSES
+from data.lists import ListEntry, read_list
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Signatures of the formats tf.io.decode_image reads.
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
+VERIFY_MODES = ("none", "header", "full")
+
+
+def image_paths(entries: Sequence[ListEntry], image_dir: str | os.PathLike[str]) -> list[str]:
+    """Full paths of the entries' images inside ``image_dir``."""
+    root = Path(image_dir)
+    return [str(root / e.filename) for e in entries]
+
+
+def _header_problem(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except FileNotFoundError:
+        return "file does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not head:
+        return "empty file"
+    if not any(head.startswith(magic) for magic in _MAGIC):
+        return "not a PNG, JPEG, BMP or GIF image"
+    return None
+
+
+def _decode_problem(path: Path) -> str | None:
+    try:
+        tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+        return f"cannot be decoded ({exc.message.splitlines()[0]})"
+    return None
+
+
+def find_image_problems(
+    entries: Sequence[ListEntry], image_dir: str | os.PathLike[str], *, verify: str = "header"
+) -> list[tuple[ListEntry, str]]:
+    """Return ``(entry, reason)`` for every image that is missing or unreadable.
+
+    ``verify``: ``"none"`` checks nothing, ``"header"`` (default) checks that
+    each file exists and starts like an image (one 8-byte read per file, so
+    17,000 images take about a second), ``"full"`` also decodes every image.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, received {verify!r}")
+    if verify == "none":
+        return []
+    root = Path(image_dir)
+    problems = []
+    for entry in entries:
+        path = root / entry.filename
+        reason = _header_problem(path)
+        if reason is None and verify == "full":
+            reason = _decode_problem(path)
+        if reason is not None:
+            problems.append((entry, reason))
+    return problems
+
+
+def _describe_problems(problems: Sequence[tuple[ListEntry, str]], image_dir: Path, limit: int = 5) -> str:
+    shown = "; ".join(f"{image_dir / e.filename}: {reason}" for e, reason in problems[:limit])
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return shown + more
+
+
+def load_entries(
+    list_file: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str],
+    *,
+    verify: str = "header",
+    what: str = "list",
+) -> list[ListEntry]:
+    """Read a list strictly for training or evaluation.
+
+    Unlike dataset creation, which skips and reports bad rows, a list used to
+    train or evaluate must be clean: any bad line (unknown label, file name
+    escaping its folder), an empty list, or a missing/unreadable image raises
+    before any work starts, with the file and the first offending lines named.
+    """
+    result = read_list(list_file)
+    if result.bad_lines:
+        shown = "; ".join(f"line {b.line_no}: {b.reason}" for b in result.bad_lines[:5])
+        more = f" (and {len(result.bad_lines) - 5} more)" if len(result.bad_lines) > 5 else ""
+        raise ValueError(f"{what} {result.path} has {len(result.bad_lines)} bad lines: {shown}{more}")
+    if not result.entries:
+        raise ValueError(f"{what} {result.path} has no images")
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder {image_dir} for {what} {result.path} does not exist")
+    problems = find_image_problems(result.entries, image_dir, verify=verify)
+    if problems:
+        raise ValueError(
+            f"{what} {result.path}: {len(problems)} of {len(result.entries)} images are missing or "
+            f"unreadable: {_describe_problems(problems, image_dir)}"
+        )
+    return result.entries
+
+
+def patient_split(
+    entries: Sequence[ListEntry], *, fraction: float, seed: int
+) -> tuple[list[ListEntry], list[ListEntry]]:
+    """Split entries into (train, validation) by patient, about ``fraction`` of each class.
+
+    Patients are grouped by :attr:`ListEntry.patient_key`; each patient goes
+    wholly to one side, so no patient is in both. For each class (a patient
+    counts under the label of its first image), patients are shuffled with
+    ``seed`` and moved to validation until the class's share reaches
+    ``fraction``; every class with at least two patients gets at least one
+    validation patient, so the rare COVID-19 class is never missing. The result
+    keeps the list order and depends only on the entries and the seed.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), received {fraction}")
+    patients: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        patients.setdefault(e.patient_key, []).append(i)
+    by_class: dict[str, list[str]] = {c: [] for c in CLASSES}
+    for key, idx in patients.items():
+        by_class[entries[idx[0]].label].append(key)
+    rng = np.random.default_rng(seed)
+    val_patients: set[str] = set()
+    for label in CLASSES:
+        keys = sorted(by_class[label])
+        if len(keys) < 2:
+            continue
+        total = sum(len(patients[k]) for k in keys)
+        taken = 0
+        # At most len(keys) - 1 patients: always leave one of the class for training.
+        for j in rng.permutation(len(keys))[: len(keys) - 1]:
+            if taken > 0 and taken >= fraction * total:
+                break
+            val_patients.add(keys[j])
+            taken += len(patients[keys[j]])
+    train = [e for e in entries if e.patient_key not in val_patients]
+    val = [e for e in entries if e.patient_key in val_patients]
+    return train, val
+
+
+def decode_resize(path: tf.Tensor, *, img_size: int, channels: int = 3) -> tf.Tensor:
+    """Read one image file and return it as float32 ``[img_size, img_size, channels]`` in [0, 1].
+
+    Bilinear resize without antialiasing, aspect ratio not kept, like
+    ``cv2.resize(x, (size, size))``; 16-bit PNGs become 8 bit as cv2.imread did.
+    """
+    raw = tf.io.read_file(path)
+    image = tf.io.decode_image(raw, channels=channels, dtype=tf.uint8, expand_animations=False)
+    image = tf.image.resize(image, [img_size, img_size], method="bilinear", antialias=False)
+    image = tf.ensure_shape(image, [img_size, img_size, channels])
+    return image / 255.0
+
+
+def _labels_array(entries: Sequence[ListEntry]) -> np.ndarray:
+    return np.array([CLASS_TO_INDEX[e.label] for e in entries], dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """A repeated training dataset and how many of its batches make one epoch."""
+
+    dataset: tf.data.Dataset
+    steps_per_epoch: int
+    batch_size: int
+    covid_per_batch: int
+
+
+def _image_stream(
+    paths: Sequence[str], labels: np.ndarray, *, img_size: int, channels: int, seed: int
+) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), labels))
+    ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    # Order inside one stream does not matter (it is shuffled anyway); the class
+    # make-up of each batch is fixed later by choose_from_datasets.
+    return ds.map(
+        lambda p, y: (decode_resize(p, img_size=img_size, channels=channels), y),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=False,
+    )
+
+
+def make_train_dataset(
+    entries: Sequence[ListEntry],
+    image_dir: str | os.PathLike[str],
+    *,
+    img_size: int,
+    batch_size: int,
+    channels: int = 3,
+    balance: bool = True,
+    covid_per_batch: int = 1,
+    class_weights: dict[int, float] | None = None,
+    augment: AugmentConfig | None = AugmentConfig(),
+    seed: int = 0,
+    start_epoch: int = 0,
+) -> TrainData:
+    """Infinite stream of ``(images, one_hot_labels, sample_weights)`` training batches.
+
+    With ``balance`` (SURFsara's default) each batch has ``batch_size -
+    covid_per_batch`` normal/pneumonia images and ``covid_per_batch`` COVID-19
+    images, and an epoch is one pass over the normal/pneumonia images;
+    otherwise batches are drawn from the shuffled list and an epoch is one pass
+    over it. ``start_epoch`` is the first epoch when a run resumes: shuffling
+    and augmentation draws continue from new values instead of replaying the
+    first epoch's.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, received {batch_size}")
+    paths = image_paths(entries, image_dir)
+    labels = _labels_array(entries)
+    covid = CLASS_TO_INDEX["COVID-19"]
+    # Independent shuffle seeds per stream, different after each resume.
+    stream_seeds = np.random.SeedSequence([seed, start_epoch]).generate_state(2)
+    if balance:
+        if not 1 <= covid_per_batch < batch_size:
+            raise ValueError(
+                f"balanced batches need 1 <= COVID-19 images per batch < batch size; received "
+                f"{covid_per_batch} COVID-19 images per batch with batch size {batch_size}"
+            )
+        is_covid = labels == covid
+        if not is_covid.any():
+            raise ValueError("balanced batches need at least one COVID-19 image in the training list; found none")
+        if is_covid.all():
+            raise ValueError("balanced batches need normal or pneumonia images in the training list; found none")
+        others = [p for p, c in zip(paths, is_covid) if not c]
+        covids = [p for p, c in zip(paths, is_covid) if c]
+        streams = [
+            _image_stream(others, labels[~is_covid], img_size=img_size, channels=channels,
+                          seed=int(stream_seeds[0])),
+            _image_stream(covids, labels[is_covid], img_size=img_size, channels=channels,
+                          seed=int(stream_seeds[1])),
+        ]
+        pattern = tf.data.Dataset.from_tensor_slices(
+            tf.constant([0] * (batch_size - covid_per_batch) + [1] * covid_per_batch, tf.int64)
+        ).repeat()
+        ds = tf.data.Dataset.choose_from_datasets(streams, pattern)
+        steps = math.ceil(len(others) / (batch_size - covid_per_batch))
+    else:
+        covid_per_batch = 0
+        ds = _image_stream(paths, labels, img_size=img_size, channels=channels, seed=int(stream_seeds[0]))
+        steps = math.ceil(len(paths) / batch_size)
+
+    weights = np.ones(NUM_CLASSES, np.float32)
+    for index, w in (class_weights or {}).items():
+        weights[index] = w
+    weight_table = tf.constant(weights)
+
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter(start=start_epoch * steps)))
+
+    def finish(batch, counter):
+        images, y = batch
+        if augment is not None:
+            images = augment_batch(images, tf.stack([tf.cast(seed, tf.int64), counter]), augment)
+        return images, tf.one_hot(y, NUM_CLASSES), tf.gather(weight_table, y)
+
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return TrainData(dataset=ds, steps_per_epoch=steps, batch_size=batch_size, covid_per_batch=covid_per_batch)
+
+
+def make_eval_dataset(
+    entries: Sequence[ListEntry],
+    image_dir: str | os.PathLike[str],
+    *,
+    img_size: int,
+    batch_size: int,
+    channels: int = 3,
+) -> tf.data.Dataset:
+    """Finite ``(images, one_hot_labels)`` batches, each image exactly once, in list order.
+
+    The last batch may be smaller (SURFsara's generator instead repeated the
+    last image to fill it, counting it several times).
+    """
+    paths = image_paths(entries, image_dir)
+    ds = tf.data.Dataset.from_tensor_slices((paths, _labels_array(entries)))
+    ds = ds.map(
+        lambda p, y: (decode_resize(p, img_size=img_size, channels=channels), tf.one_hot(y, NUM_CLASSES)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def make_predict_dataset(
+    paths: Iterable[str], *, img_size: int, batch_size: int, channels: int = 3
+) -> tf.data.Dataset:
+    """Finite batches of images only, in the given order (for prediction)."""
+    ds = tf.data.Dataset.from_tensor_slices(list(paths))
+    ds = ds.map(
+        lambda p: decode_resize(p, img_size=img_size, channels=channels),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

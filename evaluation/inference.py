@@ -1,0 +1,50 @@
+"""Batched prediction over a COVIDx list, through the training pipeline's preprocessing."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from data.lists import ListEntry
+from data.pipeline import image_paths, make_predict_dataset
+from evaluation.predictions import Predictions, make_predictions
+
+
+def predict_entries(
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    entries: Sequence[ListEntry],
+    image_dir: str | os.PathLike[str],
+    *,
+    img_size: int,
+    channels: int = 3,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Class probabilities ``(len(entries), 3)`` from ``predict_batch`` applied batch by batch.
+
+    ``predict_batch`` maps a float32 ``[n, img_size, img_size, channels]`` batch
+    in [0, 1] to ``[n, 3]`` probabilities: a Keras model's ``predict_on_batch``,
+    a SavedModel signature or an ONNX session all fit, so every kind of model
+    is evaluated through the same reading and preprocessing.
+    """
+    ds = make_predict_dataset(image_paths(entries, image_dir), img_size=img_size, batch_size=batch_size,
+                              channels=channels)
+    outputs = [np.asarray(predict_batch(batch.numpy()), dtype=np.float64) for batch in ds]
+    if not outputs:
+        return np.zeros((0, 3))
+    return np.concatenate(outputs, axis=0)
+
+
+def entries_predictions(entries: Sequence[ListEntry], probabilities: np.ndarray, *, source: str) -> Predictions:
+    """Wrap a list's entries and their probabilities into validated :class:`Predictions`.
+
+    The patient id written is :attr:`ListEntry.patient_key` (``source:id`` when the
+    list names sources), because sources reuse ids and the bootstrap groups by it.
+    """
+    return make_predictions(
+        patient_ids=[e.patient_key for e in entries],
+        filenames=[e.filename for e in entries],
+        labels=[e.label for e in entries],
+        probabilities=probabilities,
+        source=source,
+    )

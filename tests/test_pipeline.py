@@ -1,0 +1,168 @@
+"""The tf.data pipeline: decoding like cv2, strict list loading, patient split, balanced batches."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from data.labels import CLASS_TO_INDEX
+from data.lists import ListEntry, write_list
+from data.pipeline import (
+    decode_resize,
+    find_image_problems,
+    load_entries,
+    make_eval_dataset,
+    make_train_dataset,
+    patient_split,
+)
+
+
+def _write_constant_images(folder: Path, labels: list[str], size: int = 24) -> list[ListEntry]:
+    """One image per label, each filled with its own grey level so batches can be traced back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, label in enumerate(labels):
+        name = f"img{i:03d}.png"
+        cv2.imwrite(str(folder / name), np.full((size, size), 10 + 4 * i, np.uint8))
+        entries.append(ListEntry(f"p{i}", name, label, "test"))
+    return entries
+
+
+def _level(image: np.ndarray) -> int:
+    return int(round((float(image.mean()) * 255 - 10) / 4))
+
+
+def test_decode_resize_matches_cv2(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    gray = cv2.GaussianBlur(rng.integers(0, 256, (90, 70), dtype=np.uint8), (9, 9), 3)
+    color = cv2.GaussianBlur(rng.integers(0, 256, (50, 80, 3), dtype=np.uint8), (9, 9), 3)
+    deep = (gray.astype(np.uint16) * 257)  # 16-bit PNG, as some public sources ship
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    cv2.imwrite(str(tmp_path / "c.png"), color)
+    cv2.imwrite(str(tmp_path / "d.png"), deep)
+    for name in ("g.png", "c.png", "d.png"):
+        ours = decode_resize(str(tmp_path / name), img_size=32).numpy()
+        ref = cv2.resize(cv2.imread(str(tmp_path / name)), (32, 32)).astype(np.float32) / 255.0
+        ref = ref[..., ::-1]  # cv2 is BGR, the pipeline RGB
+        assert ours.shape == (32, 32, 3) and ours.dtype == np.float32
+        assert 0.0 <= ours.min() and ours.max() <= 1.0
+        # Same bilinear sampling; cv2's fixed-point arithmetic differs by at most a grey level.
+        np.testing.assert_allclose(ours, ref, atol=2.5 / 255)
+        assert np.abs(ours - ref).mean() < 0.6 / 255
+    one = decode_resize(str(tmp_path / "c.png"), img_size=16, channels=1).numpy()
+    assert one.shape == (16, 16, 1)
+
+
+def test_load_entries_is_strict(tmp_path: Path) -> None:
+    images = tmp_path / "train"
+    entries = _write_constant_images(images, ["normal", "COVID-19"])
+    good = write_list(tmp_path / "good.txt", entries)
+    assert load_entries(good, images) == entries
+
+    missing = write_list(tmp_path / "missing.txt", entries + [ListEntry("x", "nope.png", "normal")])
+    with pytest.raises(ValueError, match=r"1 of 3 images are missing.*nope.png: file does not exist"):
+        load_entries(missing, images)
+
+    (tmp_path / "bad.txt").write_text("a img000.png normal\nb img001.png covid\n")
+    with pytest.raises(ValueError, match=r"1 bad lines: line 2: no known label"):
+        load_entries(tmp_path / "bad.txt", images)
+
+    (tmp_path / "empty.txt").write_text("\n# nothing\n")
+    with pytest.raises(ValueError, match="has no images"):
+        load_entries(tmp_path / "empty.txt", images)
+
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_entries(good, tmp_path / "nowhere")
+
+
+def test_unreadable_images_are_named(tmp_path: Path) -> None:
+    images = tmp_path / "train"
+    entries = _write_constant_images(images, ["normal", "pneumonia"])
+    (images / "notes.png").write_text("this is not an image")
+    (images / "empty.png").write_bytes(b"")
+    png = (images / "img000.png").read_bytes()
+    (images / "cut.png").write_bytes(png[: len(png) // 2])
+    entries += [ListEntry("n", "notes.png", "normal"), ListEntry("e", "empty.png", "normal"),
+                ListEntry("c", "cut.png", "normal")]
+    header = dict((e.filename, r) for e, r in find_image_problems(entries, images, verify="header"))
+    assert header == {"notes.png": "not a PNG, JPEG, BMP or GIF image", "empty.png": "empty file"}
+    full = dict((e.filename, r) for e, r in find_image_problems(entries, images, verify="full"))
+    assert set(full) == {"notes.png", "empty.png", "cut.png"}
+    assert full["cut.png"].startswith("cannot be decoded")
+    assert find_image_problems(entries, images, verify="none") == []
+
+
+def test_patient_split_keeps_patients_whole_and_every_class() -> None:
+    rng = np.random.default_rng(1)
+    entries = []
+    for label, n_patients in (("normal", 200), ("pneumonia", 150), ("COVID-19", 12)):
+        for p in range(n_patients):
+            for k in range(int(rng.integers(1, 4))):
+                entries.append(ListEntry(f"{label}-{p}", f"{label}-{p}-{k}.png", label, "src"))
+    train, val = patient_split(entries, fraction=0.1, seed=0)
+    assert len(train) + len(val) == len(entries)
+    assert not {e.patient_key for e in train} & {e.patient_key for e in val}
+    for label in ("normal", "pneumonia", "COVID-19"):
+        total = sum(e.label == label for e in entries)
+        share = sum(e.label == label for e in val) / total
+        assert 0.08 <= share <= 0.2, (label, share)
+    assert patient_split(entries, fraction=0.1, seed=0) == (train, val)
+    assert patient_split(entries, fraction=0.1, seed=1) != (train, val)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        patient_split(entries, fraction=1.0, seed=0)
+
+
+def test_balanced_batches_have_one_covid_and_cover_the_others_once(tmp_path: Path) -> None:
+    labels = ["normal"] * 8 + ["pneumonia"] * 6 + ["COVID-19"] * 3
+    entries = _write_constant_images(tmp_path, labels)
+    data = make_train_dataset(
+        entries, tmp_path, img_size=8, batch_size=8, class_weights={0: 1.0, 1: 1.0, 2: 25.0}, augment=None, seed=3
+    )
+    assert data.steps_per_epoch == 2  # 14 normal/pneumonia images, 7 per batch
+    seen = Counter()
+    for images, y, w in data.dataset.take(2 * data.steps_per_epoch):
+        images, y, w = images.numpy(), y.numpy(), w.numpy()
+        assert images.shape == (8, 8, 8, 3)
+        classes = y.argmax(axis=1)
+        assert (classes == CLASS_TO_INDEX["COVID-19"]).sum() == 1
+        np.testing.assert_array_equal(w, np.where(classes == 2, 25.0, 1.0))
+        for img, c in zip(images, classes):
+            idx = _level(img)
+            assert labels[idx] == ("normal", "pneumonia", "COVID-19")[c]  # label travels with its image
+            seen[idx] += 1
+    # Two epochs: every normal/pneumonia image exactly twice, COVID-19 images 4 times in total.
+    assert all(seen[i] == 2 for i in range(14))
+    assert sum(seen[i] for i in range(14, 17)) == 4
+
+
+def test_unbalanced_mode_and_errors(tmp_path: Path) -> None:
+    entries = _write_constant_images(tmp_path, ["normal"] * 5 + ["pneumonia"] * 5)
+    data = make_train_dataset(entries, tmp_path, img_size=8, batch_size=4, balance=False, augment=None)
+    assert data.steps_per_epoch == 3 and data.covid_per_batch == 0
+    with pytest.raises(ValueError, match="at least one COVID-19 image"):
+        make_train_dataset(entries, tmp_path, img_size=8, batch_size=4)
+    with pytest.raises(ValueError, match="batch size 1"):
+        make_train_dataset(entries, tmp_path, img_size=8, batch_size=1)
+
+
+def test_augmented_batches_stay_in_range(tmp_path: Path) -> None:
+    entries = _write_constant_images(tmp_path, ["normal"] * 6 + ["COVID-19"] * 2, size=32)
+    data = make_train_dataset(entries, tmp_path, img_size=32, batch_size=4, seed=0)
+    images, _, _ = next(iter(data.dataset))
+    images = images.numpy()
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert (images == 0.0).any()  # the constant fill of rotated/shifted images
+
+
+def test_eval_dataset_is_each_image_once_in_order(tmp_path: Path) -> None:
+    labels = ["normal", "pneumonia", "COVID-19", "normal", "COVID-19"]
+    entries = _write_constant_images(tmp_path, labels)
+    batches = list(make_eval_dataset(entries, tmp_path, img_size=8, batch_size=2))
+    assert [b[0].shape[0] for b in batches] == [2, 2, 1]
+    levels = [_level(img) for b in batches for img in b[0].numpy()]
+    classes = [int(c) for b in batches for c in b[1].numpy().argmax(axis=1)]
+    assert levels == [0, 1, 2, 3, 4]
+    assert classes == [0, 1, 2, 0, 2]

@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Train a COVIDx classifier: SURFsara's Covid19-HPML baseline on tf.data and Keras 3.
+
+SURFsara's command lines work unchanged, e.g.::
+
+    python -u train_keras.py --trainfile train_COVIDx.txt --testfile test_COVIDx.txt \\
+        --data_path /data/covidx --img_size 512 --lr 0.00002 --bs 8 --epochs 10 \\
+        --name covid-net-resnet512- --model resnet50v2
+
+Images are read from DATA_PATH/train and DATA_PATH/test. Everything the run
+writes goes to OUTPUT/<name>lr<lr>/ (see training/trainer.py); re-running the
+same command after a crash or kill resumes from the last completed epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import pprint
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from common.cli import DefaultsHelpFormatter, EXIT_FAILURE, handle_errors, setup_logging
+from common.disclaimer import DISCLAIMER
+from data.pipeline import VERIFY_MODES
+
+log = logging.getLogger("train_keras")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, received {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, received {text}")
+    return value
+
+
+def _class_weights(text: str) -> tuple[float, float, float]:
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected three positive weights for normal,pneumonia,COVID-19, received {text!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; SURFsara's flags keep their names, meanings and defaults."""
+    parser = argparse.ArgumentParser(
+        prog="train_keras.py", description=__doc__, formatter_class=DefaultsHelpFormatter
+    )
+    base = parser.add_argument_group("SURFsara's flags (same names, meanings and defaults)")
+    base.add_argument("--trainfile", default="train_COVIDx.txt", help="train list file")
+    base.add_argument("--testfile", default="test_COVIDx.txt", help="test list file")
+    base.add_argument("--data_path", default="data", help="folder holding train/ and test/ image folders")
+    base.add_argument("--lr", default=0.00002, type=_positive_float, help="learning rate (Adam, amsgrad)")
+    base.add_argument("--img_size", default=512, type=_positive_int, help="image size (square)")
+    base.add_argument("--bs", default=8, type=_positive_int,
+                      help="batch size per step, across all GPUs (as multi_gpu_model split it)")
+    base.add_argument("--regularizer", default=0.0, type=float,
+                      help="extra L2 factor on every backbone kernel (SURFsara applied it after building "
+                           "the model, where it had no effect; 0 reproduces that)")
+    base.add_argument("--epochs", default=10, type=_positive_int, help="number of epochs")
+    base.add_argument("--name", default="COVIDNet", help="run name; the run folder is <name>lr<lr>")
+    base.add_argument("--checkpoint", default="",
+                      help="start from these weights (.hdf5 as SURFsara saved them, full-model .h5, or .weights.h5)")
+    base.add_argument("--model", default="resnet50v2", help="backbone from the model registry (see models/)")
+    base.add_argument("--datapipeline", default="covidx", choices=["covidx", "chexpert"],
+                      help="which data pipeline (only covidx is supported)")
+    base.add_argument("--val_split", default=0.1, type=float,
+                      help="fraction of the train list's patients held out for validation; "
+                           "0 validates on the test list as SURFsara did")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--weights", default="imagenet",
+                       help="backbone initialisation: imagenet (the Keras file must already be on disk), "
+                            "none, or a path to a backbone weights file")
+    model.add_argument("--head", default="flatten", choices=["flatten", "avg", "max"],
+                       help="pooling before the dense head (flatten is SURFsara's)")
+    model.add_argument("--head_l2", default=1e-4, type=float, help="L2 factor of the dense head's kernels")
+    model.add_argument("--input_norm", default=None, choices=["none", "imagenet"],
+                       help="input normalisation inside the model (default: the model's own default)")
+    model.add_argument("--channels", default=3, type=int, choices=[1, 3], help="image channels fed to the model")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--seed", default=0, type=int, help="seed for weights, shuffling and augmentation")
+    train.add_argument("--steps_per_epoch", default=None, type=_positive_int,
+                       help="batches per epoch (default: one pass over the normal/pneumonia images)")
+    train.add_argument("--balance", default="covid", choices=["covid", "none"],
+                       help="covid: COVID-19 images in every batch, as SURFsara's BalanceDataGenerator")
+    train.add_argument("--covid_per_batch", default=1, type=_positive_int,
+                       help="COVID-19 images per balanced batch")
+    train.add_argument("--class_weights", default=(1.0, 1.0, 25.0), type=_class_weights,
+                       help="loss weights of normal,pneumonia,COVID-19")
+    train.add_argument("--no_augment", action="store_true", help="turn off SURFsara's augmentation")
+    train.add_argument("--verify_images", default="header", choices=VERIFY_MODES,
+                       help="check images before training: header (fast), full (decode all), none")
+
+    hardware = parser.add_argument_group("hardware")
+    hardware.add_argument("--mixed_precision", default="auto", choices=["auto", "on", "off"],
+                          help="mixed_float16 compute (auto: on when a GPU is present)")
+    hardware.add_argument("--xla", action="store_true", help="compile the train step with XLA")
+    hardware.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored"],
+                          help="tf.distribute strategy (auto: mirrored when more than one GPU is visible)")
+
+    out = parser.add_argument_group("output and resuming")
+    out.add_argument("--output", default="./output", help="parent folder of the run folder")
+    out.add_argument("--keep_checkpoints", default=0, type=int,
+                     help="keep only the newest N per-epoch checkpoints (0 keeps all; ~2 GB each at 512 px)")
+    out.add_argument("--full_checkpoints", action="store_true",
+                     help="per-epoch checkpoints hold the full model instead of weights only")
+    out.add_argument("--resume", default="auto", choices=["auto", "off"],
+                     help="auto: continue the run found in the run folder; off: start it over")
+    out.add_argument("--n_bootstrap", default=2000, type=int,
+                     help="bootstrap resamples for the confidence intervals of the final test evaluation")
+    out.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: str, gpu: bool):
+    """Turn the namespace into a frozen RunConfig, checking everything checkable up front."""
+    import keras
+    import tensorflow as tf
+
+    from models import ModelSpec, list_models, resolve_model_name
+    from training.config import RunConfig, run_folder_name
+
+    if args.datapipeline != "covidx":
+        raise ValueError(
+            "--datapipeline chexpert is not supported: SURFsara's branch read hard-coded "
+            "../data/*_positive.txt files; only covidx lists are (received --datapipeline chexpert)"
+        )
+    if not 0.0 <= args.val_split < 1.0:
+        raise ValueError(f"--val_split must be in [0, 1), received {args.val_split}")
+    if args.regularizer < 0 or args.head_l2 < 0:
+        raise ValueError(f"--regularizer and --head_l2 must be >= 0, received {args.regularizer}, {args.head_l2}")
+    if args.keep_checkpoints < 0:
+        raise ValueError(f"--keep_checkpoints must be >= 0, received {args.keep_checkpoints}")
+    for flag in ("trainfile", "testfile"):
+        if not Path(getattr(args, flag)).is_file():
+            raise FileNotFoundError(f"--{flag} {getattr(args, flag)} does not exist")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
+    weights = args.weights
+    if weights.lower() not in ("imagenet", "none") and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights} is neither imagenet, none nor an existing file")
+    if args.bs % replicas:
+        raise ValueError(f"--bs {args.bs} must be divisible by the {replicas} replicas of the {strategy_name} strategy")
+    try:
+        name = resolve_model_name(args.model)
+    except ValueError:
+        raise ValueError(f"--model {args.model!r} is not a registered model; choose one of "
+                         f"{', '.join(list_models())}") from None
+    spec = ModelSpec(
+        name=name,
+        num_classes=3,
+        input_shape=(args.img_size, args.img_size, args.channels),
+        head=args.head,
+        head_l2=args.head_l2,
+        backbone_l2=args.regularizer,
+        input_norm=args.input_norm,
+    )
+    mixed = {"on": True, "off": False, "auto": gpu}[args.mixed_precision]
+    output = Path(args.output)
+    return RunConfig(
+        trainfile=str(args.trainfile),
+        testfile=str(args.testfile),
+        data_path=str(args.data_path),
+        val_split=args.val_split,
+        verify_images=args.verify_images,
+        balance=args.balance == "covid",
+        covid_per_batch=args.covid_per_batch,
+        class_weights=tuple(args.class_weights),
+        augment=not args.no_augment,
+        model=spec.to_dict(),
+        weights=weights,
+        checkpoint=str(args.checkpoint),
+        lr=args.lr,
+        batch_size=args.bs,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        seed=args.seed,
+        mixed_precision=mixed,
+        xla=args.xla,
+        output=str(output),
+        name=args.name,
+        run_dir=str(output / run_folder_name(args.name, args.lr)),
+        keep_checkpoints=args.keep_checkpoints,
+        full_checkpoints=args.full_checkpoints,
+        strategy=strategy_name,
+        replicas=replicas,
+        global_batch_size=args.bs,
+        argv=tuple(sys.argv[1:]),
+        versions={"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
+    )
+
+
+@handle_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train, export and evaluate on the test list; returns the exit code."""
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    # Heavy imports after argument parsing, so --help is instant.
+    import keras
+
+    from evaluation.inference import entries_predictions, predict_entries
+    from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
+    from training.callbacks import TrainingDiverged
+    from training.strategy import choose_strategy, gpu_available
+    from training.trainer import train
+
+    keras.utils.set_random_seed(args.seed)
+    strategy = choose_strategy(args.strategy)
+    strategy_name = type(strategy).__name__
+    config = resolve_config(args, replicas=strategy.num_replicas_in_sync, strategy_name=strategy_name,
+                            gpu=gpu_available())
+    pprint.pprint({k: v for k, v in config.to_dict().items() if k not in ("argv", "versions")})
+    print(f"Output: {config.run_dir}", flush=True)
+    try:
+        result = train(config, strategy=strategy, resume=args.resume == "auto",
+                       verbose="auto" if sys.stdout.isatty() else 2)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    # The baseline ended with a per-image predict loop over the test list; same report, batched.
+    model = keras.models.load_model(result.final_model, compile=False)
+    spec_shape = model.input_shape
+    probabilities = predict_entries(
+        model.predict_on_batch, result.test_entries, Path(config.data_path) / "test",
+        img_size=spec_shape[1], channels=spec_shape[3], batch_size=max(config.batch_size, 32),
+    )
+    predictions = entries_predictions(result.test_entries, probabilities, source=config.testfile)
+    metrics = evaluate_predictions(
+        labels=predictions.labels, probabilities=predictions.probabilities,
+        patient_ids=predictions.patient_ids, n_bootstrap=args.n_bootstrap, seed=args.seed,
+    )
+    eval_dir = result.run_dir / "test_evaluation"
+    write_evaluation_files(eval_dir, predictions=predictions, metrics=metrics)
+    print(f"\nTest list {config.testfile} ({len(result.test_entries)} images), final model:")
+    print(format_report(metrics, disclaimer=False))
+    print(f"\nRun folder: {result.run_dir}")
+    print(f"  per-epoch checkpoints: {len(result.checkpoints)} (cp-EE-LOSS.hdf5)")
+    print(f"  final model: {result.final_model}  SavedModel: {result.saved_model}")
+    print(f"  test evaluation: {eval_dir}")
+    print(f"\n{DISCLAIMER}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,10 @@
+"""Training library code used by ``train_keras.py``.
+
+- ``config``: the resolved run configuration (written as JSON beside the checkpoints).
+- ``checkpoints``: SURFsara's per-epoch weight files and the kill-safe resume state.
+- ``metrics``: per-class sensitivity and PPV logged every epoch.
+- ``callbacks``: NaN guard, resumable learning-rate plateau and CSV log.
+- ``strategy``: picking the tf.distribute strategy.
+- ``export``: the final float32 model as HDF5 and SavedModel.
+- ``trainer``: the training run itself.
+"""

@@ -1,0 +1,219 @@
+"""Checkpoint files: SURFsara's per-epoch weight files and the kill-safe resume state.
+
+Two kinds of files, with two jobs:
+
+- ``cp-{epoch:02d}-{val_loss:.2f}.hdf5``: the model weights after each epoch,
+  named and laid out as SURFsara's ``ModelCheckpoint(save_weights_only=True)``
+  wrote them with Keras 2 (root attributes ``layer_names``/``backend``/
+  ``keras_version``, one group per layer with ``weight_names``). This layout is
+  what ``load_weights`` reads in Keras 3 *and* in tf_keras / tf.keras <= 2.15,
+  so the files load in either, into an architecture built from
+  ``keras.applications``. Keras 3's own ``save_weights`` only writes the
+  ``.weights.h5`` layout, which Keras 2 code cannot read.
+- the resume state (``resume/epoch-NNNN/``): model *and* optimizer variables
+  (Keras 3 ``.weights.h5``) plus a JSON file with the epoch and the callbacks'
+  state. A ``LATEST`` pointer file is replaced atomically after both are
+  complete, so a process killed at any moment resumes from the last completed
+  epoch and never from a truncated file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import h5py
+import keras
+import numpy as np
+
+from common.fsutil import atomic_path, atomic_write_text
+
+CHECKPOINT_PATTERN = "cp-{epoch:02d}-{val_loss:.2f}.hdf5"
+_CHECKPOINT_RE = re.compile(r"^cp-(\d+)-(.+)\.hdf5$")
+
+
+def _legacy_weights(layer: keras.layers.Layer) -> list:
+    # Keras 2's HDF5 order: trainable then non-trainable variables of each layer.
+    return list(layer.trainable_weights) + list(layer.non_trainable_weights)
+
+
+def write_weights_hdf5(model: keras.Model, path: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s weights to ``path`` in Keras 2's HDF5 weights layout, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["layer_names"] = np.array([layer.name.encode("utf8") for layer in model.layers])
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = keras.__version__.encode("utf8")
+            for layer in model.layers:
+                group = f.create_group(layer.name)
+                weights = _legacy_weights(layer)
+                names = [f"{layer.name}/{w.name}:{i}".encode("utf8") for i, w in enumerate(weights)]
+                group.attrs["weight_names"] = np.array(names, dtype=object) if names else np.array([], "S1")
+                for name, w in zip(names, weights):
+                    group.create_dataset(name.decode("utf8"), data=keras.ops.convert_to_numpy(w))
+    return path
+
+
+def describe_hdf5(path: Path) -> str:
+    """What kind of Keras file ``path`` is: 'model' (full model), 'weights' (legacy) or 'weights3'.
+
+    Raises ``ValueError`` naming the file when it is not HDF5 or not a Keras file.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            if "model_config" in f.attrs:
+                return "model"
+            if "layer_names" in f.attrs:
+                return "weights"
+            if "layers" in f or "vars" in f:
+                return "weights3"
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable HDF5 file ({exc})") from None
+    raise ValueError(f"{path} is an HDF5 file but holds no Keras model or weights")
+
+
+def load_weights_file(model: keras.Model, path: str | os.PathLike[str]) -> None:
+    """Load weights from any checkpoint this project or SURFsara wrote into ``model``.
+
+    Accepts SURFsara/Keras 2 weight files (``.hdf5``/``.h5``), full-model
+    ``.h5`` files (their weights are used) and Keras 3 ``.weights.h5`` files.
+    Errors name the file and say why the weights do not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    kind = describe_hdf5(path)
+    # Keras picks the reader from the file name, so the name must match the content.
+    if kind == "weights3" and not path.name.endswith(".weights.h5"):
+        raise ValueError(f"checkpoint {path} holds Keras 3 weights; its name must end in .weights.h5")
+    if kind in ("weights", "model") and (path.suffix not in (".h5", ".hdf5") or path.name.endswith(".weights.h5")):
+        raise ValueError(f"checkpoint {path} holds Keras 2-layout HDF5 weights; its name must end in .hdf5 or .h5")
+    try:
+        model.load_weights(str(path))
+    except (ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {path} does not fit the model {model.name!r}: {first}") from None
+
+
+def parse_checkpoint_name(name: str) -> int | None:
+    """Epoch number of a ``cp-EE-L.hdf5`` file name, or None for any other name."""
+    match = _CHECKPOINT_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of the per-epoch checkpoints in ``run_dir``, oldest first."""
+    found = []
+    for path in Path(run_dir).glob("cp-*.hdf5"):
+        epoch = parse_checkpoint_name(path.name)
+        if epoch is not None:
+            found.append((epoch, path))
+    return sorted(found)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Writes SURFsara's ``cp-{epoch:02d}-{val_loss:.2f}.hdf5`` after every epoch.
+
+    The file is written through a temporary name. ``keep`` > 0 keeps only the
+    newest ``keep`` files (the baseline head at 512 px makes each ~2 GB);
+    ``full_model`` writes full-model files (architecture + weights) instead of
+    weights only. An epoch whose loss is not finite writes nothing.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], *, keep: int = 0, full_model: bool = False,
+                 export_fn=None, enabled: bool = True) -> None:
+        super().__init__()
+        if keep < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps all), received {keep}")
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+        self.full_model = full_model
+        self.export_fn = export_fn
+        self.enabled = enabled
+        self.last_path: Path | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        loss, val_loss = logs.get("loss"), logs.get("val_loss")
+        if loss is None or not np.isfinite(loss) or val_loss is None:
+            return
+        if not self.enabled:  # e.g. a non-chief worker of a multi-worker run
+            return
+        path = self.run_dir / CHECKPOINT_PATTERN.format(epoch=epoch + 1, val_loss=float(val_loss))
+        if self.full_model and self.export_fn is not None:
+            self.export_fn(self.model, path)
+        else:
+            write_weights_hdf5(self.model, path)
+        self.last_path = path
+        print(f"\nEpoch {epoch + 1}: saved checkpoint {path}", flush=True)
+        if self.keep:
+            for _, old in list_checkpoints(self.run_dir)[: -self.keep]:
+                old.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# Resume state
+
+
+STATE_WEIGHTS = "state.weights.h5"
+STATE_JSON = "state.json"
+LATEST = "LATEST"
+
+
+def save_resume_state(resume_dir: str | os.PathLike[str], *, model: keras.Model, epoch: int,
+                      state: dict[str, Any]) -> Path:
+    """Save model + optimizer variables and ``state`` for ``epoch`` completed epochs.
+
+    Layout: ``resume_dir/epoch-NNNN/{state.weights.h5,state.json}`` then the
+    ``LATEST`` pointer, each written atomically; older epoch folders are
+    removed only after the pointer names the new one.
+    """
+    resume_dir = Path(resume_dir)
+    folder = resume_dir / f"epoch-{epoch:04d}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    with atomic_path(folder / STATE_WEIGHTS) as tmp:
+        model.save_weights(str(tmp))
+    atomic_write_text(folder / STATE_JSON, json.dumps({"epoch": epoch, **state}, indent=2, sort_keys=True))
+    atomic_write_text(resume_dir / LATEST, folder.name + "\n")
+    for other in resume_dir.glob("epoch-*"):
+        if other.is_dir() and other.name != folder.name:
+            shutil.rmtree(other, ignore_errors=True)
+    return folder
+
+
+def find_resume_state(resume_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete resume state as ``(folder, state)``, or None if there is none.
+
+    ``LATEST`` is trusted when it names a complete folder; otherwise (a kill
+    between the folder and the pointer) the newest folder holding both files
+    is used.
+    """
+    resume_dir = Path(resume_dir)
+    if not resume_dir.is_dir():
+        return None
+    candidates = []
+    pointer = resume_dir / LATEST
+    if pointer.is_file():
+        candidates.append(resume_dir / pointer.read_text().strip())
+    candidates += sorted((p for p in resume_dir.glob("epoch-*") if p.is_dir()), reverse=True)
+    for folder in candidates:
+        try:
+            state = json.loads((folder / STATE_JSON).read_text())
+        except (OSError, ValueError):
+            continue
+        if (folder / STATE_WEIGHTS).is_file():
+            return folder, state
+    return None
+
+
+def restore_resume_state(model: keras.Model, folder: str | os.PathLike[str]) -> None:
+    """Load model and optimizer variables saved by :func:`save_resume_state` into a compiled model."""
+    # The optimizer creates its slot variables lazily; they must exist to be loaded.
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(str(Path(folder) / STATE_WEIGHTS))

@@ -1,0 +1,122 @@
+"""The resolved configuration of a training run.
+
+``train_keras.py``'s ``main`` resolves every flag once into a frozen
+:class:`RunConfig`; the library below it only sees this object and plain
+keyword arguments. The configuration is written as ``run_config.json`` beside
+the checkpoints: it is the record of what was run, it lets ``eval_keras.py``
+rebuild the architecture of a weights-only checkpoint without repeating flags,
+and it decides whether a re-run may resume the run it finds in its folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from common.fsutil import atomic_write_text
+
+RUN_CONFIG_NAME = "run_config.json"
+
+# Settings that may change between a run and its resumption (they do not
+# change what the already-completed epochs computed).
+_RESUMABLE_CHANGES = frozenset(
+    {"epochs", "keep_checkpoints", "full_checkpoints", "verify_images", "checkpoint", "weights",
+     "run_dir", "output", "argv", "versions", "replicas", "global_batch_size", "strategy",
+     "xla", "cache"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs, resolved from the command line."""
+
+    # data
+    trainfile: str
+    testfile: str
+    data_path: str
+    val_split: float
+    verify_images: str
+    balance: bool
+    covid_per_batch: int
+    class_weights: tuple[float, ...]
+    augment: bool
+    # model: a models.ModelSpec as a dict, so the JSON rebuilds the architecture
+    model: dict[str, Any]
+    weights: str
+    checkpoint: str
+    # optimisation
+    lr: float
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int | None
+    seed: int
+    mixed_precision: bool
+    xla: bool
+    # output
+    output: str
+    name: str
+    run_dir: str
+    keep_checkpoints: int
+    full_checkpoints: bool
+    # how the run was executed (recorded, not compared on resume)
+    strategy: str = "default"
+    replicas: int = 1
+    global_batch_size: int = 0
+    cache: str = ""
+    argv: tuple[str, ...] = ()
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Inverse of :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        for key in ("class_weights", "argv"):
+            if key in values and values[key] is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def changes_blocking_resume(self, previous: "RunConfig") -> dict[str, tuple[Any, Any]]:
+        """Settings that differ from ``previous`` in a way that forbids resuming it."""
+        mine, theirs = self.to_dict(), previous.to_dict()
+        return {
+            key: (theirs.get(key), mine[key])
+            for key in mine
+            if key not in _RESUMABLE_CHANGES and _normalise(theirs.get(key)) != _normalise(mine[key])
+        }
+
+
+def _normalise(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def run_folder_name(name: str, lr: float) -> str:
+    """SURFsara's run folder: ``args.name + 'lr' + str(lr)`` (e.g. ``covid-net-resnet512-lr2e-05``)."""
+    return f"{name}lr{lr}"
+
+
+def write_run_config(config: RunConfig, run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``run_config.json`` into ``run_dir`` atomically."""
+    return atomic_write_text(
+        Path(run_dir) / RUN_CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    )
+
+
+def read_run_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read a ``run_config.json`` (or the one inside a run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RUN_CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"run configuration {path} does not exist") from None
+    except ValueError as exc:
+        raise ValueError(f"run configuration {path} is not valid JSON ({exc})") from None
+    return RunConfig.from_dict(data)

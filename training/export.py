@@ -1,0 +1,180 @@
+"""Saving models so that any TensorFlow code can load them.
+
+- :func:`write_portable_h5`: a full-model HDF5 file that loads with
+  ``keras.models.load_model`` (Keras 3) *and* ``tf_keras.models.load_model``
+  (the Keras 2 API of TensorFlow <= 2.15 and of tf_keras), with no
+  ``custom_objects`` and no project code. Keras 3 writes its HDF5 model config
+  in a form Keras 2 cannot parse (``batch_shape`` inputs, dtype-policy objects,
+  new node records); the config is rewritten in Keras 2's form, which Keras 3
+  reads too. The weights part is already in Keras 2's layout.
+- :func:`export_saved_model`: a SavedModel for TensorFlow Serving with two
+  signatures: ``serving_default`` takes float32 images ``[N, H, W, C]`` scaled
+  to [0, 1] as in training; ``serving_bytes`` takes encoded PNG/JPEG bytes and
+  decodes, resizes and scales inside the graph.
+- :func:`float32_model`: the inference copy of a model trained in mixed
+  precision (float32 compute, same weights), so it runs at full speed on a CPU
+  and loads where mixed precision is not set up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import h5py
+import keras
+import tensorflow as tf
+
+from common.fsutil import atomic_path
+
+# Config keys Keras 3 adds that Keras 2 layers, initializers and inputs reject.
+_KERAS3_ONLY_KEYS = frozenset(
+    {"quantization_config", "lora_rank", "lora_alpha", "optional", "input_axes", "output_axes"}
+)
+
+
+def _keras2_value(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "DTypePolicy" and "config" in obj:
+            return obj["config"]["name"]
+        return {
+            k: _keras2_value(v)
+            for k, v in obj.items()
+            if k not in _KERAS3_ONLY_KEYS and k not in ("module", "registered_name")
+        }
+    if isinstance(obj, list):
+        return [_keras2_value(v) for v in obj]
+    return obj
+
+
+def _node_refs(args: Any) -> list[list[Any]]:
+    refs: list[list[Any]] = []
+    for arg in args:
+        if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
+            layer, node, tensor = arg["config"]["keras_history"]
+            refs.append([layer, node, tensor, {}])
+        elif isinstance(arg, (list, tuple)):
+            refs.extend(_node_refs(arg))
+    return refs
+
+
+def keras2_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite a Keras 3 functional-model config in Keras 2's HDF5 form.
+
+    Only plain functional graphs of built-in layers are supported (what the
+    model registry builds): every layer call takes tensors as positional
+    arguments, and keyword arguments only at their default ``None``.
+    """
+    if config.get("class_name") not in ("Functional", "Model"):
+        raise ValueError(f"only functional models can be exported, received {config.get('class_name')}")
+    body = dict(config["config"])
+    layers = []
+    for layer in body["layers"]:
+        layer_config = dict(layer["config"])
+        if layer["class_name"] == "InputLayer":
+            layer_config["batch_input_shape"] = layer_config.pop("batch_shape")
+        for node in layer["inbound_nodes"]:
+            # Keras 3 records default call arguments such as BatchNormalization's mask=None.
+            extra = {k: v for k, v in (node.get("kwargs") or {}).items() if v is not None}
+            if extra:
+                raise ValueError(
+                    f"layer {layer['name']!r} is called with keyword arguments {sorted(extra)}; cannot export"
+                )
+        layers.append(
+            {
+                "class_name": layer["class_name"],
+                "config": _keras2_value(layer_config),
+                "name": layer["name"],
+                "inbound_nodes": [_node_refs(node["args"]) for node in layer["inbound_nodes"]],
+            }
+        )
+    body["layers"] = layers
+    for key in ("input_layers", "output_layers"):
+        value = body[key]
+        if value and not isinstance(value[0], list):
+            value = [value]
+        body[key] = value
+    return {"class_name": "Functional", "config": body}
+
+
+def write_portable_h5(model: keras.Model, path: str | os.PathLike[str]) -> Path:
+    """Save ``model`` (architecture + weights, no optimizer) as an HDF5 file Keras 2 and 3 load."""
+    path = Path(path)
+    if path.suffix not in (".h5", ".hdf5"):
+        raise ValueError(f"an HDF5 model file name must end in .h5 or .hdf5, received {path}")
+    with atomic_path(path) as tmp:
+        model.save(str(tmp), include_optimizer=False)
+        with h5py.File(tmp, "r+") as f:
+            config = json.loads(f.attrs["model_config"])
+            f.attrs["model_config"] = json.dumps(keras2_model_config(config)).encode("utf8")
+            if "training_config" in f.attrs:
+                del f.attrs["training_config"]
+    return path
+
+
+def float32_model(model: keras.Model, rebuild) -> keras.Model:
+    """A float32 copy of ``model`` built by ``rebuild(dtype_policy='float32')``, same weights."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    copy = rebuild(dtype_policy="float32")
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def decode_for_serving(image_bytes: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
+    """Encoded PNG/JPEG bytes to a float32 ``[img_size, img_size, channels]`` image in [0, 1]."""
+    image = tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False)
+    image = tf.image.resize(image, [img_size, img_size], method="bilinear", antialias=False)
+    return tf.ensure_shape(image, [img_size, img_size, channels]) / 255.0
+
+
+def export_saved_model(model: keras.Model, directory: str | os.PathLike[str]) -> Path:
+    """Write a SavedModel with ``serving_default`` (float images) and ``serving_bytes`` (encoded images).
+
+    Written to a temporary folder and swapped in, so a killed export never
+    leaves a half-written SavedModel under the final name.
+    """
+    directory = Path(directory)
+    _, img_size, width, channels = model.input_shape
+    if img_size is None or img_size != width:
+        raise ValueError(f"SavedModel export needs a square, fixed input size; model input is {model.input_shape}")
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=lambda images: {"probabilities": model(images, training=False)},
+        input_signature=[tf.TensorSpec([None, img_size, img_size, channels], tf.float32, name="images")],
+    )
+
+    def from_bytes(image_bytes):
+        images = tf.map_fn(
+            lambda b: decode_for_serving(b, img_size=img_size, channels=channels),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([img_size, img_size, channels], tf.float32),
+        )
+        return {"probabilities": model(images, training=False)}
+
+    archive.add_endpoint(
+        name="serving_bytes",
+        fn=from_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    tmp = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    archive.write_out(str(tmp), verbose=False)
+    _replace_dir(tmp, directory)
+    return directory
