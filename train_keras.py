@@ -133,7 +133,7 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
     import keras
     import tensorflow as tf
 
-    from models import ModelSpec, list_models, resolve_model_name
+    from models import ModelSpec, find_imagenet_weights, get_model_info, list_models, resolve_model_name
     from training.config import RunConfig, run_folder_name
 
     if args.datapipeline != "covidx":
@@ -162,6 +162,15 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
     except ValueError:
         raise ValueError(f"--model {args.model!r} is not a registered model; choose one of "
                          f"{', '.join(list_models())}") from None
+    info = get_model_info(name)
+    if args.img_size < info.min_size:
+        raise ValueError(f"--img_size {args.img_size} is too small for --model {name}: it needs at least "
+                         f"{info.min_size} px")
+    if weights.lower() == "imagenet":
+        # Fail now, before the lists are read, when the file Keras needs is not on disk.
+        if info.imagenet is None:
+            raise ValueError(f"--weights imagenet: model {name!r} has no ImageNet weights; use --weights none")
+        find_imagenet_weights(name, info.imagenet, (args.img_size, args.img_size, 3))
     spec = ModelSpec(
         name=name,
         num_classes=3,

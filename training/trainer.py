@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,36 @@ def build_compiled_model(config: RunConfig, *, dtype_policy: str) -> keras.Model
     return model
 
 
+def _prepare_run_dir(run_dir: Path, *, initial_epoch: int, start_over: bool) -> None:
+    """Remove what a previous, interrupted or abandoned run left beyond ``initial_epoch``.
+
+    A kill after an epoch's checkpoint but before its resume state leaves a
+    ``cp-`` file (and a log row) for an epoch that is about to be redone; they
+    are removed so the folder never holds two versions of an epoch. Starting
+    over (``--resume off``) removes the previous run's checkpoints, log and
+    resume state. Checkpoints with no resume state at all are not deleted
+    silently: that folder belongs to some other run.
+    """
+    old = [(epoch, path) for epoch, path in list_checkpoints(run_dir) if epoch > initial_epoch]
+    if start_over:
+        for _, path in old:
+            path.unlink()
+        (run_dir / TRAINING_LOG).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "resume", ignore_errors=True)
+        if old:
+            log.warning("--resume off: removed %d checkpoints of the previous run in %s", len(old), run_dir)
+        return
+    if old and initial_epoch == 0:
+        raise ValueError(
+            f"run folder {run_dir} holds checkpoints ({old[0][1].name}, ...) but no resume state; "
+            "use another --name or --output, or --resume off to delete them and start over"
+        )
+    for epoch, path in old:
+        log.info("removing %s: epoch %d is redone after the interruption", path.name, epoch)
+        path.unlink()
+    truncate_csv_log(run_dir / TRAINING_LOG, keep_epochs=initial_epoch)
+
+
 def _check_resumable(config: RunConfig, run_dir: Path) -> None:
     try:
         previous = read_run_config(run_dir)
@@ -178,8 +209,8 @@ def train(
             log.info("resuming %s after epoch %d (learning rate %.3g)", run_dir, initial_epoch,
                      float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
     if is_chief:
+        _prepare_run_dir(run_dir, initial_epoch=initial_epoch, start_over=not resume)
         write_run_config(config, run_dir)
-        truncate_csv_log(run_dir / TRAINING_LOG, keep_epochs=initial_epoch)
 
     train_data = make_train_dataset(
         data.train,

@@ -1,0 +1,215 @@
+"""train_keras.py end to end on tiny synthetic images: outputs, resume, kill safety, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+import train_keras
+from conftest import REPO_ROOT
+from training.checkpoints import find_resume_state, list_checkpoints
+
+LABELS = ("normal", "pneumonia", "COVID-19")
+
+
+def _image(rng: np.random.Generator, label: str, size: int = 40) -> np.ndarray:
+    img = rng.normal(70, 12, (size, size))
+    if label == "pneumonia":
+        img[8:26, 4:16] += 110  # one dense unilateral opacity
+    elif label == "COVID-19":
+        img[4:12, 26:36] += 90  # patchy, bilateral, peripheral
+        img[26:34, 4:14] += 90
+    return img.clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_covidx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A COVIDx-shaped folder: data/train, data/test and the two lists (45 + 15 images)."""
+    root = tmp_path_factory.mktemp("covidx")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 45), ("test", 15)):
+        (root / "data" / split).mkdir(parents=True)
+        lines = []
+        for i in range(n):
+            label = LABELS[i % 3]
+            name = f"{split}{i:03d}.png"
+            cv2.imwrite(str(root / "data" / split / name), _image(rng, label))
+            lines.append(f"{split}-p{i} {name} {label} synthetic\n")
+        (root / f"{split}.txt").write_text("".join(lines))
+    return root
+
+
+def _args(root: Path, *extra: str, epochs: int = 2, name: str = "run-") -> list[str]:
+    return [
+        "--trainfile", str(root / "train.txt"), "--testfile", str(root / "test.txt"),
+        "--data_path", str(root / "data"), "--output", str(root / "output"),
+        "--img_size", "32", "--bs", "4", "--epochs", str(epochs), "--name", name,
+        "--model", "smallcnn", "--weights", "none", "--lr", "0.001", "--n_bootstrap", "50",
+        *extra,
+    ]
+
+
+def _log_epochs(run_dir: Path) -> list[int]:
+    with open(run_dir / "training_log.csv", newline="") as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+@pytest.mark.slow
+def test_train_writes_everything_a_user_needs(tiny_covidx: Path, capsys: pytest.CaptureFixture) -> None:
+    assert train_keras.main(_args(tiny_covidx, name="full-")) == 0
+    out = capsys.readouterr().out
+    run_dir = tiny_covidx / "output" / "full-lr0.001"
+    # SURFsara's per-epoch names, in Keras 2's HDF5 weights layout.
+    checkpoints = list_checkpoints(run_dir)
+    assert [epoch for epoch, _ in checkpoints] == [1, 2]
+    with h5py.File(checkpoints[-1][1], "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+        assert names[0] == "input_1" and names[-1] == "FC_3"
+    config = json.loads((run_dir / "run_config.json").read_text())
+    assert config["model"]["name"] == "smallcnn" and config["model"]["input_shape"] == [32, 32, 3]
+    assert config["batch_size"] == 4 and config["class_weights"] == [1.0, 1.0, 25.0]
+    assert _log_epochs(run_dir) == [0, 1]
+    assert (run_dir / "final_model.hdf5").is_file()
+    assert (run_dir / "saved_model" / "saved_model.pb").is_file()
+    assert list((run_dir / "logs").rglob("events.out.tfevents.*"))
+    metrics = json.loads((run_dir / "test_evaluation" / "metrics.json").read_text())
+    assert metrics["n_images"] == 15
+    assert "Sens Normal:" in out and "PPV Normal:" in out and "Research use only" in out
+    state = find_resume_state(run_dir / "resume")
+    assert state is not None and state[1]["epoch"] == 2
+    assert not [p for p in run_dir.rglob(".partial-*")]
+
+
+@pytest.mark.slow
+def test_trained_model_beats_chance(tiny_covidx: Path) -> None:
+    """The class signal of the synthetic images is learnable: far above the 1/3 of chance."""
+    assert train_keras.main(_args(tiny_covidx, "--val_split", "0", epochs=6, name="learn-")) == 0
+    metrics = json.loads((tiny_covidx / "output" / "learn-lr0.001" / "test_evaluation" / "metrics.json").read_text())
+    assert metrics["metrics"]["accuracy"]["value"] >= 0.6
+
+
+@pytest.mark.slow
+def test_rerun_resumes_and_extends(tiny_covidx: Path, capsys: pytest.CaptureFixture) -> None:
+    args = _args(tiny_covidx, epochs=1, name="resume-")
+    assert train_keras.main(args) == 0
+    run_dir = tiny_covidx / "output" / "resume-lr0.001"
+    state1 = json.loads((run_dir / "resume" / "epoch-0001" / "state.json").read_text())
+    capsys.readouterr()
+    # Same command with more epochs: continues at epoch 2, does not redo epoch 1.
+    assert train_keras.main(_args(tiny_covidx, epochs=3, name="resume-")) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "after epoch 1" in err
+    assert _log_epochs(run_dir) == [0, 1, 2]
+    assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2, 3]
+    assert state1["plateau"]["wait"] == 0
+    # A different setting is refused instead of silently mixing two runs.
+    code = train_keras.main(_args(tiny_covidx, "--img_size", "40", epochs=3, name="resume-"))
+    assert code == 2
+    assert "different settings" in capsys.readouterr().err
+    # Starting over removes the previous run's epochs.
+    assert train_keras.main(_args(tiny_covidx, "--resume", "off", epochs=1, name="resume-")) == 0
+    assert _log_epochs(run_dir) == [0]
+    assert [e for e, _ in list_checkpoints(run_dir)] == [1]
+    # Checkpoints with no resume state belong to some other run: refused, not deleted.
+    shutil.rmtree(run_dir / "resume")
+    shutil.copy(list_checkpoints(run_dir)[0][1], run_dir / "cp-07-0.50.hdf5")
+    capsys.readouterr()
+    assert train_keras.main(_args(tiny_covidx, epochs=2, name="resume-")) == 2
+    assert "no resume state" in capsys.readouterr().err
+    assert (run_dir / "cp-07-0.50.hdf5").is_file()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_completed_epoch(tiny_covidx: Path) -> None:
+    args = _args(tiny_covidx, epochs=4, name="kill-")
+    cmd = [sys.executable, str(REPO_ROOT / "train_keras.py"), *args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run_dir = tiny_covidx / "output" / "kill-lr0.001"
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (run_dir / "resume" / "epoch-0002").is_dir():
+            time.sleep(0.05)
+        assert (run_dir / "resume" / "epoch-0002").is_dir(), "training never reached epoch 2"
+        proc.send_signal(signal.SIGKILL)  # no chance to clean up
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    completed = find_resume_state(run_dir / "resume")[1]["epoch"]
+    assert completed >= 1
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"after epoch {completed}" in done.stderr
+    assert _log_epochs(run_dir) == [0, 1, 2, 3]  # every epoch exactly once
+    assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2, 3, 4]
+    assert not list(run_dir.rglob(".partial-*"))
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_covidx: Path, capsys: pytest.CaptureFixture) -> None:
+    code = train_keras.main(_args(tiny_covidx, "--lr", "1e12", epochs=2, name="nan-"))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "training loss became nan" in err and "epoch 1" in err
+    assert list_checkpoints(tiny_covidx / "output" / "nan-lr1000000000000.0") == []
+
+
+def test_mixed_precision_runs_on_cpu_and_exports_float32(tiny_covidx: Path) -> None:
+    import keras
+
+    assert train_keras.main(_args(tiny_covidx, "--mixed_precision", "on", epochs=1, name="mp-")) == 0
+    run_dir = tiny_covidx / "output" / "mp-lr0.001"
+    assert json.loads((run_dir / "run_config.json").read_text())["mixed_precision"] is True
+    model = keras.models.load_model(run_dir / "final_model.hdf5", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    out = model.predict(np.random.default_rng(0).random((2, 32, 32, 3), np.float32), verbose=0)
+    assert out.dtype == np.float32 and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    assert keras.config.dtype_policy().name == "float32"  # nothing global left behind
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda root: (root / "bad.txt").write_text("a missing.png normal\n"), "missing.png: file does not exist"),
+        (lambda root: (root / "bad.txt").write_text("a train000.png covid\n"), "no known label"),
+        (lambda root: (root / "bad.txt").write_text(""), "has no images"),
+    ],
+)
+def test_bad_lists_fail_before_training(tiny_covidx: Path, capsys: pytest.CaptureFixture, mutate, message) -> None:
+    mutate(tiny_covidx)
+    args = _args(tiny_covidx, name="bad-")
+    args[args.index("--trainfile") + 1] = str(tiny_covidx / "bad.txt")
+    assert train_keras.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tiny_covidx / "output" / "bad-lr0.001" / "training_log.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "resnet5"], "resnet50v2"),  # the error lists the valid names
+        (["--weights", "imagenet", "--model", "resnet50v2"], "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        (["--datapipeline", "chexpert"], "not supported"),
+        (["--checkpoint", "/nonexistent/cp.hdf5"], "/nonexistent/cp.hdf5"),
+        (["--model", "xception", "--img_size", "32"], "too small for --model xception"),
+    ],
+)
+def test_bad_flags_give_one_line(tiny_covidx: Path, capsys: pytest.CaptureFixture, monkeypatch, extra, message) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tiny_covidx / "empty-keras-home"))
+    args = _args(tiny_covidx, name="flags-")
+    args += extra
+    assert train_keras.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
