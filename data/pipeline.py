@@ -210,12 +210,14 @@ def _image_stream(
 ) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((list(paths), labels))
     ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
-    # Order inside one stream does not matter (it is shuffled anyway); the class
-    # make-up of each batch is fixed later by choose_from_datasets.
+    # Decoding runs in parallel but results keep their order: with a free order,
+    # images of the next pass overtake the last ones of this pass, so an epoch
+    # would no longer show every image exactly once, and a seed would not fix
+    # the batches.
     return ds.map(
         lambda p, y: (decode_resize(p, img_size=img_size, channels=channels), y),
         num_parallel_calls=AUTOTUNE,
-        deterministic=False,
+        deterministic=True,
     )
 
 

@@ -166,3 +166,17 @@ def test_eval_dataset_is_each_image_once_in_order(tmp_path: Path) -> None:
     classes = [int(c) for b in batches for c in b[1].numpy().argmax(axis=1)]
     assert levels == [0, 1, 2, 3, 4]
     assert classes == [0, 1, 2, 0, 2]
+
+
+def test_same_seed_same_batches(tmp_path: Path) -> None:
+    entries = _write_constant_images(tmp_path, ["normal"] * 9 + ["pneumonia"] * 6 + ["COVID-19"] * 3, size=32)
+
+    def first_batches(seed: int, start_epoch: int = 0) -> np.ndarray:
+        data = make_train_dataset(entries, tmp_path, img_size=16, batch_size=4, seed=seed, start_epoch=start_epoch)
+        return np.stack([b[0].numpy() for b in data.dataset.take(5)])
+
+    a, b = first_batches(7), first_batches(7)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - first_batches(8)).mean() > 0.01
+    # A resumed run (start_epoch > 0) does not replay the first epoch's shuffles and draws.
+    assert np.abs(a - first_batches(7, start_epoch=3)).mean() > 0.01
