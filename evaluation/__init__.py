@@ -1,0 +1,17 @@
+"""Framework-independent evaluation: prediction files, metrics with patient-level
+confidence intervals, ensembles, model comparison and plots.
+
+Nothing here imports TensorFlow or PyTorch; any framework that can write the
+predictions CSV (see ``docs/predictions_format.md``) gets the same numbers.
+Modules, one job each:
+
+- :mod:`evaluation.predictions` - the predictions CSV: build, validate, write, read;
+- :mod:`evaluation.metrics` - confusion matrix, sensitivity/PPV, F1, ROC AUC;
+- :mod:`evaluation.bootstrap` - patient (cluster) bootstrap confidence intervals;
+- :mod:`evaluation.report` - everything ``metrics.json`` holds, in one call, and the printed report;
+- :mod:`evaluation.ensemble` - mean and validation-weighted ensembles;
+- :mod:`evaluation.compare` - aligning prediction files, McNemar's test, the comparison table;
+- :mod:`evaluation.plots` - confusion-matrix and ROC PNGs (matplotlib object API, Agg canvas).
+
+Importing the package imports none of them, so ``import evaluation`` stays cheap.
+"""
