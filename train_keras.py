@@ -105,7 +105,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="loss weights of normal,pneumonia,COVID-19")
     train.add_argument("--no_augment", action="store_true", help="turn off SURFsara's augmentation")
     train.add_argument("--verify_images", default="header", choices=VERIFY_MODES,
-                       help="check images before training: header (fast), full (decode all), none")
+                       help="check images before training: header (fast), full (decode all, or hash every "
+                            "cache shard), none")
+    train.add_argument("--cache", default="",
+                       help="read the images from this preprocessed cache (create_covidx.py --cache SIZE) "
+                            "instead of DATA_PATH/train and DATA_PATH/test")
 
     hardware = parser.add_argument_group("hardware")
     hardware.add_argument("--mixed_precision", default="auto", choices=["auto", "on", "off"],
@@ -147,6 +151,8 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
         raise ValueError(f"--regularizer and --head_l2 must be >= 0, received {args.regularizer}, {args.head_l2}")
     if args.keep_checkpoints < 0:
         raise ValueError(f"--keep_checkpoints must be >= 0, received {args.keep_checkpoints}")
+    if args.cache and not Path(args.cache).is_dir():
+        raise FileNotFoundError(f"--cache {args.cache} does not exist")
     for flag in ("trainfile", "testfile"):
         if not Path(getattr(args, flag)).is_file():
             raise FileNotFoundError(f"--{flag} {getattr(args, flag)} does not exist")
@@ -210,6 +216,7 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
         strategy=strategy_name,
         replicas=replicas,
         global_batch_size=args.bs,
+        cache=str(args.cache),
         argv=tuple(sys.argv[1:]),
         versions={"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
     )
@@ -223,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Heavy imports after argument parsing, so --help is instant.
     import keras
 
-    from evaluation.inference import entries_predictions, predict_entries
+    from data.pipeline import CachedImages
+    from evaluation.inference import entries_predictions, predict_cached, predict_entries
     from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
     from training.callbacks import TrainingDiverged
     from training.strategy import choose_strategy, gpu_available
@@ -245,11 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The baseline ended with a per-image predict loop over the test list; same report, batched.
     model = keras.models.load_model(result.final_model, compile=False)
-    spec_shape = model.input_shape
-    probabilities = predict_entries(
-        model.predict_on_batch, result.test_entries, Path(config.data_path) / "test",
-        img_size=spec_shape[1], channels=spec_shape[3], batch_size=max(config.batch_size, 32),
-    )
+    _, img_size, _, channels = model.input_shape
+    batch_size = max(config.batch_size, 32)
+    if isinstance(result.test_images, CachedImages):
+        probabilities = predict_cached(model.predict_on_batch, result.test_entries, result.test_images,
+                                       img_size=img_size, channels=channels, batch_size=batch_size)
+    else:
+        probabilities = predict_entries(model.predict_on_batch, result.test_entries, result.test_images.image_dir,
+                                        img_size=img_size, channels=channels, batch_size=batch_size)
     predictions = entries_predictions(result.test_entries, probabilities, source=config.testfile)
     metrics = evaluate_predictions(
         labels=predictions.labels, probabilities=predictions.probabilities,

@@ -16,6 +16,10 @@ images (k = 1 in the baseline). The non-COVID stream is reshuffled every pass
 and one epoch is one pass over it; the COVID-19 stream is reshuffled and
 repeated as often as needed. Class weights are applied per sample on top, as
 the baseline passed ``class_weight`` to ``fit``.
+
+Images come from an image source: :class:`FileImages` decodes the original
+files; :class:`CachedImages` reads the resized images of a ``data.cache``
+TFRecord cache, which removes the decoding cost from training.
 """
 from __future__ import annotations
 
@@ -127,7 +131,7 @@ def load_entries(
     if not result.entries:
         raise ValueError(f"{what} {result.path} has no images")
     image_dir = Path(image_dir)
-    if not image_dir.is_dir():
+    if verify != "none" and not image_dir.is_dir():
         raise FileNotFoundError(f"image folder {image_dir} for {what} {result.path} does not exist")
     problems = find_image_problems(result.entries, image_dir, verify=verify)
     if problems:
@@ -195,6 +199,95 @@ def _labels_array(entries: Sequence[ListEntry]) -> np.ndarray:
     return np.array([CLASS_TO_INDEX[e.label] for e in entries], dtype=np.int32)
 
 
+class FileImages:
+    """Images read from the original files of a folder (``DATA_PATH/train`` or ``/test``)."""
+
+    def __init__(self, image_dir: str | os.PathLike[str]) -> None:
+        self.image_dir = Path(image_dir)
+
+    def _decoded(self, ds: tf.data.Dataset, img_size: int, channels: int) -> tf.data.Dataset:
+        # Decoding runs in parallel but results keep their order: with a free order,
+        # images of the next pass overtake the last ones of this pass, so an epoch
+        # would no longer show every image exactly once, and a seed would not fix
+        # the batches.
+        return ds.map(
+            lambda p, y: (decode_resize(p, img_size=img_size, channels=channels), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+
+    def stream(self, entries: Sequence[ListEntry], *, img_size: int, channels: int, seed: int) -> tf.data.Dataset:
+        """``(image, label)`` forever, reshuffled every pass over ``entries``."""
+        ds = tf.data.Dataset.from_tensor_slices((image_paths(entries, self.image_dir), _labels_array(entries)))
+        ds = ds.shuffle(len(entries), seed=seed, reshuffle_each_iteration=True).repeat()
+        return self._decoded(ds, img_size, channels)
+
+    def ordered(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
+        """``(image, label)`` for each entry once, in list order."""
+        ds = tf.data.Dataset.from_tensor_slices((image_paths(entries, self.image_dir), _labels_array(entries)))
+        return self._decoded(ds, img_size, channels)
+
+
+class CachedImages:
+    """Images read from a preprocessed TFRecord cache (``data.cache``) instead of the originals.
+
+    Shards are read in parallel (interleave) and records shuffled through a
+    buffer of ``shuffle_buffer`` images; each pass over the entries is shuffled
+    anew. Cached images are grayscale at the cache size: they are resized to
+    the training size when it differs and replicated to 3 channels.
+    """
+
+    def __init__(self, cache, *, shuffle_buffer: int = 2048) -> None:
+        self.cache = cache
+        self.shuffle_buffer = shuffle_buffer
+
+    def _records(self, entries: Sequence[ListEntry], *, seed: int | None) -> tf.data.Dataset:
+        from data.cache import read_records
+
+        if not entries:
+            raise ValueError("no images to read from the cache")
+        labels = sorted({e.label for e in entries}, key=CLASSES.index)
+        wanted = {e.filename for e in entries}
+        everything = {e.filename for e in self.cache.entries if e.label in labels}
+        keep = None if wanted >= everything else sorted(wanted)
+        return read_records(self.cache, labels, keep_filenames=keep, shuffle_files_seed=seed)
+
+    def _to_image(self, record: dict, img_size: int, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.cast(record["image"], tf.float32)
+        if self.cache.size != img_size:
+            image = tf.image.resize(image, [img_size, img_size], method="bilinear", antialias=False)
+        if channels == 3:
+            image = tf.tile(image, [1, 1, 3])
+        return tf.ensure_shape(image / 255.0, [img_size, img_size, channels]), record["label"]
+
+    def stream(self, entries: Sequence[ListEntry], *, img_size: int, channels: int, seed: int) -> tf.data.Dataset:
+        """``(image, label)`` forever, reshuffled every pass over ``entries``."""
+        ds = self._records(entries, seed=seed)
+        ds = ds.shuffle(min(self.shuffle_buffer, len(entries)), seed=seed, reshuffle_each_iteration=True).repeat()
+        return ds.map(lambda r: self._to_image(r, img_size, channels), num_parallel_calls=AUTOTUNE,
+                      deterministic=True)
+
+    def _once(self, entries: Sequence[ListEntry]) -> tf.data.Dataset:
+        # The count is known: stating it lets Keras size its progress bar and
+        # makes tf.data fail loudly if the cache yields a different number.
+        ds = self._records(entries, seed=None)
+        return ds.apply(tf.data.experimental.assert_cardinality(len(entries)))
+
+    def ordered(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
+        """``(image, label)`` for each entry once, in the cache's order."""
+        return self._once(entries).map(lambda r: self._to_image(r, img_size, channels),
+                                       num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def named(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
+        """``(image, filename)`` for each entry once, in the cache's order (for prediction)."""
+        return self._once(entries).map(lambda r: (self._to_image(r, img_size, channels)[0], r["filename"]),
+                                       num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _as_source(images: "str | os.PathLike[str] | FileImages | CachedImages") -> "FileImages | CachedImages":
+    return images if isinstance(images, (FileImages, CachedImages)) else FileImages(images)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainData:
     """A repeated training dataset and how many of its batches make one epoch."""
@@ -205,25 +298,9 @@ class TrainData:
     covid_per_batch: int
 
 
-def _image_stream(
-    paths: Sequence[str], labels: np.ndarray, *, img_size: int, channels: int, seed: int
-) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), labels))
-    ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
-    # Decoding runs in parallel but results keep their order: with a free order,
-    # images of the next pass overtake the last ones of this pass, so an epoch
-    # would no longer show every image exactly once, and a seed would not fix
-    # the batches.
-    return ds.map(
-        lambda p, y: (decode_resize(p, img_size=img_size, channels=channels), y),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-
-
 def make_train_dataset(
     entries: Sequence[ListEntry],
-    image_dir: str | os.PathLike[str],
+    images: "str | os.PathLike[str] | FileImages | CachedImages",
     *,
     img_size: int,
     batch_size: int,
@@ -237,6 +314,9 @@ def make_train_dataset(
 ) -> TrainData:
     """Infinite stream of ``(images, one_hot_labels, sample_weights)`` training batches.
 
+    ``images`` is the folder of the entries' files, or an image source
+    (:class:`FileImages`, :class:`CachedImages`).
+
     With ``balance`` (SURFsara's default) each batch has ``batch_size -
     covid_per_batch`` normal/pneumonia images and ``covid_per_batch`` COVID-19
     images, and an epoch is one pass over the normal/pneumonia images;
@@ -247,11 +327,11 @@ def make_train_dataset(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, received {batch_size}")
-    paths = image_paths(entries, image_dir)
+    source = _as_source(images)
     labels = _labels_array(entries)
     covid = CLASS_TO_INDEX["COVID-19"]
     # Independent shuffle seeds per stream, different after each resume.
-    stream_seeds = np.random.SeedSequence([seed, start_epoch]).generate_state(2)
+    stream_seeds = [int(s) for s in np.random.SeedSequence([seed, start_epoch]).generate_state(2)]
     if balance:
         if not 1 <= covid_per_batch < batch_size:
             raise ValueError(
@@ -263,13 +343,11 @@ def make_train_dataset(
             raise ValueError("balanced batches need at least one COVID-19 image in the training list; found none")
         if is_covid.all():
             raise ValueError("balanced batches need normal or pneumonia images in the training list; found none")
-        others = [p for p, c in zip(paths, is_covid) if not c]
-        covids = [p for p, c in zip(paths, is_covid) if c]
+        others = [e for e, c in zip(entries, is_covid) if not c]
+        covids = [e for e, c in zip(entries, is_covid) if c]
         streams = [
-            _image_stream(others, labels[~is_covid], img_size=img_size, channels=channels,
-                          seed=int(stream_seeds[0])),
-            _image_stream(covids, labels[is_covid], img_size=img_size, channels=channels,
-                          seed=int(stream_seeds[1])),
+            source.stream(others, img_size=img_size, channels=channels, seed=stream_seeds[0]),
+            source.stream(covids, img_size=img_size, channels=channels, seed=stream_seeds[1]),
         ]
         pattern = tf.data.Dataset.from_tensor_slices(
             tf.constant([0] * (batch_size - covid_per_batch) + [1] * covid_per_batch, tf.int64)
@@ -278,8 +356,8 @@ def make_train_dataset(
         steps = math.ceil(len(others) / (batch_size - covid_per_batch))
     else:
         covid_per_batch = 0
-        ds = _image_stream(paths, labels, img_size=img_size, channels=channels, seed=int(stream_seeds[0]))
-        steps = math.ceil(len(paths) / batch_size)
+        ds = source.stream(entries, img_size=img_size, channels=channels, seed=stream_seeds[0])
+        steps = math.ceil(len(entries) / batch_size)
 
     weights = np.ones(NUM_CLASSES, np.float32)
     for index, w in (class_weights or {}).items():
@@ -301,24 +379,20 @@ def make_train_dataset(
 
 def make_eval_dataset(
     entries: Sequence[ListEntry],
-    image_dir: str | os.PathLike[str],
+    images: "str | os.PathLike[str] | FileImages | CachedImages",
     *,
     img_size: int,
     batch_size: int,
     channels: int = 3,
 ) -> tf.data.Dataset:
-    """Finite ``(images, one_hot_labels)`` batches, each image exactly once, in list order.
+    """Finite ``(images, one_hot_labels)`` batches, each image exactly once.
 
-    The last batch may be smaller (SURFsara's generator instead repeated the
-    last image to fill it, counting it several times).
+    In list order when reading files. The last batch may be smaller
+    (SURFsara's generator instead repeated the last image to fill it, counting
+    it several times).
     """
-    paths = image_paths(entries, image_dir)
-    ds = tf.data.Dataset.from_tensor_slices((paths, _labels_array(entries)))
-    ds = ds.map(
-        lambda p, y: (decode_resize(p, img_size=img_size, channels=channels), tf.one_hot(y, NUM_CLASSES)),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
+    ds = _as_source(images).ordered(entries, img_size=img_size, channels=channels)
+    ds = ds.map(lambda x, y: (x, tf.one_hot(y, NUM_CLASSES)))
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 

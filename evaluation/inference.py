@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from data.lists import ListEntry
-from data.pipeline import image_paths, make_predict_dataset
+from data.pipeline import CachedImages, image_paths, make_predict_dataset
 from evaluation.predictions import Predictions, make_predictions
 
 
@@ -33,6 +33,28 @@ def predict_entries(
     if not outputs:
         return np.zeros((0, 3))
     return np.concatenate(outputs, axis=0)
+
+
+def predict_cached(
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    entries: Sequence[ListEntry],
+    images: CachedImages,
+    *,
+    img_size: int,
+    channels: int = 3,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Like :func:`predict_entries`, reading the images from a ``data.cache`` cache.
+
+    The cache yields images in its own order; the probabilities are returned in
+    the order of ``entries``.
+    """
+    by_name: dict[str, np.ndarray] = {}
+    for batch, names in images.named(entries, img_size=img_size, channels=channels).batch(batch_size):
+        probabilities = np.asarray(predict_batch(batch.numpy()), dtype=np.float64)
+        for name, p in zip(names.numpy(), probabilities):
+            by_name[name.decode("utf8")] = p
+    return np.stack([by_name[e.filename] for e in entries]) if entries else np.zeros((0, 3))
 
 
 def entries_predictions(entries: Sequence[ListEntry], probabilities: np.ndarray, *, source: str) -> Predictions:

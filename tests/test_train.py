@@ -213,3 +213,23 @@ def test_bad_flags_give_one_line(tiny_covidx: Path, capsys: pytest.CaptureFixtur
     assert train_keras.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.slow
+def test_training_from_the_cache_needs_no_original_files(tiny_covidx: Path, tmp_path: Path) -> None:
+    from data.cache import build_cache
+    from data.lists import read_list
+
+    lists = {
+        split: (read_list(tiny_covidx / f"{split}.txt").entries, tiny_covidx / "data" / split)
+        for split in ("train", "test")
+    }
+    cache = build_cache(tmp_path / "cache", lists=lists, size=40)
+    args = _args(tiny_covidx, "--cache", str(cache), epochs=1, name="cached-")
+    args[args.index("--data_path") + 1] = str(tmp_path / "originals-not-here")
+    assert train_keras.main(args) == 0
+    run_dir = tiny_covidx / "output" / "cached-lr0.001"
+    assert json.loads((run_dir / "run_config.json").read_text())["cache"] == str(cache)
+    metrics = json.loads((run_dir / "test_evaluation" / "metrics.json").read_text())
+    assert metrics["n_images"] == 15
+    assert [e for e, _ in list_checkpoints(run_dir)] == [1]

@@ -25,7 +25,15 @@ import tensorflow as tf
 from common.fsutil import remove_partials
 from data.augment import AugmentConfig
 from data.lists import ListEntry
-from data.pipeline import load_entries, make_eval_dataset, make_train_dataset, patient_split
+from data.cache import open_cache
+from data.pipeline import (
+    CachedImages,
+    FileImages,
+    load_entries,
+    make_eval_dataset,
+    make_train_dataset,
+    patient_split,
+)
 from models import ModelSpec, build_model_from_spec
 from training.callbacks import (
     ResumableReduceLROnPlateau,
@@ -67,28 +75,42 @@ class TrainResult:
     epochs_run: int
     history: dict[str, list[float]]
     test_entries: list[ListEntry]
+    test_images: FileImages | CachedImages
 
 
 @dataclasses.dataclass
 class RunData:
-    """The three lists a run uses and where their images are."""
+    """The three lists a run uses and where their images come from (folders or a cache)."""
 
     train: list[ListEntry]
     val: list[ListEntry]
     test: list[ListEntry]
-    train_dir: Path
-    val_dir: Path
-    test_dir: Path
+    train_images: FileImages | CachedImages
+    val_images: FileImages | CachedImages
+    test_images: FileImages | CachedImages
 
 
 def load_run_data(config: RunConfig) -> RunData:
-    """Read and check the lists (before any training starts) and carve the validation set."""
+    """Read and check the lists (before any training starts) and carve the validation set.
+
+    With ``config.cache`` the images come from the preprocessed cache, which
+    must hold every image of both lists; the original files are not needed.
+    """
     data_path = Path(config.data_path)
-    if not data_path.is_dir():
-        raise FileNotFoundError(f"--data_path {data_path} does not exist")
     train_dir, test_dir = data_path / "train", data_path / "test"
-    train = load_entries(config.trainfile, train_dir, verify=config.verify_images, what="--trainfile")
-    test = load_entries(config.testfile, test_dir, verify=config.verify_images, what="--testfile")
+    if config.cache:
+        # The lists still decide what is trained on; the cache only replaces the files.
+        train = load_entries(config.trainfile, train_dir, verify="none", what="--trainfile")
+        test = load_entries(config.testfile, test_dir, verify="none", what="--testfile")
+        full = config.verify_images == "full"
+        train_images = CachedImages(open_cache(config.cache, "train", entries=train, full_check=full))
+        test_images = CachedImages(open_cache(config.cache, "test", entries=test, full_check=full))
+    else:
+        if not data_path.is_dir():
+            raise FileNotFoundError(f"--data_path {data_path} does not exist")
+        train = load_entries(config.trainfile, train_dir, verify=config.verify_images, what="--trainfile")
+        test = load_entries(config.testfile, test_dir, verify=config.verify_images, what="--testfile")
+        train_images, test_images = FileImages(train_dir), FileImages(test_dir)
     shared = {e.patient_key for e in train} & {e.patient_key for e in test}
     if shared:
         log.warning(
@@ -97,13 +119,14 @@ def load_run_data(config: RunConfig) -> RunData:
         )
     if config.val_split > 0:
         train, val = patient_split(train, fraction=config.val_split, seed=config.seed)
-        val_dir = train_dir
+        val_images = train_images
         log.info("validation: %d images of %d patients carved from the train list (--val_split %s)",
                  len(val), len({e.patient_key for e in val}), config.val_split)
     else:
-        val, val_dir = test, test_dir
+        val, val_images = test, test_images
         log.info("validation on the test list (--val_split 0), as SURFsara's script did")
-    return RunData(train=train, val=val, test=test, train_dir=train_dir, val_dir=val_dir, test_dir=test_dir)
+    return RunData(train=train, val=val, test=test, train_images=train_images, val_images=val_images,
+                   test_images=test_images)
 
 
 def build_compiled_model(config: RunConfig, *, dtype_policy: str) -> keras.Model:
@@ -214,7 +237,7 @@ def train(
 
     train_data = make_train_dataset(
         data.train,
-        data.train_dir,
+        data.train_images,
         img_size=img_size,
         batch_size=config.batch_size,
         channels=channels,
@@ -226,7 +249,7 @@ def train(
         start_epoch=initial_epoch,
     )
     steps = config.steps_per_epoch or train_data.steps_per_epoch
-    val_ds = make_eval_dataset(data.val, data.val_dir, img_size=img_size, batch_size=config.batch_size,
+    val_ds = make_eval_dataset(data.val, data.val_images, img_size=img_size, batch_size=config.batch_size,
                                channels=channels)
     log.info(
         "train: %d images, %d steps of %d per epoch (%d COVID-19 per batch); validation: %d images",
@@ -285,6 +308,7 @@ def train(
         epochs_run=max(0, config.epochs - initial_epoch),
         history=history,
         test_entries=data.test,
+        test_images=data.test_images,
     )
 
 

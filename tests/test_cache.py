@@ -1,0 +1,131 @@
+"""The TFRecord image cache: exact round trip, resumable build, damage detected, same batches as files."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data.cache import CacheError, build_cache, open_cache, verify_cache
+from data.lists import ListEntry
+from data.pipeline import CachedImages, FileImages, decode_resize, make_eval_dataset, make_train_dataset
+
+
+def _make_images(folder: Path, labels: list[str]) -> list[ListEntry]:
+    """Images of different sizes and formats: 8-bit PNG, 16-bit PNG, grey JPEG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    entries = []
+    for i, label in enumerate(labels):
+        h, w = 40 + 7 * (i % 3), 50 - 5 * (i % 2)
+        img = cv2.GaussianBlur(rng.integers(0, 256, (h, w), dtype=np.uint8), (5, 5), 2)
+        img[:12, :12] = 10 * (i + 1)  # a flat corner tags each image (survives resizing and JPEG)
+        if i % 3 == 1:
+            name = f"img{i:02d}.png"
+            cv2.imwrite(str(folder / name), img.astype(np.uint16) * 257)
+        elif i % 3 == 2:
+            name = f"img{i:02d}.jpg"
+            cv2.imwrite(str(folder / name), img)
+        else:
+            name = f"img{i:02d}.png"
+            cv2.imwrite(str(folder / name), img)
+        entries.append(ListEntry(f"p{i}", name, label, "test"))
+    return entries
+
+
+def _tag(image: np.ndarray) -> int:
+    return int(round(float(image[0, 0, 0]) * 255 / 10)) - 1
+
+
+LABELS = ["normal"] * 7 + ["pneumonia"] * 5 + ["COVID-19"] * 3
+
+
+@pytest.fixture()
+def cached(tmp_path: Path) -> tuple[Path, list[ListEntry], Path]:
+    entries = _make_images(tmp_path / "train", LABELS)
+    root = build_cache(tmp_path / "cache", lists={"train": (entries, tmp_path / "train")}, size=24, shard_images=3)
+    return root, entries, tmp_path / "train"
+
+
+def test_cache_round_trips_images_and_labels(cached) -> None:
+    root, entries, image_dir = cached
+    manifest = json.loads((root / "manifest.json").read_text())
+    shards = manifest["splits"]["train"]["shards"]
+    assert len(shards) == 3 + 2 + 1  # ceil(7/3) + ceil(5/3) + ceil(3/3), grouped by class
+    assert sum(s["count"] for s in shards.values()) == len(entries)
+    cache = open_cache(root, "train", entries=entries)
+    seen = {}
+    for images, labels in make_eval_dataset(entries, CachedImages(cache), img_size=24, batch_size=4, channels=1):
+        for img, y in zip(images.numpy(), labels.numpy()):
+            seen[_tag(img)] = (img, int(y.argmax()))
+    assert len(seen) == len(entries)
+    for e in entries:
+        direct = decode_resize(str(image_dir / e.filename), img_size=24, channels=1).numpy()
+        img, label = seen[_tag(direct)]
+        assert label == ("normal", "pneumonia", "COVID-19").index(e.label)
+        # uint8 storage: equal to the file pipeline up to rounding to the nearest grey level.
+        assert np.abs(img - direct).max() <= 0.5 / 255 + 1e-6
+    assert verify_cache(root, full=True) == []
+
+
+def test_rebuild_skips_intact_shards_and_redoes_damaged_ones(cached, tmp_path: Path) -> None:
+    root, entries, image_dir = cached
+    shards = sorted(root.glob("*.tfrecord"))
+    times = {p.name: p.stat().st_mtime_ns for p in shards}
+    victim = shards[0]
+    victim.write_bytes(victim.read_bytes()[:-10])  # truncated, as by a kill or a full disk
+    (root / ".partial-abc.train-normal-00000-of-00003.tfrecord").write_bytes(b"half")
+    problems = verify_cache(root)
+    assert len(problems) == 1 and victim.name in problems[0] and "truncated" in problems[0]
+    with pytest.raises(CacheError, match="damaged"):
+        open_cache(root, "train", entries=entries)
+    build_cache(root, lists={"train": (entries, image_dir)}, size=24, shard_images=3)
+    assert verify_cache(root, full=True) == []
+    rewritten = [p.name for p in shards if p.stat().st_mtime_ns != times[p.name]]
+    assert rewritten == [victim.name]
+    assert not list(root.glob(".partial-*"))
+
+
+def test_changed_bytes_are_detected(cached) -> None:
+    root, entries, _ = cached
+    shard = sorted(root.glob("train-covid-19-*.tfrecord"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one bit flipped
+    shard.write_bytes(bytes(data))
+    assert verify_cache(root) == []  # the quick check only sees sizes
+    problems = verify_cache(root, full=True)
+    assert len(problems) == 1 and "SHA-256" in problems[0]
+    with pytest.raises(tf.errors.DataLossError):
+        for _ in tf.data.TFRecordDataset(str(shard)):
+            pass
+
+
+def test_cache_must_hold_the_lists_images(cached) -> None:
+    root, entries, _ = cached
+    extra = entries + [ListEntry("x", "new.png", "normal")]
+    with pytest.raises(CacheError, match="does not hold 1 of the 16 train images"):
+        open_cache(root, "train", entries=extra)
+    with pytest.raises(CacheError, match="no 'test' split"):
+        open_cache(root, "test", entries=entries)
+    with pytest.raises(CacheError, match="manifest.json is missing"):
+        open_cache(root.parent, "train", entries=entries)
+
+
+def test_balanced_batches_from_cache_match_files(cached) -> None:
+    root, entries, image_dir = cached
+    cache = open_cache(root, "train", entries=entries)
+    subset = [e for e in entries if e.patient_id != "p0"]  # e.g. a validation patient held out
+    for source in (CachedImages(cache), FileImages(image_dir)):
+        data = make_train_dataset(subset, source, img_size=24, batch_size=4, augment=None, seed=1)
+        assert data.steps_per_epoch == 4  # 11 normal/pneumonia images, 3 per batch
+        tags = []
+        for images, y, w in data.dataset.take(data.steps_per_epoch):
+            assert int((y.numpy().argmax(axis=1) == 2).sum()) == 1
+            assert images.shape == (4, 24, 24, 3)
+            tags += [_tag(img) for img, c in zip(images.numpy(), y.numpy().argmax(1)) if c != 2]
+        # One epoch covers the 11 remaining normal/pneumonia images (12 slots: one repeats).
+        assert set(tags) == set(range(1, 12))
