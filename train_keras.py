@@ -115,8 +115,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     hardware.add_argument("--mixed_precision", default="auto", choices=["auto", "on", "off"],
                           help="mixed_float16 compute (auto: on when a GPU is present)")
     hardware.add_argument("--xla", action="store_true", help="compile the train step with XLA")
-    hardware.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored"],
-                          help="tf.distribute strategy (auto: mirrored when more than one GPU is visible)")
+    hardware.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multiworker"],
+                          help="tf.distribute strategy (auto: multiworker under a multi-task SLURM step or "
+                               "TF_CONFIG, else mirrored when more than one GPU is visible, else default)")
+    hardware.add_argument("--bs_per_replica", default=None, type=_positive_int,
+                          help="batch per replica (GPU); the step batch becomes this x the replicas, "
+                               "instead of --bs")
+    hardware.add_argument("--sync_batchnorm", default="on", choices=["on", "off"],
+                          help="with several replicas, batch normalisation statistics over the global batch "
+                               "(on: same result as one GPU with the same --bs; off: per-replica statistics, "
+                               "as multi_gpu_model had, fewer all-reduces)")
+    hardware.add_argument("--collective_timeout", default=600, type=_positive_float,
+                          help="seconds a multi-worker job waits for a step when a worker is lost, "
+                               "before it stops with an error")
 
     out = parser.add_argument_group("output and resuming")
     out.add_argument("--output", default="./output", help="parent folder of the run folder")
@@ -132,7 +143,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: str, gpu: bool):
+def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: str, gpu: bool,
+                   num_workers: int = 1):
     """Turn the namespace into a frozen RunConfig, checking everything checkable up front."""
     import keras
     import tensorflow as tf
@@ -161,8 +173,12 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
     weights = args.weights
     if weights.lower() not in ("imagenet", "none") and not Path(weights).is_file():
         raise FileNotFoundError(f"--weights {weights} is neither imagenet, none nor an existing file")
-    if args.bs % replicas:
-        raise ValueError(f"--bs {args.bs} must be divisible by the {replicas} replicas of the {strategy_name} strategy")
+    # --bs keeps SURFsara's meaning: the batch of one step across all replicas (multi_gpu_model
+    # split it the same way). The learning rate is never rescaled behind the user's back.
+    batch_size = args.bs_per_replica * replicas if args.bs_per_replica else args.bs
+    if batch_size % replicas:
+        raise ValueError(f"--bs {batch_size} must be divisible by the {replicas} replicas of the "
+                         f"{strategy_name} strategy (or use --bs_per_replica)")
     try:
         name = resolve_model_name(args.model)
     except ValueError:
@@ -202,12 +218,14 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
         weights=weights,
         checkpoint=str(args.checkpoint),
         lr=args.lr,
-        batch_size=args.bs,
+        batch_size=batch_size,
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         seed=args.seed,
         mixed_precision=mixed,
         xla=args.xla,
+        sync_batchnorm=args.sync_batchnorm == "on",
+        collective_timeout=args.collective_timeout,
         output=str(output),
         name=args.name,
         run_dir=str(output / run_folder_name(args.name, args.lr)),
@@ -215,7 +233,8 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
         full_checkpoints=args.full_checkpoints,
         strategy=strategy_name,
         replicas=replicas,
-        global_batch_size=args.bs,
+        global_batch_size=batch_size,
+        num_workers=num_workers,
         cache=str(args.cache),
         argv=tuple(sys.argv[1:]),
         versions={"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
@@ -229,29 +248,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     # Heavy imports after argument parsing, so --help is instant.
     import keras
+    import tensorflow as tf
 
-    from data.pipeline import CachedImages
-    from evaluation.inference import entries_predictions, predict_cached, predict_entries
-    from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
     from training.callbacks import TrainingDiverged
+    from training.preemption import EXIT_PREEMPTED, PreemptionWatcher, TrainingInterrupted
     from training.strategy import choose_strategy, gpu_available
     from training.trainer import train
 
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
+    distribution = choose_strategy(args.strategy, collective_timeout=args.collective_timeout)
     keras.utils.set_random_seed(args.seed)
-    strategy = choose_strategy(args.strategy)
-    strategy_name = type(strategy).__name__
-    config = resolve_config(args, replicas=strategy.num_replicas_in_sync, strategy_name=strategy_name,
-                            gpu=gpu_available())
-    pprint.pprint({k: v for k, v in config.to_dict().items() if k not in ("argv", "versions")})
-    print(f"Output: {config.run_dir}", flush=True)
+    config = resolve_config(args, replicas=distribution.replicas, strategy_name=distribution.kind,
+                            gpu=gpu_available(), num_workers=distribution.num_workers)
+    if distribution.is_chief:
+        pprint.pprint({k: v for k, v in config.to_dict().items() if k not in ("argv", "versions")})
+        print(f"Output: {config.run_dir}", flush=True)
+    watcher = PreemptionWatcher().install()
     try:
-        result = train(config, strategy=strategy, resume=args.resume == "auto",
+        result = train(config, distribution=distribution, resume=args.resume == "auto", preemption=watcher,
                        verbose="auto" if sys.stdout.isatty() else 2)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except TrainingInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.CancelledError,
+            tf.errors.AbortedError) as exc:
+        first = (exc.message or type(exc).__name__).strip().splitlines()[0][:300]
+        print(f"error: lost contact with another worker ({type(exc).__name__}: {first}); the job stops - "
+              "re-run it to resume from the last saved epoch", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        watcher.uninstall()
+    if not distribution.is_chief:
+        print(f"worker {distribution.worker_index} finished", flush=True)
+        return 0
+    return _evaluate_on_test(config, result, n_bootstrap=args.n_bootstrap, seed=args.seed)
 
-    # The baseline ended with a per-image predict loop over the test list; same report, batched.
+
+def _evaluate_on_test(config, result, *, n_bootstrap: int, seed: int) -> int:
+    """The baseline ended with a per-image predict loop over the test list; same report, batched."""
+    import keras
+
+    from data.pipeline import CachedImages
+    from evaluation.inference import entries_predictions, predict_cached, predict_entries
+    from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
+
     model = keras.models.load_model(result.final_model, compile=False)
     _, img_size, _, channels = model.input_shape
     batch_size = max(config.batch_size, 32)
@@ -264,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictions = entries_predictions(result.test_entries, probabilities, source=config.testfile)
     metrics = evaluate_predictions(
         labels=predictions.labels, probabilities=predictions.probabilities,
-        patient_ids=predictions.patient_ids, n_bootstrap=args.n_bootstrap, seed=args.seed,
+        patient_ids=predictions.patient_ids, n_bootstrap=n_bootstrap, seed=seed,
     )
     eval_dir = result.run_dir / "test_evaluation"
     write_evaluation_files(eval_dir, predictions=predictions, metrics=metrics)

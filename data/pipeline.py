@@ -200,32 +200,29 @@ def _labels_array(entries: Sequence[ListEntry]) -> np.ndarray:
 
 
 class FileImages:
-    """Images read from the original files of a folder (``DATA_PATH/train`` or ``/test``)."""
+    """Images read from the original files of a folder (``DATA_PATH/train`` or ``/test``).
+
+    An image source offers ``refs`` (cheap references to images, shuffled),
+    ``load`` (reference to image) and ``ordered`` (every image once).
+    """
 
     def __init__(self, image_dir: str | os.PathLike[str]) -> None:
         self.image_dir = Path(image_dir)
 
-    def _decoded(self, ds: tf.data.Dataset, img_size: int, channels: int) -> tf.data.Dataset:
-        # Decoding runs in parallel but results keep their order: with a free order,
-        # images of the next pass overtake the last ones of this pass, so an epoch
-        # would no longer show every image exactly once, and a seed would not fix
-        # the batches.
-        return ds.map(
-            lambda p, y: (decode_resize(p, img_size=img_size, channels=channels), y),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-
-    def stream(self, entries: Sequence[ListEntry], *, img_size: int, channels: int, seed: int) -> tf.data.Dataset:
-        """``(image, label)`` forever, reshuffled every pass over ``entries``."""
+    def refs(self, entries: Sequence[ListEntry], *, seed: int) -> tf.data.Dataset:
+        """``(path, label)`` forever, reshuffled every pass over ``entries``."""
         ds = tf.data.Dataset.from_tensor_slices((image_paths(entries, self.image_dir), _labels_array(entries)))
-        ds = ds.shuffle(len(entries), seed=seed, reshuffle_each_iteration=True).repeat()
-        return self._decoded(ds, img_size, channels)
+        return ds.shuffle(len(entries), seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def load(self, ref: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
+        """The image a reference points to, float32 in [0, 1]."""
+        return decode_resize(ref, img_size=img_size, channels=channels)
 
     def ordered(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
         """``(image, label)`` for each entry once, in list order."""
         ds = tf.data.Dataset.from_tensor_slices((image_paths(entries, self.image_dir), _labels_array(entries)))
-        return self._decoded(ds, img_size, channels)
+        return ds.map(lambda p, y: (self.load(p, img_size=img_size, channels=channels), y),
+                      num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 class CachedImages:
@@ -252,20 +249,27 @@ class CachedImages:
         keep = None if wanted >= everything else sorted(wanted)
         return read_records(self.cache, labels, keep_filenames=keep, shuffle_files_seed=seed)
 
-    def _to_image(self, record: dict, img_size: int, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
-        image = tf.cast(record["image"], tf.float32)
+    def load(self, ref: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
+        """The cached uint8 pixels of a reference as float32 in [0, 1], resized and tiled as needed."""
+        image = tf.cast(ref, tf.float32)
         if self.cache.size != img_size:
             image = tf.image.resize(image, [img_size, img_size], method="bilinear", antialias=False)
         if channels == 3:
             image = tf.tile(image, [1, 1, 3])
-        return tf.ensure_shape(image / 255.0, [img_size, img_size, channels]), record["label"]
+        return tf.ensure_shape(image / 255.0, [img_size, img_size, channels])
 
-    def stream(self, entries: Sequence[ListEntry], *, img_size: int, channels: int, seed: int) -> tf.data.Dataset:
-        """``(image, label)`` forever, reshuffled every pass over ``entries``."""
+    def _to_image(self, record: dict, img_size: int, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
+        return self.load(record["image"], img_size=img_size, channels=channels), record["label"]
+
+    def refs(self, entries: Sequence[ListEntry], *, seed: int) -> tf.data.Dataset:
+        """``(pixels, label)`` forever, reshuffled every pass over ``entries``.
+
+        The reference of a cached image is its stored uint8 pixels (reading them
+        is the whole cost; there is nothing left to decode).
+        """
         ds = self._records(entries, seed=seed)
-        ds = ds.shuffle(min(self.shuffle_buffer, len(entries)), seed=seed, reshuffle_each_iteration=True).repeat()
-        return ds.map(lambda r: self._to_image(r, img_size, channels), num_parallel_calls=AUTOTUNE,
-                      deterministic=True)
+        ds = ds.shuffle(min(self.shuffle_buffer, len(entries)), seed=seed, reshuffle_each_iteration=True)
+        return ds.map(lambda r: (r["image"], r["label"])).repeat()
 
     def _once(self, entries: Sequence[ListEntry]) -> tf.data.Dataset:
         # The count is known: stating it lets Keras size its progress bar and
@@ -311,6 +315,9 @@ def make_train_dataset(
     augment: AugmentConfig | None = AugmentConfig(),
     seed: int = 0,
     start_epoch: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    shard_batch_size: int | None = None,
 ) -> TrainData:
     """Infinite stream of ``(images, one_hot_labels, sample_weights)`` training batches.
 
@@ -324,6 +331,14 @@ def make_train_dataset(
     over it. ``start_epoch`` is the first epoch when a run resumes: shuffling
     and augmentation draws continue from new values instead of replaying the
     first epoch's.
+
+    Distributed training: every input pipeline (one per worker) builds the
+    same global batches of image *references* from the same seed, keeps rows
+    ``[shard_index * n, (shard_index + 1) * n)`` of each (n = ``batch_size /
+    num_shards``), and only then decodes, so each worker decodes only its own
+    images and the union of the workers' images at every step is exactly the
+    single-worker batch. The result is batched by ``shard_batch_size`` (the
+    per-replica batch; default n), as ``distribute_datasets_from_function`` wants.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, received {batch_size}")
@@ -345,10 +360,7 @@ def make_train_dataset(
             raise ValueError("balanced batches need normal or pneumonia images in the training list; found none")
         others = [e for e, c in zip(entries, is_covid) if not c]
         covids = [e for e, c in zip(entries, is_covid) if c]
-        streams = [
-            source.stream(others, img_size=img_size, channels=channels, seed=stream_seeds[0]),
-            source.stream(covids, img_size=img_size, channels=channels, seed=stream_seeds[1]),
-        ]
+        streams = [source.refs(others, seed=stream_seeds[0]), source.refs(covids, seed=stream_seeds[1])]
         pattern = tf.data.Dataset.from_tensor_slices(
             tf.constant([0] * (batch_size - covid_per_batch) + [1] * covid_per_batch, tf.int64)
         ).repeat()
@@ -356,21 +368,43 @@ def make_train_dataset(
         steps = math.ceil(len(others) / (batch_size - covid_per_batch))
     else:
         covid_per_batch = 0
-        ds = source.stream(entries, img_size=img_size, channels=channels, seed=stream_seeds[0])
+        ds = source.refs(entries, seed=stream_seeds[0])
         steps = math.ceil(len(entries) / batch_size)
+
+    if num_shards < 1 or not 0 <= shard_index < num_shards or batch_size % num_shards:
+        raise ValueError(
+            f"cannot split batches of {batch_size} into shard {shard_index} of {num_shards} equal parts"
+        )
+    local = batch_size // num_shards
+    if num_shards > 1:
+        lo, hi = shard_index * local, (shard_index + 1) * local
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(lambda refs, y: (tf.nest.map_structure(lambda t: t[lo:hi], refs), y[lo:hi])).unbatch()
+    # Decoding runs in parallel but results keep their order: with a free order,
+    # images of the next pass overtake the last ones of this pass, so an epoch
+    # would no longer show every image exactly once, and a seed would not fix
+    # the batches.
+    ds = ds.map(lambda ref, y: (source.load(ref, img_size=img_size, channels=channels), y),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    out_batch = shard_batch_size or local
+    if local % out_batch:
+        raise ValueError(f"per-replica batch {out_batch} does not divide the per-worker batch {local}")
 
     weights = np.ones(NUM_CLASSES, np.float32)
     for index, w in (class_weights or {}).items():
         weights[index] = w
     weight_table = tf.constant(weights)
 
-    ds = ds.batch(batch_size, drop_remainder=True)
-    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter(start=start_epoch * steps)))
+    ds = ds.batch(out_batch, drop_remainder=True)
+    per_step = batch_size // out_batch  # batches of this size in one global batch
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter(start=start_epoch * steps * per_step)))
 
     def finish(batch, counter):
         images, y = batch
         if augment is not None:
-            images = augment_batch(images, tf.stack([tf.cast(seed, tf.int64), counter]), augment)
+            # Each worker's batches get their own draws: the key mixes in the shard.
+            key = counter * num_shards + shard_index
+            images = augment_batch(images, tf.stack([tf.cast(seed, tf.int64), key]), augment)
         return images, tf.one_hot(y, NUM_CLASSES), tf.gather(weight_table, y)
 
     ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -13,5 +13,14 @@ Modules, one job each:
 - :mod:`evaluation.compare` - aligning prediction files, McNemar's test, the comparison table;
 - :mod:`evaluation.plots` - confusion-matrix and ROC PNGs (matplotlib object API, Agg canvas).
 
+Model-side modules, used by ``eval_keras.py`` and ``predict.py`` (these import
+TensorFlow, Keras or onnxruntime when their functions run):
+
+- :mod:`evaluation.loaders` - any checkpoint kind (Keras HDF5/weights/.keras, SavedModel, ONNX) behind one
+  ``predict_batch`` interface, and single-image reading (PNG, JPEG, DICOM);
+- :mod:`evaluation.gradcam` - Grad-CAM heat maps and overlays for Keras models;
+- :mod:`evaluation.tsne` - t-SNE of the penultimate-layer features;
+- :mod:`evaluation.timing` - images/s of batched evaluation against SURFsara's per-image predict loop.
+
 Importing the package imports none of them, so ``import evaluation`` stays cheap.
 """

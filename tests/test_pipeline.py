@@ -180,3 +180,27 @@ def test_same_seed_same_batches(tmp_path: Path) -> None:
     assert np.abs(a - first_batches(8)).mean() > 0.01
     # A resumed run (start_epoch > 0) does not replay the first epoch's shuffles and draws.
     assert np.abs(a - first_batches(7, start_epoch=3)).mean() > 0.01
+
+
+def test_shards_split_each_global_batch_exactly(tmp_path: Path) -> None:
+    """Two workers' shards together are the single-worker batch, and each decodes only its half."""
+    labels = ["normal"] * 8 + ["pneumonia"] * 7 + ["COVID-19"] * 3
+    entries = _write_constant_images(tmp_path, labels)
+    kwargs = dict(img_size=8, batch_size=6, class_weights={2: 25.0}, augment=None, seed=4)
+    whole = make_train_dataset(entries, tmp_path, **kwargs)
+    halves = [make_train_dataset(entries, tmp_path, num_shards=2, shard_index=i, **kwargs) for i in (0, 1)]
+    assert whole.steps_per_epoch == halves[0].steps_per_epoch == 3
+    for (x, y, w), (x0, y0, w0), (x1, y1, w1) in zip(
+        whole.dataset.take(6), halves[0].dataset.take(6), halves[1].dataset.take(6)
+    ):
+        assert x0.shape[0] == x1.shape[0] == 3
+        np.testing.assert_array_equal(x.numpy(), np.concatenate([x0, x1]))
+        np.testing.assert_array_equal(y.numpy(), np.concatenate([y0, y1]))
+        np.testing.assert_array_equal(w.numpy(), np.concatenate([w0, w1]))
+    # Per-replica batches: a worker with two local replicas gets its rows as two batches of 3.
+    split = make_train_dataset(entries, tmp_path, shard_batch_size=3, **kwargs)
+    first, second = [b[0].numpy() for b in split.dataset.take(2)]
+    fresh = make_train_dataset(entries, tmp_path, **kwargs)  # a new iterator of `whole` would reshuffle
+    np.testing.assert_array_equal(np.concatenate([first, second]), next(iter(fresh.dataset))[0].numpy())
+    with pytest.raises(ValueError, match="cannot split batches of 6 into shard 0 of 4"):
+        make_train_dataset(entries, tmp_path, num_shards=4, shard_index=0, **kwargs)

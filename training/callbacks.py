@@ -63,6 +63,10 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
             best = self._initial_state.get("best")
             self.best = float(best) if best is not None else self.best
 
+    def set_initial_state(self, state: dict[str, Any] | None) -> None:
+        """The counters to restore at the next ``fit`` (used between two fits of one run)."""
+        self._initial_state = state
+
     def get_state(self) -> dict[str, Any]:
         """The counters to save with the resume state."""
         best = None if self.best is None else float(self.best)
@@ -78,16 +82,12 @@ class SaveResumeState(keras.callbacks.Callback):
     the logs, so the saved state is the state at the end of the epoch.
     """
 
-    def __init__(self, resume_dir: str | os.PathLike[str], *, state_fn: Callable[[], dict[str, Any]],
-                 enabled: bool = True) -> None:
+    def __init__(self, resume_dir: str | os.PathLike[str], *, state_fn: Callable[[], dict[str, Any]]) -> None:
         super().__init__()
         self.resume_dir = Path(resume_dir)
         self.state_fn = state_fn
-        self.enabled = enabled
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if not self.enabled:
-            return
         save_resume_state(self.resume_dir, model=self.model, epoch=epoch + 1, state=self.state_fn())
 
 

@@ -125,7 +125,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, keep: int = 0, full_model: bool = False,
-                 export_fn=None, enabled: bool = True) -> None:
+                 export_fn=None) -> None:
         super().__init__()
         if keep < 0:
             raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps all), received {keep}")
@@ -133,15 +133,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.keep = keep
         self.full_model = full_model
         self.export_fn = export_fn
-        self.enabled = enabled
         self.last_path: Path | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         loss, val_loss = logs.get("loss"), logs.get("val_loss")
         if loss is None or not np.isfinite(loss) or val_loss is None:
-            return
-        if not self.enabled:  # e.g. a non-chief worker of a multi-worker run
             return
         path = self.run_dir / CHECKPOINT_PATTERN.format(epoch=epoch + 1, val_loss=float(val_loss))
         if self.full_model and self.export_fn is not None:

@@ -23,8 +23,8 @@ RUN_CONFIG_NAME = "run_config.json"
 # change what the already-completed epochs computed).
 _RESUMABLE_CHANGES = frozenset(
     {"epochs", "keep_checkpoints", "full_checkpoints", "verify_images", "checkpoint", "weights",
-     "run_dir", "output", "argv", "versions", "replicas", "global_batch_size", "strategy",
-     "xla", "cache"}
+     "run_dir", "output", "argv", "versions", "replicas", "num_workers", "strategy",
+     "xla", "cache", "collective_timeout"}
 )
 
 
@@ -60,9 +60,12 @@ class RunConfig:
     run_dir: str
     keep_checkpoints: int
     full_checkpoints: bool
+    sync_batchnorm: bool = True
+    collective_timeout: float = 600.0
     # how the run was executed (recorded, not compared on resume)
     strategy: str = "default"
     replicas: int = 1
+    num_workers: int = 1
     global_batch_size: int = 0
     cache: str = ""
     argv: tuple[str, ...] = ()

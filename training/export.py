@@ -11,9 +11,9 @@
   signatures: ``serving_default`` takes float32 images ``[N, H, W, C]`` scaled
   to [0, 1] as in training; ``serving_bytes`` takes encoded PNG/JPEG bytes and
   decodes, resizes and scales inside the graph.
-- :func:`float32_model`: the inference copy of a model trained in mixed
-  precision (float32 compute, same weights), so it runs at full speed on a CPU
-  and loads where mixed precision is not set up.
+- :func:`float32_model`: the inference copy of a training model (float32
+  compute, same weights), so a model trained in mixed precision runs at full
+  speed on a CPU and loads where mixed precision is not set up.
 """
 from __future__ import annotations
 
@@ -115,9 +115,13 @@ def write_portable_h5(model: keras.Model, path: str | os.PathLike[str]) -> Path:
 
 
 def float32_model(model: keras.Model, rebuild) -> keras.Model:
-    """A float32 copy of ``model`` built by ``rebuild(dtype_policy='float32')``, same weights."""
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        return model
+    """The inference copy of a training model: ``rebuild(dtype_policy='float32')`` with its weights.
+
+    Always a fresh model, built outside any distribution strategy: float32
+    compute whatever the training policy was, plain variables instead of
+    mirrored ones, and none of the training-time layer settings (such as
+    synchronized batch normalisation) in the saved configuration.
+    """
     copy = rebuild(dtype_policy="float32")
     copy.set_weights(model.get_weights())
     return copy

@@ -13,13 +13,18 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
 import logging
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from common.fsutil import remove_partials
@@ -29,6 +34,7 @@ from data.cache import open_cache
 from data.pipeline import (
     CachedImages,
     FileImages,
+    TrainData,
     load_entries,
     make_eval_dataset,
     make_train_dataset,
@@ -47,10 +53,15 @@ from training.checkpoints import (
     list_checkpoints,
     load_weights_file,
     restore_resume_state,
+    save_resume_state,
 )
 from training.config import RunConfig, read_run_config, write_run_config
 from training.export import export_saved_model, float32_model, write_portable_h5
+from training.keras_compat import multiworker_fit
 from training.metrics import class_metrics
+from training.preemption import PreemptionWatcher, StopOnPreemption
+from training.strategy import Distribution
+from training.watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -192,117 +203,214 @@ def _check_resumable(config: RunConfig, run_dir: Path) -> None:
         )
 
 
+def _synchronize_batchnorm(model: keras.Model) -> None:
+    """Batch statistics over the global batch, not each replica's share.
+
+    With several replicas, each BatchNormalization layer otherwise normalises
+    with its replica's own statistics and updates its moving averages from
+    them, so the workers' moving averages drift apart and the run differs from
+    a single-GPU run with the same batch. ``synchronized`` is read at call
+    time, so setting it before the first step is enough; exported models are
+    rebuilt from the spec and do not carry it.
+    """
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            count += 1
+    log.info("synchronized batch normalisation across replicas in %d layers", count)
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """A short hash of all weights: equal on every worker of a correct multi-worker run."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _distributed(distribution: Distribution, make: Callable[..., TrainData], *, global_batch: int):
+    """The training dataset as the strategy wants it: plain, or one shard per input pipeline."""
+    if distribution.replicas == 1:
+        return make().dataset
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make(
+            num_shards=context.num_input_pipelines,
+            shard_index=context.input_pipeline_id,
+            shard_batch_size=context.get_per_replica_batch_size(global_batch),
+        ).dataset
+
+    return distribution.strategy.distribute_datasets_from_function(dataset_fn)
+
+
 def train(
     config: RunConfig,
     *,
-    strategy: tf.distribute.Strategy,
+    distribution: Distribution,
     resume: bool = True,
-    is_chief: bool = True,
+    preemption: PreemptionWatcher | None = None,
     verbose: int | str = "auto",
 ) -> TrainResult:
     """Run (or resume) the training described by ``config`` and export the final model.
 
     ``resume`` continues from the resume state in the run folder when there is
-    one (after checking that the settings match); ``resume=False`` starts over,
-    overwriting the previous run's files. Raises ``ValueError`` /
-    ``FileNotFoundError`` for bad input before any training starts, and
-    :class:`training.callbacks.TrainingDiverged` if the loss becomes NaN.
+    one (after checking that the settings match), at the epoch and step where
+    it stopped; ``resume=False`` starts over, removing the previous run's
+    files. Only the chief writes into the run folder; other workers write the
+    same files into a scratch folder that is removed at the end (the run folder
+    must be on a file system all workers see, to resume).
+
+    Raises ``ValueError`` / ``FileNotFoundError`` for bad input before any
+    training starts, :class:`training.callbacks.TrainingDiverged` if the loss
+    becomes NaN and :class:`training.preemption.TrainingInterrupted` after a
+    SIGTERM (the state of that step saved).
     """
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_partials(run_dir)
-    resume_dir = run_dir / "resume"
+    is_chief = distribution.is_chief
+    if is_chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_partials(run_dir)
+        out_dir = run_dir
+    else:
+        out_dir = Path(tempfile.mkdtemp(prefix=f"covidx-worker{distribution.worker_index}-"))
+    try:
+        return _train(config, distribution=distribution, run_dir=run_dir, out_dir=out_dir, resume=resume,
+                      preemption=preemption, verbose=verbose)
+    finally:
+        if not is_chief:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_dir: Path, resume: bool,
+           preemption: PreemptionWatcher | None, verbose: int | str) -> TrainResult:
+    strategy = distribution.strategy
     data = load_run_data(config)
     spec = ModelSpec.from_dict(config.model)
     channels = spec.input_shape[-1]
     img_size = spec.input_shape[0]
     policy = "mixed_float16" if config.mixed_precision else "float32"
 
-    found = find_resume_state(resume_dir) if resume else None
+    found = find_resume_state(run_dir / "resume") if resume else None
     if found:
         _check_resumable(config, run_dir)
     with strategy.scope():
         model = build_compiled_model(config, dtype_policy=policy)
-        initial_epoch, plateau_state = 0, None
+        if distribution.replicas > 1 and config.sync_batchnorm:
+            _synchronize_batchnorm(model)
+        initial_epoch, initial_step, plateau_state = 0, 0, None
         if found:
             folder, state = found
             restore_resume_state(model, folder)
-            initial_epoch = int(state["epoch"])
+            initial_epoch, initial_step = int(state["epoch"]), int(state.get("step", 0))
             plateau_state = state.get("plateau")
-            log.info("resuming %s after epoch %d (learning rate %.3g)", run_dir, initial_epoch,
+            where = f"epoch {initial_epoch}" + (f" and step {initial_step} of the next" if initial_step else "")
+            log.info("resuming %s after %s (learning rate %.3g)", run_dir, where,
                      float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
-    if is_chief:
+    if distribution.is_chief:
         _prepare_run_dir(run_dir, initial_epoch=initial_epoch, start_over=not resume)
         write_run_config(config, run_dir)
 
-    train_data = make_train_dataset(
-        data.train,
-        data.train_images,
-        img_size=img_size,
-        batch_size=config.batch_size,
-        channels=channels,
-        balance=config.balance,
-        covid_per_batch=config.covid_per_batch,
-        class_weights=dict(enumerate(config.class_weights)),
-        augment=AugmentConfig() if config.augment else None,
-        seed=config.seed,
-        start_epoch=initial_epoch,
-    )
-    steps = config.steps_per_epoch or train_data.steps_per_epoch
+    def make_train(start_epoch: int, **shard: Any) -> TrainData:
+        return make_train_dataset(
+            data.train,
+            data.train_images,
+            img_size=img_size,
+            batch_size=config.batch_size,
+            channels=channels,
+            balance=config.balance,
+            covid_per_batch=config.covid_per_batch,
+            class_weights=dict(enumerate(config.class_weights)),
+            augment=AugmentConfig() if config.augment else None,
+            seed=config.seed,
+            start_epoch=start_epoch,
+            **shard,
+        )
+
+    plan = make_train(initial_epoch)  # also validates the batch make-up before anything runs
+    steps = config.steps_per_epoch or plan.steps_per_epoch
     val_ds = make_eval_dataset(data.val, data.val_images, img_size=img_size, batch_size=config.batch_size,
                                channels=channels)
+    if distribution.num_workers > 1:
+        # Each worker validates its share of the batches (not of the files: they are not sharded by file).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        val_ds = val_ds.with_options(options)
     log.info(
-        "train: %d images, %d steps of %d per epoch (%d COVID-19 per batch); validation: %d images",
-        len(data.train), steps, config.batch_size, train_data.covid_per_batch, len(data.val),
+        "train: %d images, %d steps of %d per epoch (%d COVID-19 per batch, %d replicas); validation: %d images",
+        len(data.train), steps, config.batch_size, plan.covid_per_batch, distribution.replicas, len(data.val),
     )
 
     plateau = ResumableReduceLROnPlateau(**PLATEAU, verbose=1, initial_state=plateau_state)
+    resume_out = out_dir / "resume"
 
-    def state() -> dict[str, Any]:
-        return {"plateau": plateau.get_state()}
+    def save_state(*, epoch: int, step: int = 0) -> None:
+        save_resume_state(resume_out, model=model, epoch=epoch, state={"plateau": plateau.get_state(), "step": step})
 
-    checkpointer = EpochCheckpoint(
-        run_dir,
-        keep=config.keep_checkpoints,
-        full_model=config.full_checkpoints,
-        export_fn=lambda m, path: write_portable_h5(float32_model(m, _rebuild(spec)), path),
-        enabled=is_chief,
-    )
-    callbacks = [
-        StopOnNaN(),
+    callbacks: list[keras.callbacks.Callback] = [StopOnNaN()]
+    if distribution.num_workers > 1:
+        callbacks.insert(0, StallWatchdog(config.collective_timeout))
+    stopper = None
+    if preemption is not None:
+        stopper = StopOnPreemption(preemption, save_fn=save_state, strategy=strategy,
+                                   collective=distribution.num_workers > 1, steps_offset=initial_step)
+        callbacks.append(stopper)
+    callbacks += [
         plateau,
-        keras.callbacks.CSVLogger(str(run_dir / TRAINING_LOG), append=True),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), profile_batch=0),
-        checkpointer,
-        SaveResumeState(resume_dir, state_fn=state, enabled=is_chief),
+        keras.callbacks.CSVLogger(str(out_dir / TRAINING_LOG), append=True),
+        keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"), profile_batch=0),
+        EpochCheckpoint(
+            out_dir,
+            keep=config.keep_checkpoints,
+            full_model=config.full_checkpoints,
+            export_fn=lambda m, path: write_portable_h5(float32_model(m, _rebuild(spec)), path),
+        ),
+        SaveResumeState(resume_out, state_fn=lambda: {"plateau": plateau.get_state(), "step": 0}),
     ]
 
     history: dict[str, list[float]] = {}
+
+    def fit(first_epoch: int, last_epoch: int, steps_per_epoch: int) -> None:
+        dataset = _distributed(distribution, functools.partial(make_train, first_epoch),
+                               global_batch=config.batch_size)
+        patch = multiworker_fit(model, strategy) if distribution.kind == "multiworker" else contextlib.nullcontext()
+        with patch:
+            result = model.fit(
+                dataset,
+                steps_per_epoch=steps_per_epoch,
+                epochs=last_epoch,
+                initial_epoch=first_epoch,
+                validation_data=val_ds,
+                callbacks=callbacks,
+                shuffle=False,  # the tf.data pipeline shuffles
+                verbose=verbose,
+            )
+        for key, values in result.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+
     if initial_epoch >= config.epochs:
         log.info("run %s already completed %d of %d epochs; exporting only", run_dir, initial_epoch, config.epochs)
     else:
-        fit = model.fit(
-            train_data.dataset,
-            steps_per_epoch=steps,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            validation_data=val_ds,
-            callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles
-            verbose=verbose,
-        )
-        history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+        if initial_step:
+            # Finish the interrupted epoch with the steps it had left, then go on normally.
+            fit(initial_epoch, initial_epoch + 1, max(1, steps - initial_step))
+            plateau.set_initial_state(plateau.get_state())
+            if stopper is not None:
+                stopper.steps_offset = 0
+            initial_epoch += 1
+        if initial_epoch < config.epochs:
+            fit(initial_epoch, config.epochs, steps)
 
     final = float32_model(model, _rebuild(spec))
-    final_path = run_dir / FINAL_MODEL
-    saved_model = run_dir / SAVED_MODEL
-    if is_chief:
-        write_portable_h5(final, final_path)
-        export_saved_model(final, saved_model)
+    log.info("final weights fingerprint (worker %d): %s", distribution.worker_index, weights_fingerprint(final))
+    final_path = out_dir / FINAL_MODEL
+    saved_model = out_dir / SAVED_MODEL
+    write_portable_h5(final, final_path)
+    export_saved_model(final, saved_model)
     return TrainResult(
         run_dir=run_dir,
-        final_model=final_path,
-        saved_model=saved_model,
+        final_model=run_dir / FINAL_MODEL,
+        saved_model=run_dir / SAVED_MODEL,
         checkpoints=[p for _, p in list_checkpoints(run_dir)],
         initial_epoch=initial_epoch,
         epochs_run=max(0, config.epochs - initial_epoch),

@@ -1,0 +1,227 @@
+"""What every COVIDx source reader returns, and the helpers they share.
+
+A source reader (one module per public dataset) only *reads*: it parses the
+dataset's metadata, applies the row-level rules (view, finding mapping, URL
+filters) and checks that each image file exists. It returns a
+:class:`ScanResult`: the usable rows as :class:`Record` objects, in the order
+the reference notebooks visited them, and every other row as a :class:`Skip`
+with its reason. Deciding train/test, de-duplicating across sources and writing
+images is the job of :mod:`data.splits` and :mod:`data.build`.
+
+Every row a reader examines ends up either as a record or as a skip, so
+``rows_read == len(records) + len(skipped)`` for each source.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import pandas as pd
+
+from data.lists import check_relative_filename
+
+if TYPE_CHECKING:
+    from data.splits import SplitRules
+
+# How the image of a record is turned into the output file.
+COPY = "copy"  # the file's bytes, after checking that it decodes (COVID-Net copied them)
+GRAY = "gray"  # decoded, converted to one channel, re-encoded in the same format (COVID-Net's SIRM step)
+DICOM = "dicom"  # converted with data.dicom.dicom_to_uint8 and written as PNG
+CONVERSIONS = (COPY, GRAY, DICOM)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One image a source offers for COVIDx.
+
+    ``image`` is the name the source gives the image (COVID-Net's de-duplication
+    key with the patient id); ``out_name`` is the file name written under
+    ``OUT/<split>/`` and listed. ``split`` is None when the split rules decide,
+    or ``"train"``/``"test"`` when the source fixes it (RSNA's shipped test
+    patients; a future source with its own seeded split).
+    """
+
+    source: str
+    row: int | str
+    patient_id: str
+    label: str
+    image: str
+    src: Path
+    out_name: str
+    convert: str = COPY
+    crop: tuple[int, int, int, int] | None = None
+    split: str | None = None
+    # RSNA: one image per patient; a patient already present is skipped.
+    dedup_by_patient: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """A row (or image) that was not used: where it is, whose it is, and why."""
+
+    row: int | str
+    id: str
+    reason: str
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form for the report."""
+        return {"row": self.row, "id": self.id, "reason": self.reason, "detail": self.detail}
+
+
+@dataclasses.dataclass
+class ScanResult:
+    """What a source reader found."""
+
+    source: str
+    root: Path
+    rows_read: int = 0
+    records: list[Record] = dataclasses.field(default_factory=list)
+    skipped: list[Skip] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    # URLs of the rows that passed the view filter (cohen), used to drop the
+    # SIRM images that duplicate them.
+    urls: frozenset[str] = frozenset()
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def skip(self, row: int | str, id_: str, reason: str, detail: str = "") -> None:
+        """Record one skipped row."""
+        self.skipped.append(Skip(row, id_, reason, detail))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanContext:
+    """Everything a reader may need beyond its own folder.
+
+    New options (say the seed of a source that draws its own split) are added
+    here as fields with defaults, so no reader signature changes.
+    """
+
+    rules: "SplitRules"
+    # cohen's URLs (None when --cohen was not given: the SIRM check cannot run).
+    exclude_urls: frozenset[str] | None = None
+    # COVID-Net's ricord_data_set.txt when given explicitly (else DIR/ricord_data_set.txt if present).
+    ricord_list: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """A public source: its names, where it comes from, and its reader.
+
+    ``option`` is the command-line flag without dashes and the key of
+    :func:`data.build.build_covidx`'s ``sources``; ``name`` is what COVIDx
+    lists write in their 4th column. Stage-0 sources are visited per class in
+    :data:`data.sources.SOURCES` order, stage-1 sources (RSNA) afterwards, which
+    is COVID-Net's order.
+    """
+
+    name: str
+    option: str
+    title: str
+    url: str
+    layout: str
+    check: Callable[[Path], None]
+    scan: Callable[[Path, ScanContext], ScanResult]
+    stage: int = 0
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag, e.g. ``--cohen``."""
+        return f"--{self.option}"
+
+
+# -- helpers shared by the readers -------------------------------------------------------------
+
+def require_dir(path: Path, flag: str, what: str) -> None:
+    """``FileNotFoundError``/``NotADirectoryError`` naming the flag unless ``path`` is a folder."""
+    if not path.exists():
+        raise FileNotFoundError(f"{flag}: folder {path} does not exist (expected {what})")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{flag}: {path} is not a folder (expected {what})")
+
+
+def require_file(path: Path, flag: str, what: str) -> None:
+    """``FileNotFoundError`` naming the flag unless ``path`` is a file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag}: {path} not found ({what})")
+
+
+def normalize_column(name: object) -> str:
+    """Column key used by the readers: stripped, lower case, inner spaces kept.
+
+    The cohen metadata had headers such as ``Patientid`` and `` url`` in some
+    snapshots.
+    """
+    return re.sub(r"\s+", " ", str(name)).strip().lower()
+
+
+def read_table(
+    path: Path,
+    *,
+    flag: str,
+    required: Sequence[str],
+    encodings: Sequence[str] = ("utf-8", "ISO-8859-1"),
+    excel: bool = False,
+) -> pd.DataFrame:
+    """Read a metadata table as strings with normalized column names.
+
+    Every cell is a string (``""`` when empty), so patient ids like ``19`` stay
+    ``"19"`` and never become ``19.0``. CSV files are tried in ``encodings``
+    order. Raises ``ValueError`` naming the flag and file when a required
+    column is missing or the file cannot be parsed.
+    """
+    try:
+        if excel:
+            frame = pd.read_excel(path, dtype=str, keep_default_na=False)
+        else:
+            frame = None
+            for i, encoding in enumerate(encodings):
+                try:
+                    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+                    break
+                except UnicodeDecodeError:
+                    if i == len(encodings) - 1:
+                        raise
+            assert frame is not None
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{flag}: cannot read {path}: {type(exc).__name__}: {exc}") from None
+    frame = frame.rename(columns=normalize_column)
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{flag}: {path} has no column {', '.join(repr(c) for c in missing)} "
+            f"(found: {', '.join(map(repr, frame.columns))})"
+        )
+    return frame.fillna("")
+
+
+def clean_id(value: object) -> str:
+    """A patient id as COVIDx lists write it: whitespace runs become one space, ends stripped."""
+    return re.sub(r"\s+", " ", str(value)).strip()
+
+
+def out_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an output file name directly under ``OUT/<split>/``, or None."""
+    problem = check_relative_filename(name)
+    if problem:
+        return problem
+    if "/" in name or "\\" in name:
+        return f"file name {name!r} has a folder part"
+    if name.startswith("."):
+        return f"file name {name!r} is hidden (starts with '.')"
+    return None
+
+
+def strip_whitespace(name: str) -> str:
+    """Output file names carry no whitespace: COVIDx lists are whitespace-separated.
+
+    COVID-Net removed the spaces of the SIRM names (``COVID 119.png`` ->
+    ``COVID119.png``); the same rule applies to every source.
+    """
+    return re.sub(r"\s+", "", name)
+

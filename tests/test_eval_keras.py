@@ -1,0 +1,282 @@
+"""eval_keras.py end to end: every checkpoint kind gives the in-memory model's probabilities; bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+import eval_keras
+from data.labels import CLASSES
+from evaluation.predictions import PROBABILITY_COLUMNS
+
+IMG = 32
+# A fixed linear read-out of the mean image colour, for the hand-built ONNX models.
+ONNX_W = np.array([[4.0, -2.0, 0.5], [1.0, 3.0, -1.0], [-2.0, 0.5, 2.0]], np.float32)
+ONNX_B = np.array([0.3, -0.2, 0.1], np.float32)
+
+
+def write_images(root: Path, rng: np.random.Generator) -> None:
+    """12 PNGs of 32-40 px (4 per class, brightness varying by image) and test.txt."""
+    (root / "data" / "test").mkdir(parents=True)
+    lines = []
+    for i in range(12):
+        label = CLASSES[i % 3]
+        h, w = 32 + (i % 3) * 4, 40 - (i % 2) * 6
+        image = np.clip(rng.normal(20 + 19 * i, 25, (h, w)), 0, 255).astype(np.uint8)
+        name = f"img{i:02d}.png"
+        cv2.imwrite(str(root / "data" / "test" / name), image)
+        lines.append(f"pat{i // 2} {name} {label} synthetic\n")
+    (root / "test.txt").write_text("".join(lines))
+
+
+def write_onnx(path: Path, *, layout: str, batch: int | None, size: int | None, softmax: bool) -> Path:
+    """Mean over H, W -> MatMul -> Add (-> Softmax): a 3-class model with a numpy reference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, s = (batch or "N"), (size or "S")
+    dims = [n, s, s, 3] if layout == "NHWC" else [n, 3, s, s]
+    axes = [1, 2] if layout == "NHWC" else [2, 3]
+    out = "probabilities" if softmax else "logits"
+    nodes = [
+        helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=0),
+        helper.make_node("MatMul", ["mean", "W"], ["z"]),
+        helper.make_node("Add", ["z", "B"], ["logits" if softmax else out]),
+    ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], [out], axis=1))
+    graph = helper.make_graph(
+        nodes, "mean_linear",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [n, 3])],
+        initializer=[numpy_helper.from_array(np.array(axes, np.int64), "axes"),
+                     numpy_helper.from_array(ONNX_W, "W"), numpy_helper.from_array(ONNX_B, "B")],
+    )
+    # IR version 10 (onnx 1.16) as torch.onnx.export writes; the installed onnxruntime reads up to 13.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def onnx_reference(images: np.ndarray) -> np.ndarray:
+    z = images.astype(np.float64).mean(axis=(1, 2)) @ ONNX_W.astype(np.float64) + ONNX_B
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def run_config(model_spec: dict, root: Path):
+    from training.config import RunConfig
+
+    return RunConfig(
+        trainfile="train.txt", testfile="test.txt", data_path=str(root / "data"), val_split=0.1,
+        verify_images="header", balance=True, covid_per_batch=1, class_weights=(1.0, 1.0, 25.0), augment=True,
+        model=model_spec, weights="none", checkpoint="", lr=1e-3, batch_size=4, epochs=1, steps_per_epoch=None,
+        seed=0, mixed_precision=False, xla=False, output=str(root), name="run-", run_dir=str(root / "run"),
+        keep_checkpoints=0, full_checkpoints=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One smallcnn with non-trivial weights saved as every kind, the test images and their expected outputs."""
+    import keras
+
+    from data.pipeline import image_paths, make_predict_dataset
+    from data.lists import read_list
+    from models import ModelSpec, build_model_from_spec
+    from training.checkpoints import write_weights_hdf5
+    from training.config import write_run_config
+    from training.export import export_saved_model, write_portable_h5
+
+    root = tmp_path_factory.mktemp("evalzoo")
+    rng = np.random.default_rng(0)
+    write_images(root, rng)
+    keras.utils.set_random_seed(3)
+    spec = ModelSpec(name="smallcnn", input_shape=(IMG, IMG, 3))
+    model = build_model_from_spec(spec, weights=None)
+    model.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in model.get_weights()])
+
+    write_portable_h5(model, root / "full.hdf5")
+    (root / "run").mkdir()
+    write_run_config(run_config(spec.to_dict(), root), root / "run")
+    write_weights_hdf5(model, root / "run" / "cp-01-0.50.hdf5")
+    model.save_weights(str(root / "run" / "final.weights.h5"))
+    (root / "bare").mkdir()
+    write_weights_hdf5(model, root / "bare" / "cp-01-0.50.hdf5")
+    model.save(str(root / "model.keras"))
+    export_saved_model(model, root / "saved_model")
+    write_onnx(root / "nhwc_dynamic.onnx", layout="NHWC", batch=None, size=None, softmax=True)
+    write_onnx(root / "nchw_batch1_logits.onnx", layout="NCHW", batch=1, size=IMG, softmax=False)
+
+    entries = read_list(root / "test.txt").entries
+    paths = image_paths(entries, root / "data" / "test")
+    images = np.concatenate([b.numpy() for b in make_predict_dataset(paths, img_size=IMG, batch_size=5)])
+    return {
+        "root": root,
+        "images": images,
+        "keras": model.predict(images, verbose=0).astype(np.float64),
+        "onnx": onnx_reference(images),
+        "filenames": [e.filename for e in entries],
+    }
+
+
+def _args(zoo: dict, checkpoint: Path | str, out: Path, *extra: str) -> list[str]:
+    root = zoo["root"]
+    return ["--checkpoint", str(checkpoint), "--testfile", str(root / "test.txt"),
+            "--data_path", str(root / "data"), "--out", str(out), "--n_bootstrap", "20", "--batch_size", "5",
+            *extra]
+
+
+KINDS = {
+    "keras-h5": ("full.hdf5", (), "keras"),
+    "keras-weights+run_config": ("run/cp-01-0.50.hdf5", (), "keras"),
+    "keras3-weights+run_config": ("run/final.weights.h5", (), "keras"),
+    "keras-weights+flags": ("bare/cp-01-0.50.hdf5", ("--model", "smallcnn", "--img_size", "32"), "keras"),
+    "keras": ("model.keras", (), "keras"),
+    "savedmodel": ("saved_model", (), "keras"),
+    "onnx-nhwc-dynamic": ("nhwc_dynamic.onnx", ("--img_size", "32"), "onnx"),
+    "onnx-nchw-batch1-logits": ("nchw_batch1_logits.onnx", (), "onnx"),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_round_trips(zoo: dict, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    name, extra, reference = KINDS[kind]
+    assert eval_keras.main(_args(zoo, zoo["root"] / name, tmp_path / "out", *extra)) == 0
+    out = capsys.readouterr().out
+    frame = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert frame["filename"].tolist() == zoo["filenames"]
+    np.testing.assert_allclose(frame[list(PROBABILITY_COLUMNS)].to_numpy(), zoo[reference], atol=1e-5)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n_images"] == 12 and metrics["n_patients"] == 6
+    assert metrics["evaluated"]["img_size"] == IMG
+    assert metrics["evaluated"]["model_output"] == ("logits" if "logits" in kind else "probabilities")
+    expected_acc = float(np.mean(np.argmax(zoo[reference], axis=1) == np.arange(12) % 3))
+    assert metrics["metrics"]["accuracy"]["value"] == pytest.approx(expected_acc)
+    for png in ("confusion_matrix.png", "roc_curves.png"):
+        assert cv2.imread(str(tmp_path / "out" / png)) is not None
+    assert "Sens Normal: " in out and "PPV Normal: " in out and "macro ROC AUC" in out
+    assert out.rstrip().endswith("Seek advice from a qualified health professional.")
+
+
+def test_onnx_reference_differs_between_images(zoo: dict) -> None:
+    # Guards the round trip above against a degenerate model that predicts one constant row.
+    assert np.ptp(zoo["onnx"][:, 0]) > 0.05 and np.ptp(zoo["keras"][:, 0]) > 1e-3
+
+
+def test_default_out_dir_is_beside_the_checkpoint(zoo: dict, capsys: pytest.CaptureFixture) -> None:
+    args = [a for a in _args(zoo, zoo["root"] / "full.hdf5", Path("unused")) if a not in ("--out", "unused")]
+    assert eval_keras.main(args) == 0
+    assert (zoo["root"] / "full_eval" / "metrics.json").is_file()
+    assert eval_keras.default_out_dir("r/cp-10-0.35.hdf5") == Path("r/cp-10-0.35_eval")
+    assert eval_keras.default_out_dir("r/final.weights.h5") == Path("r/final_eval")
+    assert eval_keras.default_out_dir("r/saved_model") == Path("r/saved_model_eval")
+
+
+def test_time_loop_writes_both_throughputs(zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert eval_keras.main(_args(zoo, zoo["root"] / "model.keras", tmp_path, "--time_loop", "6")) == 0
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["batched"]["n_images"] == 6 and timing["per_image_loop"]["n_images"] == 6
+    assert timing["batched"]["images_per_second"] > 0 and timing["per_image_loop"]["images_per_second"] > 0
+    assert timing["speedup"] == pytest.approx(
+        timing["batched"]["images_per_second"] / timing["per_image_loop"]["images_per_second"])
+    assert "Timing on 6 images" in capsys.readouterr().out
+
+
+def _single_error(capsys: pytest.CaptureFixture) -> str:
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return errors[0]
+
+
+def _bad_checkpoints(root: Path, zoo: dict) -> dict[str, tuple[Path, tuple[str, ...], str]]:
+    full = (zoo["root"] / "full.hdf5").read_bytes()
+    keras_zip = (zoo["root"] / "model.keras").read_bytes()
+    onnx_bytes = (zoo["root"] / "nhwc_dynamic.onnx").read_bytes()
+    (root / "random.hdf5").write_bytes(np.random.default_rng(1).bytes(4096))
+    (root / "truncated.hdf5").write_bytes(full[: len(full) // 3])
+    (root / "truncated.keras").write_bytes(keras_zip[: len(keras_zip) // 2])
+    (root / "random.onnx").write_bytes(b"not a protobuf at all" * 50)
+    (root / "truncated.onnx").write_bytes(onnx_bytes[: len(onnx_bytes) // 2])
+    (root / "notes.txt").write_text("hello")
+    (root / "folder").mkdir()
+    return {
+        "random bytes": (root / "random.hdf5", (), "not a readable HDF5 file"),
+        "truncated hdf5": (root / "truncated.hdf5", (), "truncated.hdf5"),
+        "truncated keras": (root / "truncated.keras", (), "not a .keras archive"),
+        "random onnx": (root / "random.onnx", (), "cannot be loaded as an ONNX model"),
+        "truncated onnx": (root / "truncated.onnx", ("--img_size", "32"), "cannot be loaded as an ONNX model"),
+        "unknown extension": (root / "notes.txt", (), "unknown kind of model file"),
+        "folder": (root / "folder", (), "not a SavedModel"),
+        "missing": (root / "missing.hdf5", (), "does not exist"),
+        "weights without architecture": (zoo["root"] / "bare" / "cp-01-0.50.hdf5", (), "no run_config.json"),
+        "weights of another shape": (zoo["root"] / "bare" / "cp-01-0.50.hdf5",
+                                     ("--model", "smallcnn", "--img_size", "64"), "does not fit"),
+        "img_size disagrees": (zoo["root"] / "model.keras", ("--img_size", "64"), "does not match"),
+        "img_size vs run_config": (zoo["root"] / "run" / "cp-01-0.50.hdf5", ("--img_size", "64"), "disagrees"),
+        "dynamic onnx without size": (zoo["root"] / "nhwc_dynamic.onnx", (), "give --img_size"),
+        "gradcam on onnx": (zoo["root"] / "nchw_batch1_logits.onnx", ("--gradcam", "1"), "--gradcam"),
+        "tsne on savedmodel": (zoo["root"] / "saved_model", ("--tsne",), "--tsne"),
+        "model flag on full model": (zoo["root"] / "full.hdf5", ("--model", "smallcnn"), "only for weights-only"),
+    }
+
+
+def test_bad_checkpoints_exit_2_with_one_line(zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for case, (path, extra, message) in _bad_checkpoints(tmp_path, zoo).items():
+        code = eval_keras.main(_args(zoo, path, tmp_path / "out", *extra))
+        line = _single_error(capsys)
+        assert code == 2, case
+        assert message in line, (case, line)
+        shown = path.parent if path.name == "saved_model.pb" else path
+        assert str(shown) in line or "--gradcam" in line or "--tsne" in line, (case, line)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_lists_exit_2_with_one_line(zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = zoo["root"]
+    missing = tmp_path / "missing_images.txt"
+    missing.write_text((root / "test.txt").read_text() + "pat9 gone.png normal synthetic\n")
+    bad_label = tmp_path / "bad_label.txt"
+    bad_label.write_text("pat1 img00.png healthy\n")
+    cases = {
+        missing: "gone.png",
+        bad_label: "bad lines",
+        tmp_path / "absent.txt": "does not exist",
+    }
+    for testfile, message in cases.items():
+        args = ["--checkpoint", str(root / "model.keras"), "--testfile", str(testfile),
+                "--data_path", str(root / "data"), "--out", str(tmp_path / "out")]
+        assert eval_keras.main(args) == 2
+        line = _single_error(capsys)
+        assert str(testfile) in line and message in line, line
+
+
+def test_help_is_fast_and_names_the_default_out(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        eval_keras.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "_eval/" in text and "--gradcam" in text and "(default: 2000)" in text
+
+
+def test_corrupt_image_that_passes_the_header_check(zoo: dict, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    root = zoo["root"]
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    for path in (root / "data" / "test").glob("*.png"):
+        data = path.read_bytes()
+        (tmp_path / "data" / "test" / path.name).write_bytes(data[:60] if path.name == "img03.png" else data)
+    args = ["--checkpoint", str(root / "model.keras"), "--testfile", str(root / "test.txt"),
+            "--data_path", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    assert eval_keras.main(args) == 2
+    line = _single_error(capsys)
+    assert "could not be read or decoded (Invalid PNG data" in line and "function_node" not in line
+    assert eval_keras.main([*args, "--verify_images", "full"]) == 2
+    assert "img03.png: cannot be decoded" in _single_error(capsys)
