@@ -21,7 +21,7 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) demo.py --out demo_output
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) demo.py --out demo_output
 
 test: $(VENV)/.installed-test
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q
