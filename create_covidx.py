@@ -15,7 +15,17 @@ skipped row with its reason).
 --split covidnet reproduces COVID-Net's create_COVIDx (its fixed test patients);
 --split surfsara reproduces SURFsara's create_COVIDx_v2 (cohen PA views and
 RSNA only). Re-running is safe: lists are replaced, intact images are kept.
-See docs/dataset.md for the download instructions and every rule.
+
+  python create_covidx.py --radiography-db COVID-19_Radiography_Dataset --out radiography
+
+builds the ResNet-18 study's dataset instead (the whole COVID-19 Radiography
+Database, seeded 70/10/20 split per class, train/val/test lists).
+
+  python create_covidx.py ... --out data --cache 512    # or later: --out data --cache 512
+
+also writes the images resized once into sharded TFRecord files
+(data/cache-512/) for train_keras.py --cache. See docs/dataset.md for the
+download instructions and every rule.
 
 Exit status: 0 on success (bad rows and images are skipped and reported),
 1 when no usable image was found, 2 for bad arguments or missing folders.
@@ -43,7 +53,11 @@ SOURCE_HELP = {
     "rsna": "RSNA pneumonia challenge folder (stage_2_detailed_class_info.csv, stage_2_train_labels.csv, "
     "stage_2_train_images/)",
     "ricord": "MIDRC-RICORD-1c folder (MIDRC-RICORD-1C-<MRN>/<study>/<series>/*.dcm)",
+    "radiography_db": "the whole COVID-19 Radiography Database (class folders COVID-19/COVID, NORMAL/Normal, "
+    "Viral Pneumonia): the ResNet-18 study's dataset, not COVIDx; implies --split radiography and writes "
+    "train/val/test lists",
 }
+SPLITS = ("covidnet", "surfsara", "radiography")
 DEFAULT_SYNTHETIC_SIZE = 400
 DEFAULT_SYNTHETIC_IMAGE_SIZE = 256
 
@@ -55,7 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     sources = parser.add_argument_group("sources (at least one, or --synthetic)")
     for option, help_text in SOURCE_HELP.items():
-        sources.add_argument(f"--{option}", metavar="DIR", type=Path, default=None, help=help_text)
+        sources.add_argument(f"--{option.replace('_', '-')}", dest=option, metavar="DIR", type=Path, default=None,
+                             help=help_text)
     sources.add_argument(
         "--ricord-list", metavar="FILE", type=Path, default=None,
         help="COVID-Net's ricord_data_set.txt (usable RICORD images and crop boxes); when not given, "
@@ -65,8 +80,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     output.add_argument("--out", metavar="DIR", type=Path, default=None,
                         help="output folder (train/, test/, *_COVIDx.txt, report.json)")
     split = parser.add_argument_group("split")
-    split.add_argument("--split", choices=("covidnet", "surfsara"), default="covidnet",
-                       help="recipe: COVID-Net's create_COVIDx or SURFsara's create_COVIDx_v2")
+    split.add_argument("--split", choices=SPLITS, default=argparse.SUPPRESS,
+                       help="recipe: COVID-Net's create_COVIDx (covidnet, the default for the COVIDx sources), "
+                       "SURFsara's create_COVIDx_v2 (surfsara), or the ResNet-18 study's seeded split of the "
+                       "COVID-19 Radiography Database (radiography, the default with --radiography-db)")
+    split.add_argument("--radiography-split", metavar="TRAIN,VAL,TEST", type=_fractions, default=(0.7, 0.1, 0.2),
+                       help="--split radiography: fractions of each class in train, validation and test")
+    cache = parser.add_argument_group(
+        "preprocessed cache",
+        "Images resized once into sharded TFRecord files, for train_keras.py --cache. With sources, the cache "
+        "is built after the dataset; with --out alone, from the lists already in --out.",
+    )
+    cache.add_argument("--cache", metavar="SIZE", type=int, default=None,
+                       help="also write the images resized to SIZE x SIZE grayscale into --cache-dir")
+    cache.add_argument("--cache-dir", metavar="DIR", type=Path, default=None,
+                       help="where the cache goes (default: OUT/cache-SIZE)")
     synthetic = parser.add_argument_group("synthetic sources (no download)")
     synthetic.add_argument("--synthetic", metavar="DIR", type=Path, default=None,
                            help="write small synthetic sources in the real formats into DIR "
@@ -75,7 +103,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            help="number of synthetic images (about a third per class)")
     synthetic.add_argument("--synthetic-image-size", metavar="PX", type=int, default=DEFAULT_SYNTHETIC_IMAGE_SIZE,
                            help="side of the square synthetic images, in pixels")
-    synthetic.add_argument("--seed", type=int, default=0, help="seed of the synthetic sources")
+    synthetic.add_argument("--seed", type=int, default=0,
+                           help="seed of the synthetic sources and of the --split radiography draw")
     performance = parser.add_argument_group("performance")
     performance.add_argument("--workers", metavar="N", type=int, default=os.cpu_count() or 1,
                              help="processes that convert and copy images")
@@ -85,25 +114,82 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three fractions such as 0.7,0.1,0.2, received {text!r}") from None
+
+
+def _flag(option: str) -> str:
+    return f"--{option.replace('_', '-')}"
+
+
 def _check_options(args: argparse.Namespace) -> dict[str, Path]:
     given = {option: getattr(args, option) for option in SOURCE_HELP if getattr(args, option) is not None}
+    cache_only = args.cache is not None and not given and args.synthetic is None
     if args.synthetic is not None:
         if given:
-            flags = ", ".join(f"--{o}" for o in given)
+            flags = ", ".join(_flag(o) for o in given)
             raise UsageError(f"--synthetic builds from its own sources; do not combine it with {flags}")
         if args.ricord_list is not None:
             raise UsageError("--ricord-list cannot be used with --synthetic")
+    elif cache_only:
+        if args.out is None:
+            raise UsageError("--cache without sources builds the cache of an existing dataset: --out is required")
     else:
         if not given:
             raise UsageError(
-                "no source given: use at least one of " + ", ".join(f"--{o}" for o in SOURCE_HELP)
-                + " (or --synthetic DIR for a demo)"
+                "no source given: use at least one of " + ", ".join(_flag(o) for o in SOURCE_HELP)
+                + " (or --synthetic DIR for a demo, or --cache SIZE --out DIR to cache an existing dataset)"
             )
         if args.out is None:
             raise UsageError("--out is required: the folder to write COVIDx into")
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.cache is not None and args.cache < 8:
+        raise UsageError(f"--cache must be an image size of at least 8 px, got {args.cache}")
+    if args.cache_dir is not None and args.cache is None:
+        raise UsageError("--cache-dir needs --cache SIZE")
+    if args.cache is not None and args.out is None:
+        raise UsageError("--cache needs --out: the dataset whose images are cached")
     return given
+
+
+def _split_name(args: argparse.Namespace, given: dict[str, Path]) -> str:
+    """--split, or the recipe the sources call for when it was not given."""
+    if hasattr(args, "split"):
+        return args.split
+    return "radiography" if "radiography_db" in given else "covidnet"
+
+
+def _build_cache(out: Path, *, size: int, cache_dir: Path | None, progress: bool) -> Path:
+    """Cache every list found in ``out`` (train, val, test) at ``size`` px; returns the cache folder."""
+    from data.build import list_name
+    from data.cache import build_cache
+    from data.pipeline import load_entries
+    from data.splits import LISTS, image_folder
+
+    lists = {}
+    for name in LISTS:
+        path = out / list_name(name)
+        if path.is_file():
+            # The cache must hold every listed image: a missing or unreadable one stops here, named.
+            image_dir = out / image_folder(name)
+            lists[name] = (load_entries(path, image_dir, verify="header", what=f"--out list {path.name}"), image_dir)
+    if "train" not in lists:
+        raise FileNotFoundError(f"--cache: {out / list_name('train')} not found; build the dataset first "
+                                "(or give its sources)")
+    target = cache_dir if cache_dir is not None else out / f"cache-{size}"
+    wrap = None
+    if progress:
+        from tqdm import tqdm
+
+        wrap = lambda work: tqdm(work, unit="shard", desc="caching")  # noqa: E731
+    root = build_cache(target, lists=lists, size=size, progress=wrap)
+    counts = ", ".join(f"{name} {len(entries)}" for name, (entries, _) in lists.items())
+    print(f"cache of {size} x {size} px images ({counts}) in {root}; train with --cache {root}")
+    return root
 
 
 @handle_errors
@@ -115,36 +201,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The JPEG 2000 encoder logs every tile at INFO level.
         logging.getLogger("openjpeg").setLevel(logging.WARNING)
     given = _check_options(args)
+    progress = not args.no_progress and sys.stderr.isatty()
+    if not given and args.synthetic is None:
+        _build_cache(args.out, size=args.cache, cache_dir=args.cache_dir, progress=progress)
+        return EXIT_OK
 
     from data.build import build_covidx
     from data.report import format_summary
+    from data.splits import get_rules
 
+    split = _split_name(args, given)
+    if split != "radiography" and args.radiography_split != (0.7, 0.1, 0.2):
+        raise UsageError(f"--radiography-split applies to --split radiography, not to --split {split}")
     if args.synthetic is not None:
-        from data.synthetic import make_synthetic_sources
+        from data.synthetic import make_synthetic_radiography_db, make_synthetic_sources
 
         folders = make_synthetic_sources(
             args.synthetic, size=args.synthetic_size, image_size=args.synthetic_image_size, seed=args.seed
         )
+        folders["radiography_db"] = make_synthetic_radiography_db(
+            args.synthetic / "radiography-db", size=args.synthetic_size, image_size=args.synthetic_image_size,
+            seed=args.seed,
+        )
         print(f"synthetic sources written to {args.synthetic}")
         if args.out is None:
             return EXIT_OK
-        given = {option: folder for option, folder in folders.items()}
-        if args.split == "surfsara":
-            given = {o: f for o, f in given.items() if o in ("cohen", "rsna")}
+        # The sources the recipe uses: the six COVIDx ones, cohen and RSNA for surfsara, the database for radiography.
+        allowed = get_rules(split).allowed_sources
+        given = {o: f for o, f in folders.items() if allowed is None or o in allowed}
 
     result = build_covidx(
         out_dir=args.out,
         sources=given,
-        split=args.split,
+        split=split,
         workers=args.workers,
         ricord_list=args.ricord_list,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        split_seed=args.seed,
+        split_fractions=args.radiography_split,
+        progress=progress,
     )
     print(format_summary(result.report))
     print(f"report: {result.report_path}")
     if not result.usable:
         print("error: no usable image was found in the given sources (see report.json)", file=sys.stderr)
         return EXIT_FAILURE
+    if args.cache is not None:
+        _build_cache(args.out, size=args.cache, cache_dir=args.cache_dir, progress=progress)
     return EXIT_OK
 
 

@@ -49,7 +49,7 @@ from data.lists import ListEntry, write_list
 from data.report import build_report
 from data.sources import BY_OPTION, SOURCES, Record, ScanContext, ScanResult, Skip
 from data.sources.base import COPY, DICOM, GRAY
-from data.splits import SPLITS, assign_splits, get_rules
+from data.splits import LISTS, SPLITS, assign_splits, get_rules, image_folder
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ FAILED = "failed"
 
 
 def list_name(split: str) -> str:
-    """File name of a split's list: ``train_COVIDx.txt``, ``test_COVIDx.txt``."""
+    """File name of a split's list: ``train_COVIDx.txt``, ``val_COVIDx.txt``, ``test_COVIDx.txt``."""
     return f"{split}_COVIDx.txt"
 
 
@@ -357,18 +357,19 @@ def plan_outputs(
                 f"same file as {first.source} row {first.row} (patient {first.patient_id}, {first_split})",
             ))
             continue
-        key = (split_name, rec.out_name.casefold())  # case-insensitive file systems exist
+        folder = image_folder(split_name)
+        key = (folder, rec.out_name.casefold())  # case-insensitive file systems exist
         if key in by_dest:
             first = by_dest[key]
             skips[rec.source].append(Skip(
                 rec.row, rec.patient_id, "name collision",
-                f"{split_name}/{rec.out_name} is already written for {first.source} row {first.row} "
+                f"{folder}/{rec.out_name} is already written for {first.source} row {first.row} "
                 f"(patient {first.patient_id})",
             ))
             continue
         by_src[src] = (rec, split_name)
         by_dest[key] = rec
-        tasks.append(ImageTask(len(tasks), str(src), str(out / split_name / rec.out_name), rec.convert, rec.crop))
+        tasks.append(ImageTask(len(tasks), str(src), str(out / folder / rec.out_name), rec.convert, rec.crop))
         planned.append((rec, split_name))
     return tasks, planned
 
@@ -399,14 +400,18 @@ def build_covidx(
     split: str = "covidnet",
     workers: int | None = None,
     ricord_list: str | os.PathLike[str] | None = None,
+    split_seed: int = 0,
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
     progress: bool = False,
     options: WriteOptions = WriteOptions(),
 ) -> BuildResult:
     """Build COVIDx under ``out_dir`` from ``sources`` (option name -> folder).
 
     ``sources`` keys are the command-line option names (``cohen``,
-    ``figure1``, ``actualmed``, ``sirm``, ``rsna``, ``ricord``); ``split`` is
-    ``covidnet`` or ``surfsara``; ``workers`` defaults to ``os.cpu_count()``.
+    ``figure1``, ``actualmed``, ``sirm``, ``rsna``, ``ricord``, or
+    ``radiography_db`` alone); ``split`` is ``covidnet``, ``surfsara`` or
+    ``radiography`` (then ``split_seed`` and ``split_fractions`` draw the
+    train/val/test split); ``workers`` defaults to ``os.cpu_count()``.
     Raises ``ValueError``/``FileNotFoundError`` naming the flag and path for
     unusable arguments; bad rows and images are skipped and reported. Check
     :attr:`BuildResult.usable`: nothing usable is not an exception.
@@ -433,7 +438,8 @@ def build_covidx(
             spec.check(given[spec.option])
 
     # 2. read
-    context = ScanContext(rules=rules, ricord_list=Path(ricord_list) if ricord_list is not None else None)
+    context = ScanContext(rules=rules, ricord_list=Path(ricord_list) if ricord_list is not None else None,
+                          split_seed=split_seed, split_fractions=tuple(split_fractions))
     scans: list[ScanResult] = []
     for spec in SOURCES:
         if spec.option not in given:
@@ -466,7 +472,8 @@ def build_covidx(
     results = run_tasks(tasks, workers=workers, progress=progress, options=options)
 
     # 6. lists, then the report
-    entries: dict[str, list[ListEntry]] = {s: [] for s in SPLITS}
+    list_names = LISTS if rules.val_list else SPLITS
+    entries: dict[str, list[ListEntry]] = {s: [] for s in list_names}
     outcomes: list[tuple[Record, str, TaskResult]] = []
     for (rec, split_name), result in zip(planned, results):
         outcomes.append((rec, split_name, result))
@@ -474,7 +481,7 @@ def build_covidx(
             extra_skips[rec.source].append(Skip(rec.row, rec.patient_id, result.reason, result.detail))
             continue
         entries[split_name].append(ListEntry(rec.patient_id, rec.out_name, rec.label, rec.source))
-    lists = {s: write_list(out / list_name(s), entries[s]) for s in SPLITS}
+    lists = {s: write_list(out / list_name(s), entries[s]) for s in list_names}
 
     report = build_report(
         split=rules.name,
@@ -483,7 +490,7 @@ def build_covidx(
         extra_skips=extra_skips,
         outcomes=outcomes,
         adjustments=assignment.adjustments,
-        lists={s: list_name(s) for s in SPLITS},
+        lists={s: list_name(s) for s in list_names},
     )
     report_path = atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return BuildResult(out_dir=out, lists=lists, report_path=report_path, report=report, entries=entries)

@@ -124,7 +124,8 @@ def build_report(
 
 def format_summary(report: Mapping[str, Any], *, max_reasons: int = 4) -> str:
     """A short human summary of a report: per source, totals, warnings."""
-    lines = [f"COVIDx ({report['split']} split) in {report['out_dir']}"]
+    dataset = "COVID-19 Radiography Database" if report["split"] == "radiography" else "COVIDx"
+    lines = [f"{dataset} ({report['split']} split) in {report['out_dir']}"]
     splits = list(report["lists"])
     for name, src in report["sources"].items():
         per_split = ", ".join(

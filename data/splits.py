@@ -1,9 +1,11 @@
-"""The two COVIDx recipes: label mapping, view filter and fixed test patients.
+"""The dataset recipes: label mapping, view filter and fixed test patients.
 
 ``covidnet`` reproduces lindawangg/COVID-Net's ``create_COVIDx.ipynb`` (with
 RICORD, ``create_ricord_dataset.ipynb``); ``surfsara`` reproduces
 sara-nl/Covid19-HPML's ``create_COVIDx_v2.ipynb``. Both split by patient with
-fixed lists of test patients, never at random.
+fixed lists of test patients, never at random. ``radiography`` is not COVIDx:
+it is the ResNet-18 study's COVID-19 Radiography Database, whose reader draws
+a seeded train/val/test split itself (``Record.split``), written as three lists.
 
 COVID-Net's COVID-19 test list has a missing comma::
 
@@ -40,6 +42,18 @@ if TYPE_CHECKING:
 TRAIN = "train"
 TEST = "test"
 SPLITS = (TRAIN, TEST)
+# A validation list, for sources that draw their own train/val/test split; its images live in train/.
+VAL = "val"
+LISTS = (TRAIN, VAL, TEST)
+
+# The sources COVIDx is made of (the option names of data.sources).
+COVIDX_SOURCES = frozenset({"cohen", "figure1", "actualmed", "sirm", "ricord", "rsna"})
+
+
+def image_folder(list_name: str) -> str:
+    """The folder under OUT/ holding a list's images: validation images are training data, in train/."""
+    return TRAIN if list_name == VAL else list_name
+
 
 COVIDNET_MAPPING: Mapping[str, str] = {
     "COVID-19": "COVID-19",
@@ -142,6 +156,8 @@ class SplitRules:
     # Source options this recipe knows (None: all).
     allowed_sources: frozenset[str] | None
     why_sources: str = ""
+    # Whether the recipe writes a validation list (val_COVIDx.txt) besides train and test.
+    val_list: bool = False
 
     def label(self, finding: str) -> str | None:
         """The class of an already-parsed finding, or None when it is not mapped."""
@@ -156,7 +172,9 @@ COVIDNET = SplitRules(
     cohen_url_skip=COVIDNET_COHEN_URL_SKIP,
     test_patients=COVIDNET_TEST_PATIENTS,
     ricord_test_rule=True,
-    allowed_sources=None,
+    allowed_sources=COVIDX_SOURCES,
+    why_sources="COVID-Net's create_COVIDx builds COVIDx from the cohen, Figure1, Actualmed, SIRM, RICORD and "
+    "RSNA datasets",
 )
 SURFSARA = SplitRules(
     name="surfsara",
@@ -169,7 +187,20 @@ SURFSARA = SplitRules(
     allowed_sources=frozenset({"cohen", "rsna"}),
     why_sources="SURFsara's create_COVIDx_v2 only used the cohen and RSNA datasets",
 )
-RULES: Mapping[str, SplitRules] = {r.name: r for r in (COVIDNET, SURFSARA)}
+# The ResNet-18 study's dataset: the reader draws the split itself (data.sources.radiography).
+RADIOGRAPHY = SplitRules(
+    name="radiography",
+    mapping={},
+    cohen_views=frozenset(),
+    cohen_finding=first_comma,
+    cohen_url_skip=(),
+    test_patients={},
+    ricord_test_rule=False,
+    allowed_sources=frozenset({"radiography_db"}),
+    why_sources="the ResNet-18 study used the COVID-19 Radiography Database alone, with a seeded 70/10/20 split",
+    val_list=True,
+)
+RULES: Mapping[str, SplitRules] = {r.name: r for r in (COVIDNET, SURFSARA, RADIOGRAPHY)}
 
 
 def get_rules(name: str) -> SplitRules:

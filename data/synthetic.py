@@ -547,6 +547,43 @@ def _ricord(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> None
             n += 1
 
 
+# Folder of the 2021+ release -> label rendered (None: Lung_Opacity, a class the ResNet-18 study did not have).
+RADIOGRAPHY_CLASSES = {"COVID": "COVID-19", "Normal": "normal", "Viral Pneumonia": "pneumonia", "Lung_Opacity": None}
+
+
+def make_synthetic_radiography_db(
+    out_dir: str | os.PathLike[str], *, size: int = 300, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0
+) -> Path:
+    """A synthetic COVID-19 Radiography Database in its 2021+ layout, for ``--radiography-db``.
+
+    ``<Class>/images/<Class>-<n>.png`` (3-channel, as the release stores them)
+    and ``<Class>/masks/`` for COVID, Normal and Viral Pneumonia in about the
+    real proportions (about a quarter COVID-19), ``<Class>.metadata.xlsx``
+    files, and a few ``Lung_Opacity`` images that the ResNet-18 study's three
+    classes do not include (they must be skipped). ``size`` counts the images
+    of the three classes.
+    """
+    if size < 30:
+        raise ValueError(f"the synthetic radiography database needs at least 30 images, got {size}")
+    root = Path(out_dir)
+    counts = {"COVID": size // 4, "Normal": (size - size // 4) // 2, "Lung_Opacity": 4}
+    counts["Viral Pneumonia"] = size - counts["COVID"] - counts["Normal"]
+    for k, (folder, label) in enumerate(RADIOGRAPHY_CLASSES.items()):
+        rows = []
+        for i in range(1, counts[folder] + 1):
+            name = f"{folder}-{i}"
+            # Lung opacity is drawn as pneumonia-like: a reader that kept it would mislabel it.
+            gray = render_cxr(label or "pneumonia", _rng(seed, 70 + k, i), image_size)
+            _write_image(root / folder / "images" / f"{name}.png", cv2.merge([gray, gray, gray]))
+            if i <= 2:  # the real release ships a lung mask per image; they are not images to classify
+                _write_image(root / folder / "masks" / f"{name}.png", (gray > 128).astype(np.uint8) * 255)
+            rows.append([name, "PNG", f"{image_size}*{image_size}", f"https://example.org/synthetic/{name}"])
+        write_xlsx(root / f"{folder}.metadata.xlsx", ["FILE NAME", "FORMAT", "SIZE", "URL"], rows)
+    atomic_write_text(root / "README.md.txt", "Synthetic COVID-19 Radiography Database (2021+ layout) written by "
+                      f"create_covidx.py --synthetic (size {size}, seed {seed}). Not medical data.\n")
+    return root
+
+
 def make_synthetic_sources(
     out_dir: str | os.PathLike[str],
     *,

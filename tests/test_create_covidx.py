@@ -17,12 +17,17 @@ from data.sources import BY_OPTION
 def test_parse_args_defaults() -> None:
     args = create_covidx.parse_args(["--cohen", "c", "--out", "o"])
     assert args.cohen == Path("c") and args.out == Path("o") and args.figure1 is None
-    assert args.split == "covidnet" and args.workers >= 1 and args.seed == 0
+    # --split is resolved in main: covidnet for the COVIDx sources, radiography for --radiography-db.
+    assert not hasattr(args, "split") and args.workers >= 1 and args.seed == 0
+    assert create_covidx._split_name(args, {"cohen": Path("c")}) == "covidnet"
+    assert create_covidx._split_name(args, {"radiography_db": Path("r")}) == "radiography"
+    assert create_covidx.parse_args(["--split", "surfsara"]).split == "surfsara"
     assert (args.synthetic_size, args.synthetic_image_size) == (400, 256)
 
 
 def test_source_flags_match_the_registry() -> None:
-    assert list(create_covidx.SOURCE_HELP) == ["cohen", "figure1", "actualmed", "sirm", "rsna", "ricord"]
+    assert list(create_covidx.SOURCE_HELP) == [
+        "cohen", "figure1", "actualmed", "sirm", "rsna", "ricord", "radiography_db"]
     assert set(create_covidx.SOURCE_HELP) == set(BY_OPTION)
 
 
@@ -30,9 +35,9 @@ def test_help_lists_groups_and_defaults(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exc:
         create_covidx.parse_args(["--help"])
     assert exc.value.code == 0
-    text = capsys.readouterr().out
-    for needle in ("sources (at least one, or --synthetic)", "--ricord-list", "performance", "(default: covidnet)",
-                   "(default: 400)", "synthetic sources (no download)"):
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    for needle in ("sources (at least one, or --synthetic)", "--ricord-list", "performance", "covidnet, the default",
+                   "(default: 400)", "synthetic sources (no download)", "--radiography-db DIR", "--cache SIZE"):
         assert needle in text
 
 

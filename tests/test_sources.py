@@ -309,10 +309,10 @@ def test_ricord_nbia_layout_one_level_down(ricord_root: Path, tmp_path: Path) ->
 
 
 def test_registry_flags_and_order() -> None:
-    assert [s.name for s in SOURCES] == ["cohen", "fig1", "actmed", "sirm", "ricord", "rsna"]
-    assert [BY_OPTION[o].flag for o in ("cohen", "figure1", "actualmed", "sirm", "rsna", "ricord")] == [
-        "--cohen", "--figure1", "--actualmed", "--sirm", "--rsna", "--ricord"]
-    assert [s.stage for s in SOURCES] == [0, 0, 0, 0, 0, 1]
+    assert [s.name for s in SOURCES] == ["cohen", "fig1", "actmed", "sirm", "ricord", "rsna", "radiography"]
+    assert [BY_OPTION[o].flag for o in ("cohen", "figure1", "actualmed", "sirm", "rsna", "ricord", "radiography_db")] == [
+        "--cohen", "--figure1", "--actualmed", "--sirm", "--rsna", "--ricord", "--radiography-db"]
+    assert [s.stage for s in SOURCES] == [0, 0, 0, 0, 0, 1, 0]
     for spec in SOURCES:  # torchxrayvision-style module docstrings
         doc = __import__(spec.scan.__module__, fromlist=["x"]).__doc__
         assert "What:" in doc and "Where:" in doc and ("Licence:" in doc or "Terms:" in doc)

@@ -104,6 +104,9 @@ class ScanContext:
     exclude_urls: frozenset[str] | None = None
     # COVID-Net's ricord_data_set.txt when given explicitly (else DIR/ricord_data_set.txt if present).
     ricord_list: Path | None = None
+    # Sources that draw their own split (the COVID-19 Radiography Database): seed and train/val/test fractions.
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +131,8 @@ class SourceSpec:
 
     @property
     def flag(self) -> str:
-        """The command-line flag, e.g. ``--cohen``."""
-        return f"--{self.option}"
+        """The command-line flag, e.g. ``--cohen`` or ``--radiography-db`` (option ``radiography_db``)."""
+        return f"--{self.option.replace('_', '-')}"
 
 
 # -- helpers shared by the readers -------------------------------------------------------------
