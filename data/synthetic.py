@@ -12,7 +12,9 @@
                  12-16 bits stored, JPEG 2000 lossless, RLE lossless or uncompressed, some windowed)
 
 so that ``create_covidx.py`` and the tests exercise exactly the code paths the
-real downloads do, with nothing downloaded. The patient ids hit the fixed
+real downloads do, with nothing downloaded. :func:`make_synthetic_radiography_db`
+writes the whole COVID-19 Radiography Database in its 2021+ layout
+(``<Class>/images/<Class>-<n>.png``) for ``--radiography-db``. The patient ids hit the fixed
 test-patient rules of the COVID-Net split (cohen ``8``/``31`` and ``19``,
 ``20``...; Figure1 ``COVID-00025``...; Actualmed ``ANON24``...; SIRM
 ``COVID 119``...; RSNA ids from the shipped test lists; RICORD single-image
