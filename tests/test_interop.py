@@ -27,11 +27,16 @@ IMG = 32
 PROJECT_MODULES = ("models", "training", "data", "common", "evaluation")
 
 
-def _snippet(marker: str) -> str:
-    text = (REPO_ROOT / "docs" / "checkpoints.md").read_text()
+def _snippet(marker: str, document: str = "docs/checkpoints.md") -> str:
+    text = (REPO_ROOT / document).read_text()
     match = re.search(rf"<!-- {marker}: begin -->\s*```python\n(.*?)```\s*<!-- {marker}: end -->", text, re.S)
-    assert match, f"snippet {marker} not found in docs/checkpoints.md"
+    assert match, f"snippet {marker} not found in {document}"
     return match.group(1)
+
+
+def test_readme_shows_the_tested_rebuild_snippet() -> None:
+    """The README's ten lines are the ones the isolated-process tests below execute."""
+    assert _snippet("baseline-rebuild", "README.md") == _snippet("baseline-rebuild")
 
 
 def _run_isolated(script: str, cwd: Path) -> dict:
