@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from common.fsutil import atomic_write_bytes, atomic_write_text, remove_partials
@@ -148,11 +148,49 @@ def decode_problem(data: bytes) -> str | None:
     return None
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation of a JPEG: 1 when stored upright or untagged, 2-8 when flipped or rotated."""
+    if data[:3] != b"\xff\xd8\xff":
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a damaged header has no usable orientation; decode_problem reports the damage
+        return 1
+
+
+def upright_jpeg(data: bytes) -> bytes:
+    """The JPEG rotated/flipped as its EXIF orientation says, re-encoded without the tag.
+
+    cv2.imread (SURFsara's and COVID-Net's reader) applies the EXIF orientation;
+    TensorFlow's decoders do not. Writing the image upright makes every reader
+    see the same pixels. Re-encoding is at quality 100 without chroma
+    subsampling, the closest to lossless a JPEG allows.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        upright = ImageOps.exif_transpose(im)
+        out = io.BytesIO()
+        upright.save(out, format="JPEG", quality=100, subsampling=0)
+    return out.getvalue()
+
+
 def _encode(image: np.ndarray, suffix: str) -> bytes:
     ok, buf = cv2.imencode(suffix if suffix else ".png", image)
     if not ok:
         raise ValueError(f"OpenCV cannot encode a {suffix} image")
     return buf.tobytes()
+
+
+def _rotated_jpeg(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)  # the EXIF block (APP1) is at the start and at most 64 KiB
+    except OSError:
+        return False
+    return exif_orientation(head) != 1
 
 
 def _same_size(a: Path, b: Path) -> bool:
@@ -166,8 +204,9 @@ def write_image(task: ImageTask, options: WriteOptions = WriteOptions()) -> Task
     """Produce one output image (runs in a worker process); never raises for a bad input."""
     dest = Path(task.dest)
     if dest.exists() and is_intact_image(dest):
-        # A copy must also have its source's size: a stale file from other inputs is replaced.
-        if task.convert != COPY or _same_size(dest, Path(task.src)):
+        # A copy must also have its source's size (a stale file from other inputs is replaced),
+        # unless it was written upright from an EXIF-rotated JPEG and so differs on purpose.
+        if task.convert != COPY or _same_size(dest, Path(task.src)) or _rotated_jpeg(Path(task.src)):
             return TaskResult(task.index, PRESENT)
     try:
         if task.convert in (COPY, GRAY):
@@ -176,7 +215,7 @@ def write_image(task: ImageTask, options: WriteOptions = WriteOptions()) -> Task
             if problem:
                 return TaskResult(task.index, FAILED, "corrupt image", problem)
         if task.convert == COPY:
-            atomic_write_bytes(dest, data)
+            atomic_write_bytes(dest, data if exif_orientation(data) == 1 else upright_jpeg(data))
         elif task.convert == GRAY:
             # COVID-Net: cv2.imread (3 channels, 8 bit), then BGR -> gray
             gray = cv2.cvtColor(_decode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)

@@ -595,6 +595,11 @@ def load_image(path: str | os.PathLike[str], *, img_size: int, channels: int) ->
             raise ValueError("empty file")
         if not data.startswith(_IMAGE_MAGIC):
             raise ValueError("not a PNG, JPEG, BMP, GIF or DICOM image")
+        from data.build import exif_orientation, upright_jpeg
+
+        if exif_orientation(data) != 1:
+            # create_covidx.py writes such JPEGs upright; a user's own file gets the same treatment.
+            data = upright_jpeg(data)
     try:
         image = decode_for_serving(tf.constant(data), img_size=img_size, channels=channels)
     except tf.errors.OpError as exc:

@@ -284,3 +284,43 @@ def test_real_dicoms_through_rsna_and_ricord_layouts(realdata_dir: Path, tmp_pat
     assert np.array_equal(crop, dicom_to_uint8(ricord / "1-1.dcm")[200:1800, 100:1700])
     assert [(e.patient_id, e.label) for e in result.entries["train"]] == [("twin-mono2", "normal"), ("twin-mono1", "pneumonia")]
     assert result.report["sources"]["rsna"]["skip_summary"] == {"extra box row": 1}
+
+
+def _tagged_jpeg(path: Path, orientation: int) -> np.ndarray:
+    """A 40 x 20 (h x w) JPEG whose top-left quarter is bright, tagged with an EXIF orientation."""
+    from PIL import Image
+
+    pixels = np.full((40, 20), 30, np.uint8)
+    pixels[:10, :10] = 230
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    return pixels
+
+
+def test_exif_rotated_jpegs_are_written_upright(tmp_path: Path) -> None:
+    """cv2.imread (the baseline's reader) applies EXIF orientation and TensorFlow does not: the copy is upright."""
+    import tensorflow as tf
+
+    from data.build import exif_orientation, write_image
+
+    src = tmp_path / "rotated.jpg"
+    _tagged_jpeg(src, 6)  # 6: the viewer rotates 90 degrees clockwise
+    assert exif_orientation(src.read_bytes()) == 6
+    expected = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+    assert expected.shape == (20, 40) and expected[:10, 30:].mean() > 200  # bright corner now top right
+
+    dest = tmp_path / "out" / "rotated.jpg"
+    assert write_image(ImageTask(0, str(src), str(dest), "copy")).status == "written"
+    assert exif_orientation(dest.read_bytes()) == 1
+    seen_by_tf = tf.io.decode_jpeg(dest.read_bytes(), channels=1).numpy()[..., 0]
+    assert seen_by_tf.shape == (20, 40)
+    assert np.abs(seen_by_tf.astype(int) - expected.astype(int)).max() <= 12  # JPEG re-encoding only
+    # A re-run keeps the upright file although its size differs from the source's.
+    assert write_image(ImageTask(0, str(src), str(dest), "copy")).status == "present"
+
+    untagged = tmp_path / "plain.jpg"
+    _tagged_jpeg(untagged, 1)
+    dest2 = tmp_path / "out" / "plain.jpg"
+    write_image(ImageTask(1, str(untagged), str(dest2), "copy"))
+    assert dest2.read_bytes() == untagged.read_bytes()  # untagged or upright files are copied byte for byte

@@ -141,3 +141,18 @@ def test_real_compressed_dicom(setup: dict, realdata_dir: Path, capsys: pytest.C
     assert predict.main(["--checkpoint", str(setup["model"]), "--json", str(dicom)]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_exif_rotated_jpeg_is_predicted_upright(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from evaluation.loaders import load_image
+
+    pixels = np.full((40, 20), 30, np.uint8)
+    pixels[:10, :10] = 230
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "r.jpg", format="JPEG", quality=95, exif=exif.tobytes())
+    image = load_image(tmp_path / "r.jpg", img_size=40, channels=1)[..., 0]
+    # Rotated 90 degrees clockwise: the bright corner is top right, as cv2.imread shows it.
+    assert image[:5, 30:].mean() > 0.8 and image[:5, :10].mean() < 0.3
