@@ -10,6 +10,11 @@ SURFsara's command lines work unchanged, e.g.::
 Images are read from DATA_PATH/train and DATA_PATH/test. Everything the run
 writes goes to OUTPUT/<name>lr<lr>/ (see training/trainer.py); re-running the
 same command after a crash or kill resumes from the last completed epoch.
+
+The ImageNet-transfer study's recipes (mixup, progressive resizing, one-cycle,
+frozen-then-unfrozen backbone with discriminative learning rates, label
+smoothing) are options; without them the run is SURFsara's baseline
+(docs/training.md).
 """
 from __future__ import annotations
 
@@ -39,6 +44,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, received {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, received {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, received {text}")
     return value
 
 
@@ -110,6 +129,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--cache", default="",
                        help="read the images from this preprocessed cache (create_covidx.py --cache SIZE) "
                             "instead of DATA_PATH/train and DATA_PATH/test")
+
+    recipe = parser.add_argument_group(
+        "training recipes (the ImageNet-transfer study's fastai recipes; see docs/training.md)")
+    recipe.add_argument("--schedule", default="plateau", choices=["plateau", "onecycle", "cosine"],
+                        help="learning rate: plateau (SURFsara's ReduceLROnPlateau on val_loss), onecycle (fastai's "
+                             "fit_one_cycle, peak --lr) or cosine (--lr down to --min_lr), both per step and "
+                             "restarted at every phase (progressive stage, unfreezing)")
+    recipe.add_argument("--min_lr", default=1e-6, type=_non_negative_float,
+                        help="floor of the plateau schedule (SURFsara's) and final rate of the cosine schedule")
+    recipe.add_argument("--onecycle_pct_start", default=0.25, type=float,
+                        help="onecycle: fraction of each phase's steps spent warming up to --lr (fastai v2; v1: 0.3)")
+    recipe.add_argument("--onecycle_div", default=25.0, type=_positive_float,
+                        help="onecycle: the warm-up starts at --lr / this (fastai's div)")
+    recipe.add_argument("--onecycle_div_final", default=1e5, type=_positive_float,
+                        help="onecycle: the phase ends at --lr / this (fastai v2's div_final; v1: 2.5e5)")
+    recipe.add_argument("--mixup", default=0.0, type=_non_negative_float, metavar="ALPHA",
+                        help="mixup with lambda ~ Beta(ALPHA, ALPHA) within each batch (fastai's default 0.4); "
+                             "0 turns it off")
+    recipe.add_argument("--label_smoothing", default=0.0, type=_non_negative_float,
+                        help="label smoothing of the cross-entropy (0 = off)")
+    recipe.add_argument("--progressive", default=None, metavar="SIZES",
+                        help="progressive resizing stages, e.g. 64:2,128:2,224:6 (size:epochs) or 64,128,224 "
+                             "(--epochs split evenly); the last size must be --img_size; needs --head avg or max")
+    recipe.add_argument("--freeze_epochs", default=0, type=_non_negative_int,
+                        help="train only the dense head (backbone frozen) for the first N epochs, then all layers")
+    recipe.add_argument("--backbone_lr_mult", default=1.0, type=_positive_float,
+                        help="learning-rate factor of the backbone relative to the head once it trains "
+                             "(discriminative learning rates, e.g. 0.1)")
+    recipe.add_argument("--train_bn", default="on", choices=["on", "off"],
+                        help="on: batch normalisation layers keep training while the backbone is frozen "
+                             "(fastai's train_bn); off: they are frozen too (inference mode)")
 
     hardware = parser.add_argument_group("hardware")
     hardware.add_argument("--mixed_precision", default="auto", choices=["auto", "on", "off"],
@@ -188,6 +238,7 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
     if args.img_size < info.min_size:
         raise ValueError(f"--img_size {args.img_size} is too small for --model {name}: it needs at least "
                          f"{info.min_size} px")
+    progressive = _resolve_recipe(args, min_size=info.min_size)
     if weights.lower() == "imagenet":
         # Fail now, before the lists are read, when the file Keras needs is not on disk.
         if info.imagenet is None:
@@ -236,9 +287,46 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
         global_batch_size=batch_size,
         num_workers=num_workers,
         cache=str(args.cache),
+        schedule=args.schedule,
+        min_lr=args.min_lr,
+        onecycle_pct_start=args.onecycle_pct_start,
+        onecycle_div=args.onecycle_div,
+        onecycle_div_final=args.onecycle_div_final,
+        mixup=args.mixup,
+        label_smoothing=args.label_smoothing,
+        progressive=progressive,
+        freeze_epochs=args.freeze_epochs,
+        backbone_lr_mult=args.backbone_lr_mult,
+        train_bn=args.train_bn == "on",
         argv=tuple(sys.argv[1:]),
         versions={"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
     )
+
+
+def _resolve_recipe(args: argparse.Namespace, *, min_size: int) -> tuple[tuple[int, int], ...]:
+    """Check the recipe flags; returns the progressive stages ``((size, epochs), ...)``."""
+    from training.recipes import parse_progressive
+
+    if not 0 <= args.label_smoothing < 1:
+        raise ValueError(f"--label_smoothing must be in [0, 1), received {args.label_smoothing}")
+    if args.freeze_epochs > args.epochs:
+        raise ValueError(f"--freeze_epochs {args.freeze_epochs} is more than --epochs {args.epochs}")
+    if args.schedule == "onecycle" and not 0 < args.onecycle_pct_start < 1:
+        raise ValueError(f"--onecycle_pct_start must be in (0, 1), received {args.onecycle_pct_start}")
+    if args.schedule == "cosine" and args.min_lr >= args.lr:
+        raise ValueError(f"--schedule cosine decays from --lr to --min_lr: --min_lr {args.min_lr} must be below "
+                         f"--lr {args.lr}")
+    if args.freeze_epochs and args.weights.lower() == "none" and not args.checkpoint:
+        log.warning("--freeze_epochs %d with --weights none trains the head on a random, frozen backbone",
+                    args.freeze_epochs)
+    if not (args.progressive or "").strip():
+        return ()
+    if args.head == "flatten":
+        raise ValueError(
+            "--progressive needs --head avg or max: the flatten head's dense kernel depends on the image size "
+            "(fastai's models pool before their head); received --head flatten"
+        )
+    return parse_progressive(args.progressive, epochs=args.epochs, img_size=args.img_size, min_size=min_size)
 
 
 @handle_errors

@@ -23,6 +23,10 @@ docs/baseline.md).
 
 Randomness is stateless: every draw is a function of ``seed`` and the batch
 index, so a run is reproducible whatever the number of parallel calls.
+
+:func:`mixup_batch` is the mixup of the ImageNet-transfer study (fastai v1's
+``MixUpCallback``, Zhang et al. 2018), applied to a whole batch after the
+augmentation (``--mixup ALPHA``).
 """
 from __future__ import annotations
 
@@ -102,3 +106,62 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig = Au
         factor = tf.random.stateless_uniform([n], seeds[4], lo, hi)
         out = tf.clip_by_value(out * tf.cast(factor, out.dtype)[:, None, None, None], 0.0, 1.0)
     return out
+
+
+# Tag folded into a batch's seed so mixup's draws are independent of the augmentation's.
+_MIXUP_STREAM = 0x6D6978
+
+
+def mixup_draws(n: tf.Tensor | int, seed: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """The random part of :func:`mixup_batch`: per-row weights ``lam`` ``[n]`` and partners ``perm`` ``[n]``.
+
+    As fastai v1's ``MixUpCallback``: one ``lam ~ Beta(alpha, alpha)`` per row,
+    replaced by ``max(lam, 1 - lam)`` so every row stays dominated by its own
+    image (its argmax label is unchanged), and a random permutation of the batch
+    that pairs each row with a partner (possibly itself). ``seed`` is a shape-[2]
+    int tensor; the draws are a function of it alone.
+    """
+    if not alpha > 0:
+        raise ValueError(f"mixup alpha must be > 0, received {alpha}")
+    seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), _MIXUP_STREAM)
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    # Beta(a, a) = G1 / (G1 + G2) with G ~ Gamma(a); float64 because for small alpha
+    # the gamma draws can underflow float32 to 0 (both 0: the row is left unmixed).
+    g1 = tf.random.stateless_gamma([n], seeds[0], alpha=tf.constant(alpha, tf.float64), dtype=tf.float64)
+    g2 = tf.random.stateless_gamma([n], seeds[1], alpha=tf.constant(alpha, tf.float64), dtype=tf.float64)
+    total = g1 + g2
+    lam = tf.where(total > 0, g1 / tf.where(total > 0, total, 1.0), 1.0)
+    lam = tf.cast(tf.maximum(lam, 1.0 - lam), tf.float32)
+    perm = tf.argsort(tf.random.stateless_uniform([n], seeds[2]))
+    return lam, perm
+
+
+def mixup_batch(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    weights: tf.Tensor | None,
+    seed: tf.Tensor,
+    alpha: float,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+    """Mix every row of a batch with a partner row of the same batch.
+
+    ``images`` ``[N, H, W, C]``, ``labels`` one-hot ``[N, K]``, ``weights``
+    per-sample loss weights ``[N]`` (or None). With ``lam, perm =
+    mixup_draws(N, seed, alpha)`` row ``i`` becomes ``lam[i] * row[i] + (1 -
+    lam[i]) * row[perm[i]]`` for the image, the label (so labels are mixed
+    one-hots: rows still sum to 1) and the weight. Mixing the class weights
+    with the same ``lam`` makes the weighted loss ``w_mix * CE(p, y_mix)``;
+    fastai weighted the two cross-entropies separately (``lam * w_i * CE_i +
+    (1 - lam) * w_j * CE_j``), which is the same whenever the two rows have the
+    same class weight (see docs/training.md).
+    """
+    images, labels = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
+    weights = None if weights is None else tf.convert_to_tensor(weights)
+    n = tf.shape(images)[0]
+    lam, perm = mixup_draws(n, seed, alpha)
+
+    def mix(x: tf.Tensor) -> tf.Tensor:
+        w = tf.reshape(tf.cast(lam, x.dtype), [-1] + [1] * (x.shape.rank - 1))
+        return w * x + (1 - w) * tf.gather(x, perm)
+
+    return mix(images), mix(labels), None if weights is None else mix(weights)

@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from data.augment import AugmentConfig, augment_batch
+from data.augment import AugmentConfig, augment_batch, mixup_batch
 from data.labels import CLASS_TO_INDEX, CLASSES, NUM_CLASSES
 from data.lists import ListEntry, read_list
 
@@ -313,6 +313,7 @@ def make_train_dataset(
     covid_per_batch: int = 1,
     class_weights: dict[int, float] | None = None,
     augment: AugmentConfig | None = AugmentConfig(),
+    mixup_alpha: float = 0.0,
     seed: int = 0,
     start_epoch: int = 0,
     num_shards: int = 1,
@@ -332,6 +333,12 @@ def make_train_dataset(
     and augmentation draws continue from new values instead of replaying the
     first epoch's.
 
+    ``mixup_alpha`` > 0 applies mixup (:func:`data.augment.mixup_batch`) to
+    every output batch after the augmentation: images, one-hot labels and
+    sample weights of each row are mixed with those of a partner row of the
+    same output batch, so the labels become mixed one-hots. Balanced batches
+    are made (and their COVID-19 rows chosen) before mixing.
+
     Distributed training: every input pipeline (one per worker) builds the
     same global batches of image *references* from the same seed, keeps rows
     ``[shard_index * n, (shard_index + 1) * n)`` of each (n = ``batch_size /
@@ -339,9 +346,14 @@ def make_train_dataset(
     images and the union of the workers' images at every step is exactly the
     single-worker batch. The result is batched by ``shard_batch_size`` (the
     per-replica batch; default n), as ``distribute_datasets_from_function`` wants.
+    Mixup pairs rows within each of these per-replica batches (a replica
+    never holds its partner's pixels otherwise), with draws keyed by the batch
+    and the shard like the augmentation's.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, received {batch_size}")
+    if not mixup_alpha >= 0:
+        raise ValueError(f"mixup alpha must be >= 0 (0 turns mixup off), received {mixup_alpha}")
     source = _as_source(images)
     labels = _labels_array(entries)
     covid = CLASS_TO_INDEX["COVID-19"]
@@ -401,11 +413,14 @@ def make_train_dataset(
 
     def finish(batch, counter):
         images, y = batch
+        # Each worker's batches get their own draws: the key mixes in the shard.
+        key = tf.stack([tf.cast(seed, tf.int64), counter * num_shards + shard_index])
         if augment is not None:
-            # Each worker's batches get their own draws: the key mixes in the shard.
-            key = counter * num_shards + shard_index
-            images = augment_batch(images, tf.stack([tf.cast(seed, tf.int64), key]), augment)
-        return images, tf.one_hot(y, NUM_CLASSES), tf.gather(weight_table, y)
+            images = augment_batch(images, key, augment)
+        labels, sample_weights = tf.one_hot(y, NUM_CLASSES), tf.gather(weight_table, y)
+        if mixup_alpha > 0:
+            images, labels, sample_weights = mixup_batch(images, labels, sample_weights, key, mixup_alpha)
+        return images, labels, sample_weights
 
     ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
     return TrainData(dataset=ds, steps_per_epoch=steps, batch_size=batch_size, covid_per_batch=covid_per_batch)

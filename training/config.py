@@ -62,6 +62,18 @@ class RunConfig:
     full_checkpoints: bool
     sync_batchnorm: bool = True
     collective_timeout: float = 600.0
+    # training recipes (docs/training.md); the defaults are SURFsara's baseline
+    schedule: str = "plateau"  # plateau | onecycle | cosine
+    min_lr: float = 1e-6  # plateau's floor (SURFsara's min_lr) and cosine's final rate
+    onecycle_pct_start: float = 0.25
+    onecycle_div: float = 25.0
+    onecycle_div_final: float = 1e5
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
+    label_smoothing: float = 0.0
+    progressive: tuple[tuple[int, int], ...] = ()  # ((img_size, epochs), ...); () = one stage at the model's size
+    freeze_epochs: int = 0
+    backbone_lr_mult: float = 1.0
+    train_bn: bool = True
     # how the run was executed (recorded, not compared on resume)
     strategy: str = "default"
     replicas: int = 1
@@ -83,15 +95,27 @@ class RunConfig:
         for key in ("class_weights", "argv"):
             if key in values and values[key] is not None:
                 values[key] = tuple(values[key])
+        if values.get("progressive") is not None:
+            values["progressive"] = tuple((int(size), int(n)) for size, n in values["progressive"])
         return cls(**values)
 
     def changes_blocking_resume(self, previous: "RunConfig") -> dict[str, tuple[Any, Any]]:
-        """Settings that differ from ``previous`` in a way that forbids resuming it."""
+        """Settings that differ from ``previous`` in a way that forbids resuming it.
+
+        ``epochs`` may normally grow on resume (the run is extended). Not when
+        the learning-rate schedule is a function of the total step count
+        (onecycle, cosine) or the epochs are split into progressive-resizing
+        stages: there a different ``epochs`` changes what the completed epochs
+        would have been.
+        """
         mine, theirs = self.to_dict(), previous.to_dict()
+        resumable = _RESUMABLE_CHANGES
+        if any(c.schedule != "plateau" or c.progressive for c in (self, previous)):
+            resumable = resumable - {"epochs"}
         return {
             key: (theirs.get(key), mine[key])
             for key in mine
-            if key not in _RESUMABLE_CHANGES and _normalise(theirs.get(key)) != _normalise(mine[key])
+            if key not in resumable and _normalise(theirs.get(key)) != _normalise(mine[key])
         }
 
 

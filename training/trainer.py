@@ -10,6 +10,12 @@
 - ``logs/`` - TensorBoard;
 - ``resume/`` - model + optimizer + schedule state of the last completed epoch;
 - ``final_model.hdf5`` and ``saved_model/`` - the final float32 model.
+
+The epochs are trained in phases (:mod:`training.recipes`): one phase for the
+baseline, more with ``--progressive`` stages or ``--freeze_epochs``. Each phase
+is one ``fit`` call at its image size with its backbone state; which phase an
+epoch belongs to follows from the configuration, so a resumed run continues in
+the right one.
 """
 from __future__ import annotations
 
@@ -60,6 +66,19 @@ from training.export import export_saved_model, float32_model, write_portable_h5
 from training.keras_compat import multiworker_fit
 from training.metrics import class_metrics
 from training.preemption import PreemptionWatcher, StopOnPreemption
+from training.recipes import (
+    DiscriminativeAdam,
+    Phase,
+    PhasedSchedule,
+    RecipeLog,
+    backbone_layers,
+    build_optimizer_on_all,
+    flexible_size_model,
+    inner_optimizer,
+    phase_step_boundaries,
+    set_backbone_frozen,
+    training_phases,
+)
 from training.strategy import Distribution
 from training.watchdog import StallWatchdog
 
@@ -140,17 +159,74 @@ def load_run_data(config: RunConfig) -> RunData:
                    test_images=test_images)
 
 
-def build_compiled_model(config: RunConfig, *, dtype_policy: str) -> keras.Model:
-    """Build the registry model of ``config`` and compile it as SURFsara did (Adam with amsgrad)."""
+def run_phases(config: RunConfig) -> list[Phase]:
+    """The phases of ``config``'s run (one for the baseline)."""
+    return training_phases(
+        epochs=config.epochs,
+        img_size=int(config.model["input_shape"][0]),
+        progressive=config.progressive,
+        freeze_epochs=config.freeze_epochs,
+    )
+
+
+def make_schedule(config: RunConfig, *, steps_per_epoch: int | None) -> PhasedSchedule | None:
+    """The per-step schedule of ``config`` over its phases, or None for ``plateau``."""
+    if config.schedule == "plateau":
+        return None
+    if not steps_per_epoch:
+        raise ValueError(f"schedule {config.schedule!r} needs the number of steps per epoch")
+    return PhasedSchedule(
+        config.schedule,
+        lr=config.lr,
+        boundaries=phase_step_boundaries(run_phases(config), steps_per_epoch),
+        min_lr=config.min_lr,
+        pct_start=config.onecycle_pct_start,
+        div=config.onecycle_div,
+        div_final=config.onecycle_div_final,
+    )
+
+
+def make_optimizer(config: RunConfig, model: keras.Model, *, steps_per_epoch: int | None = None
+                   ) -> keras.optimizers.Optimizer:
+    """SURFsara's Adam (amsgrad) with the run's learning-rate schedule and backbone multiplier.
+
+    ``plateau`` keeps a plain rate that the plateau callback lowers; ``onecycle``
+    and ``cosine`` are :class:`~training.recipes.PhasedSchedule` over the
+    run's phases (:func:`make_schedule`), which needs ``steps_per_epoch``. A
+    ``backbone_lr_mult`` other than 1 gives
+    :class:`~training.recipes.DiscriminativeAdam` over ``model``'s backbone
+    variables.
+    """
+    schedule = make_schedule(config, steps_per_epoch=steps_per_epoch)
+    learning_rate: float | PhasedSchedule = config.lr if schedule is None else schedule
+    if config.backbone_lr_mult != 1.0:
+        num_classes = int(config.model.get("num_classes", 3))
+        slow = [v for layer in backbone_layers(model, num_classes) for v in layer.trainable_weights]
+        return DiscriminativeAdam(slow_variables=slow, multiplier=config.backbone_lr_mult,
+                                  learning_rate=learning_rate, amsgrad=True)
+    return keras.optimizers.Adam(learning_rate=learning_rate, amsgrad=True)
+
+
+def build_compiled_model(config: RunConfig, *, dtype_policy: str, steps_per_epoch: int | None = None
+                         ) -> keras.Model:
+    """Build the registry model of ``config`` and compile it as SURFsara did (Adam with amsgrad).
+
+    With ``config.progressive`` the returned model is the flexible-size view
+    of the registry model (same layers, any input size). The loss is
+    categorical cross-entropy with ``config.label_smoothing``. See
+    :func:`make_optimizer` for ``steps_per_epoch``.
+    """
     spec = ModelSpec.from_dict(config.model)
     weights = None if config.weights.lower() == "none" else config.weights
     model = build_model_from_spec(spec, weights=weights, dtype_policy=dtype_policy)
     if config.checkpoint:
         load_weights_file(model, config.checkpoint)
         log.info("initial weights loaded from --checkpoint %s", config.checkpoint)
+    if config.progressive:
+        model = flexible_size_model(model)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.lr, amsgrad=True),
-        loss=keras.losses.CategoricalCrossentropy(),
+        optimizer=make_optimizer(config, model, steps_per_epoch=steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=class_metrics(),
         jit_compile=config.xla,
     )
@@ -288,14 +364,34 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
     data = load_run_data(config)
     spec = ModelSpec.from_dict(config.model)
     channels = spec.input_shape[-1]
-    img_size = spec.input_shape[0]
+    phases = run_phases(config)
     policy = "mixed_float16" if config.mixed_precision else "float32"
+
+    def make_train(start_epoch: int, img_size: int, **shard: Any) -> TrainData:
+        return make_train_dataset(
+            data.train,
+            data.train_images,
+            img_size=img_size,
+            batch_size=config.batch_size,
+            channels=channels,
+            balance=config.balance,
+            covid_per_batch=config.covid_per_batch,
+            class_weights=dict(enumerate(config.class_weights)),
+            augment=AugmentConfig() if config.augment else None,
+            mixup_alpha=config.mixup,
+            seed=config.seed,
+            start_epoch=start_epoch,
+            **shard,
+        )
+
+    plan = make_train(0, phases[0].img_size)  # also validates the batch make-up before anything runs
+    steps = config.steps_per_epoch or plan.steps_per_epoch
 
     found = find_resume_state(run_dir / "resume") if resume else None
     if found:
         _check_resumable(config, run_dir)
     with strategy.scope():
-        model = build_compiled_model(config, dtype_policy=policy)
+        model = build_compiled_model(config, dtype_policy=policy, steps_per_epoch=steps)
         if distribution.replicas > 1 and config.sync_batchnorm:
             _synchronize_batchnorm(model)
         initial_epoch, initial_step, plateau_state = 0, 0, None
@@ -307,45 +403,44 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
             where = f"epoch {initial_epoch}" + (f" and step {initial_step} of the next" if initial_step else "")
             log.info("resuming %s after %s (learning rate %.3g)", run_dir, where,
                      float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+        if config.freeze_epochs:
+            build_optimizer_on_all(model)
     if distribution.is_chief:
         _prepare_run_dir(run_dir, initial_epoch=initial_epoch, start_over=not resume)
         write_run_config(config, run_dir)
 
-    def make_train(start_epoch: int, **shard: Any) -> TrainData:
-        return make_train_dataset(
-            data.train,
-            data.train_images,
-            img_size=img_size,
-            batch_size=config.batch_size,
-            channels=channels,
-            balance=config.balance,
-            covid_per_batch=config.covid_per_batch,
-            class_weights=dict(enumerate(config.class_weights)),
-            augment=AugmentConfig() if config.augment else None,
-            seed=config.seed,
-            start_epoch=start_epoch,
-            **shard,
-        )
+    val_sets: dict[int, tf.data.Dataset] = {}
 
-    plan = make_train(initial_epoch)  # also validates the batch make-up before anything runs
-    steps = config.steps_per_epoch or plan.steps_per_epoch
-    val_ds = make_eval_dataset(data.val, data.val_images, img_size=img_size, batch_size=config.batch_size,
-                               channels=channels)
-    if distribution.num_workers > 1:
-        # Each worker validates its share of the batches (not of the files: they are not sharded by file).
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        val_ds = val_ds.with_options(options)
+    def val_dataset(img_size: int) -> tf.data.Dataset:
+        if img_size not in val_sets:
+            val_ds = make_eval_dataset(data.val, data.val_images, img_size=img_size, batch_size=config.batch_size,
+                                       channels=channels)
+            if distribution.num_workers > 1:
+                # Each worker validates its share of the batches (not of the files: they are not sharded by file).
+                options = tf.data.Options()
+                options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+                val_ds = val_ds.with_options(options)
+            val_sets[img_size] = val_ds
+        return val_sets[img_size]
+
     log.info(
         "train: %d images, %d steps of %d per epoch (%d COVID-19 per batch, %d replicas); validation: %d images",
         len(data.train), steps, config.batch_size, plan.covid_per_batch, distribution.replicas, len(data.val),
     )
+    if len(phases) > 1:
+        log.info("phases: %s", "; ".join(_describe_phase(p) for p in phases))
 
-    plateau = ResumableReduceLROnPlateau(**PLATEAU, verbose=1, initial_state=plateau_state)
+    plateau = None
+    if config.schedule == "plateau":
+        plateau = ResumableReduceLROnPlateau(**dict(PLATEAU, min_lr=config.min_lr), verbose=1,
+                                             initial_state=plateau_state)
     resume_out = out_dir / "resume"
 
+    def schedule_state() -> dict[str, Any] | None:
+        return plateau.get_state() if plateau is not None else None
+
     def save_state(*, epoch: int, step: int = 0) -> None:
-        save_resume_state(resume_out, model=model, epoch=epoch, state={"plateau": plateau.get_state(), "step": step})
+        save_resume_state(resume_out, model=model, epoch=epoch, state={"plateau": schedule_state(), "step": step})
 
     callbacks: list[keras.callbacks.Callback] = [StopOnNaN()]
     if distribution.num_workers > 1:
@@ -355,8 +450,13 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
         stopper = StopOnPreemption(preemption, save_fn=save_state, strategy=strategy,
                                    collective=distribution.num_workers > 1, steps_offset=initial_step)
         callbacks.append(stopper)
+    if plateau is not None:
+        callbacks.append(plateau)
+    recipe_log = RecipeLog(phases, schedule=make_schedule(config, steps_per_epoch=steps),
+                           log_size=bool(config.progressive), log_frozen=config.freeze_epochs > 0)
+    if recipe_log.active:
+        callbacks.append(recipe_log)  # before the CSV log, which writes what it adds
     callbacks += [
-        plateau,
         keras.callbacks.CSVLogger(str(out_dir / TRAINING_LOG), append=True),
         keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"), profile_batch=0),
         EpochCheckpoint(
@@ -365,13 +465,13 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
             full_model=config.full_checkpoints,
             export_fn=lambda m, path: write_portable_h5(float32_model(m, _rebuild(spec)), path),
         ),
-        SaveResumeState(resume_out, state_fn=lambda: {"plateau": plateau.get_state(), "step": 0}),
+        SaveResumeState(resume_out, state_fn=lambda: {"plateau": schedule_state(), "step": 0}),
     ]
 
     history: dict[str, list[float]] = {}
 
-    def fit(first_epoch: int, last_epoch: int, steps_per_epoch: int) -> None:
-        dataset = _distributed(distribution, functools.partial(make_train, first_epoch),
+    def fit(first_epoch: int, last_epoch: int, steps_per_epoch: int, img_size: int) -> None:
+        dataset = _distributed(distribution, functools.partial(make_train, first_epoch, img_size),
                                global_batch=config.batch_size)
         patch = multiworker_fit(model, strategy) if distribution.kind == "multiworker" else contextlib.nullcontext()
         with patch:
@@ -380,26 +480,49 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
                 steps_per_epoch=steps_per_epoch,
                 epochs=last_epoch,
                 initial_epoch=first_epoch,
-                validation_data=val_ds,
+                validation_data=val_dataset(img_size),
                 callbacks=callbacks,
                 shuffle=False,  # the tf.data pipeline shuffles
                 verbose=verbose,
             )
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
+        if plateau is not None:
+            # Keras resets the plateau counters at every fit; the next fit continues them.
+            plateau.set_initial_state(plateau.get_state())
+
+    def enter(phase: Phase) -> None:
+        """Set the backbone state of ``phase`` (a function of the phase alone, so resuming finds it)."""
+        if config.freeze_epochs:
+            set_backbone_frozen(model, phase.frozen, train_bn=config.train_bn, num_classes=spec.num_classes)
+        optimizer = inner_optimizer(model.optimizer)
+        if isinstance(optimizer, DiscriminativeAdam):
+            # fastai gave every layer group the same rate while the body was frozen.
+            optimizer.multiplier_active = not phase.frozen
+        if len(phases) > 1 or config.freeze_epochs or isinstance(optimizer, DiscriminativeAdam):
+            # The trainable variables and the multiplier are read when the step is traced.
+            model.make_train_function(force=True)
+        if len(phases) > 1:
+            log.info("phase %d of %d: %s", phase.index + 1, len(phases), _describe_phase(phase))
 
     if initial_epoch >= config.epochs:
         log.info("run %s already completed %d of %d epochs; exporting only", run_dir, initial_epoch, config.epochs)
     else:
-        if initial_step:
-            # Finish the interrupted epoch with the steps it had left, then go on normally.
-            fit(initial_epoch, initial_epoch + 1, max(1, steps - initial_step))
-            plateau.set_initial_state(plateau.get_state())
-            if stopper is not None:
-                stopper.steps_offset = 0
-            initial_epoch += 1
-        if initial_epoch < config.epochs:
-            fit(initial_epoch, config.epochs, steps)
+        epoch, step = initial_epoch, initial_step
+        for phase in phases:
+            if phase.end_epoch <= epoch:
+                continue
+            enter(phase)
+            if step:
+                # Finish the interrupted epoch with the steps it had left, then go on normally.
+                fit(epoch, epoch + 1, max(1, steps - step), phase.img_size)
+                step = 0
+                if stopper is not None:
+                    stopper.steps_offset = 0
+                epoch += 1
+            if epoch < phase.end_epoch:
+                fit(epoch, phase.end_epoch, steps, phase.img_size)
+            epoch = phase.end_epoch
 
     final = float32_model(model, _rebuild(spec))
     log.info("final weights fingerprint (worker %d): %s", distribution.worker_index, weights_fingerprint(final))
@@ -418,6 +541,12 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
         test_entries=data.test,
         test_images=data.test_images,
     )
+
+
+def _describe_phase(phase: Phase) -> str:
+    epochs = (f"epoch {phase.end_epoch}" if phase.epochs == 1
+              else f"epochs {phase.first_epoch + 1}-{phase.end_epoch}")
+    return f"{epochs} at {phase.img_size} px, backbone {'frozen' if phase.frozen else 'trainable'}"
 
 
 def _rebuild(spec: ModelSpec):
