@@ -36,10 +36,10 @@ from typing import Sequence
 
 from common.cli import DefaultsHelpFormatter, handle_errors, setup_logging
 from common.fsutil import atomic_write_text
+from data.lists import VERIFY_MODES
 
 log = logging.getLogger("eval_keras")
 
-VERIFY_MODES = ("none", "header", "full")  # data.pipeline.VERIFY_MODES, without importing TensorFlow
 
 
 def _positive_int(text: str) -> int:

@@ -28,9 +28,12 @@ from typing import Sequence
 
 from common.cli import DefaultsHelpFormatter, EXIT_FAILURE, handle_errors, setup_logging
 from common.disclaimer import DISCLAIMER
-from data.pipeline import VERIFY_MODES
+from data.lists import VERIFY_MODES
 
 log = logging.getLogger("train_keras")
+
+# SURFsara's `--regularizer` switch set `tf.keras.regularizers.l2(1e-3)` on every layer (to no effect).
+SURFSARA_REGULARIZER = 1e-3
 
 
 def _positive_float(text: str) -> float:
@@ -87,9 +90,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     base.add_argument("--img_size", default=512, type=_positive_int, help="image size (square)")
     base.add_argument("--bs", default=8, type=_positive_int,
                       help="batch size per step, across all GPUs (as multi_gpu_model split it)")
-    base.add_argument("--regularizer", default=0.0, type=float,
-                      help="extra L2 factor on every backbone kernel (SURFsara applied it after building "
-                           "the model, where it had no effect; 0 reproduces that)")
+    base.add_argument("--regularizer", default=0.0, type=float, nargs="?", const=SURFSARA_REGULARIZER,
+                      metavar="L2",
+                      help="L2 factor on every backbone kernel. SURFsara's flag was a switch meaning "
+                           f"{SURFSARA_REGULARIZER:g}, set after the model was built, where it had no effect: a bare "
+                           f"--regularizer now applies {SURFSARA_REGULARIZER:g}; 0 reproduces their runs")
     base.add_argument("--epochs", default=10, type=_positive_int, help="number of epochs")
     base.add_argument("--name", default="COVIDNet", help="run name; the run folder is <name>lr<lr>")
     base.add_argument("--checkpoint", default="",
@@ -100,6 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     base.add_argument("--val_split", default=0.1, type=float,
                       help="fraction of the train list's patients held out for validation; "
                            "0 validates on the test list as SURFsara did")
+    base.add_argument("--valfile", default="",
+                      help="validation list whose images are in DATA_PATH/train (create_covidx.py "
+                           "--radiography-db writes val_COVIDx.txt); replaces --val_split")
 
     model = parser.add_argument_group("model")
     model.add_argument("--weights", default="imagenet",
@@ -215,8 +223,8 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
         raise ValueError(f"--keep_checkpoints must be >= 0, received {args.keep_checkpoints}")
     if args.cache and not Path(args.cache).is_dir():
         raise FileNotFoundError(f"--cache {args.cache} does not exist")
-    for flag in ("trainfile", "testfile"):
-        if not Path(getattr(args, flag)).is_file():
+    for flag in ("trainfile", "testfile", "valfile"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
             raise FileNotFoundError(f"--{flag} {getattr(args, flag)} does not exist")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
@@ -239,10 +247,16 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
         raise ValueError(f"--img_size {args.img_size} is too small for --model {name}: it needs at least "
                          f"{info.min_size} px")
     progressive = _resolve_recipe(args, min_size=info.min_size)
-    if weights.lower() == "imagenet":
+    if weights.lower() == "imagenet" and info.imagenet is None:
+        # SURFsara's `custom` model had no ImageNet weights either and started from random ones.
+        log.warning("--weights imagenet: model %s has no ImageNet weights; it starts from random weights "
+                    "(--weights none), as SURFsara's script did", name)
+        weights = "none"
+    if weights.lower() == "imagenet" and args.checkpoint:
+        # --checkpoint overwrites every weight, so the ImageNet file is neither needed nor read.
+        log.info("--checkpoint %s replaces the ImageNet initialisation", args.checkpoint)
+    elif weights.lower() == "imagenet":
         # Fail now, before the lists are read, when the file Keras needs is not on disk.
-        if info.imagenet is None:
-            raise ValueError(f"--weights imagenet: model {name!r} has no ImageNet weights; use --weights none")
         find_imagenet_weights(name, info.imagenet, (args.img_size, args.img_size, 3))
     spec = ModelSpec(
         name=name,
@@ -259,7 +273,8 @@ def resolve_config(args: argparse.Namespace, *, replicas: int, strategy_name: st
         trainfile=str(args.trainfile),
         testfile=str(args.testfile),
         data_path=str(args.data_path),
-        val_split=args.val_split,
+        val_split=0.0 if args.valfile else args.val_split,
+        valfile=str(args.valfile),
         verify_images=args.verify_images,
         balance=args.balance == "covid",
         covid_per_batch=args.covid_per_batch,
@@ -363,16 +378,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PREEMPTED
     except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.CancelledError,
             tf.errors.AbortedError) as exc:
-        first = (exc.message or type(exc).__name__).strip().splitlines()[0][:300]
-        print(f"error: lost contact with another worker ({type(exc).__name__}: {first}); the job stops - "
-              "re-run it to resume from the last saved epoch", file=sys.stderr)
+        print(f"error: lost contact with another worker ({type(exc).__name__}: {_op_error_summary(exc)}); the "
+              "job stops - re-run it to resume from the last saved epoch", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         watcher.uninstall()
+    if watcher.requested:
+        # SIGTERM came after the last step (during the export): the time limit is near, so stop now;
+        # the re-run finds every epoch done and only exports and evaluates.
+        print(f"stopped: {watcher.signal_name} after the last epoch; re-run the same command for the final "
+              "export and test evaluation", file=sys.stderr)
+        return EXIT_PREEMPTED
     if not distribution.is_chief:
         print(f"worker {distribution.worker_index} finished", flush=True)
         return 0
     return _evaluate_on_test(config, result, n_bootstrap=args.n_bootstrap, seed=args.seed)
+
+
+def _op_error_summary(exc, limit: int = 300) -> str:
+    """The informative part of a TensorFlow error: its status line, not "Graph execution error:"."""
+    lines = [line.strip() for line in (exc.message or "").splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node",
+                                                             "File ", "[[", "{{"))]
+    return (useful[-1] if useful else lines[0] if lines else type(exc).__name__)[:limit]
 
 
 def _evaluate_on_test(config, result, *, n_bootstrap: int, seed: int) -> int:

@@ -31,6 +31,10 @@ from data.labels import CLASSES
 _LABELS = frozenset(CLASSES)
 
 
+# How thoroughly training and evaluation check a list's images before starting
+# (data.pipeline.find_image_problems); here so that --help needs no TensorFlow.
+VERIFY_MODES = ("none", "header", "full")
+
 @dataclasses.dataclass(frozen=True)
 class ListEntry:
     """One image of a COVIDx list."""

@@ -24,6 +24,7 @@ TFRecord cache, which removes the decoding cost from training.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from pathlib import Path
@@ -34,7 +35,9 @@ import tensorflow as tf
 
 from data.augment import AugmentConfig, augment_batch, mixup_batch
 from data.labels import CLASS_TO_INDEX, CLASSES, NUM_CLASSES
-from data.lists import ListEntry, read_list
+from data.lists import VERIFY_MODES, ListEntry, read_list
+
+log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -46,7 +49,6 @@ _MAGIC = {
     b"GIF89a": "GIF",
     b"BM": "BMP",
 }
-VERIFY_MODES = ("none", "header", "full")
 
 
 def image_paths(entries: Sequence[ListEntry], image_dir: str | os.PathLike[str]) -> list[str]:
@@ -122,6 +124,7 @@ def load_entries(
     train or evaluate must be clean: any bad line (unknown label, file name
     escaping its folder), an empty list, or a missing/unreadable image raises
     before any work starts, with the file and the first offending lines named.
+    Exact duplicate lines are dropped with a warning that counts them.
     """
     result = read_list(list_file)
     if result.bad_lines:
@@ -130,6 +133,10 @@ def load_entries(
         raise ValueError(f"{what} {result.path} has {len(result.bad_lines)} bad lines: {shown}{more}")
     if not result.entries:
         raise ValueError(f"{what} {result.path} has no images")
+    if result.duplicates:
+        # SURFsara's published train list repeats 3,079 lines; they trained on the repeats.
+        log.warning("%s %s: %d duplicate lines dropped, each image is used once", what, result.path,
+                    result.duplicates)
     image_dir = Path(image_dir)
     if verify != "none" and not image_dir.is_dir():
         raise FileNotFoundError(f"image folder {image_dir} for {what} {result.path} does not exist")
@@ -396,7 +403,10 @@ def make_train_dataset(
     # images of the next pass overtake the last ones of this pass, so an epoch
     # would no longer show every image exactly once, and a seed would not fix
     # the batches.
-    ds = ds.map(lambda ref, y: (source.load(ref, img_size=img_size, channels=channels), y),
+    # Cached images are grayscale: the augmentation and mixup treat every channel alike, so they run on
+    # one channel and the result is tiled to three afterwards: the same pixels for a third of the work.
+    load_channels = 1 if isinstance(source, CachedImages) else channels
+    ds = ds.map(lambda ref, y: (source.load(ref, img_size=img_size, channels=load_channels), y),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     out_batch = shard_batch_size or local
     if local % out_batch:
@@ -420,6 +430,8 @@ def make_train_dataset(
         labels, sample_weights = tf.one_hot(y, NUM_CLASSES), tf.gather(weight_table, y)
         if mixup_alpha > 0:
             images, labels, sample_weights = mixup_batch(images, labels, sample_weights, key, mixup_alpha)
+        if load_channels != channels:
+            images = tf.tile(images, [1, 1, 1, channels])
         return images, labels, sample_weights
 
     ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -129,3 +129,25 @@ def test_balanced_batches_from_cache_match_files(cached) -> None:
             tags += [_tag(img) for img, c in zip(images.numpy(), y.numpy().argmax(1)) if c != 2]
         # One epoch covers the 11 remaining normal/pneumonia images (12 slots: one repeats).
         assert set(tags) == set(range(1, 12))
+
+
+def test_cached_batches_are_augmented_in_gray_then_tiled(cached) -> None:
+    """Augmenting the one cached channel and tiling it gives the pixels of tiling first (a third of the work)."""
+    from data.augment import AugmentConfig, augment_batch
+
+    gray = tf.random.stateless_uniform([3, 24, 24, 1], seed=[0, 1])
+    key = tf.constant([5, 7], tf.int64)
+    np.testing.assert_array_equal(
+        tf.tile(augment_batch(gray, key, AugmentConfig()), [1, 1, 1, 3]).numpy(),
+        augment_batch(tf.tile(gray, [1, 1, 1, 3]), key, AugmentConfig()).numpy(),
+    )
+    root, entries, _ = cached
+    source = CachedImages(open_cache(root, "train", entries=entries))
+    one = make_train_dataset(entries, source, img_size=24, batch_size=4, channels=1, seed=3, mixup_alpha=0.4)
+    three = make_train_dataset(entries, source, img_size=24, batch_size=4, channels=3, seed=3, mixup_alpha=0.4)
+    for (x1, y1, w1), (x3, y3, w3) in zip(one.dataset.take(3), three.dataset.take(3)):
+        assert x3.shape == (4, 24, 24, 3) and float(tf.reduce_max(x3)) <= 1.0
+        assert float(tf.math.reduce_std(x3)) > 0.01  # real, augmented pixels
+        np.testing.assert_array_equal(x3.numpy(), np.repeat(x1.numpy(), 3, axis=-1))
+        np.testing.assert_array_equal(y1.numpy(), y3.numpy())
+        np.testing.assert_array_equal(w1.numpy(), w3.numpy())

@@ -392,6 +392,40 @@ def test_surfsara_era_checkpoint_loads_layer_for_layer(tmp_path: Path) -> None:
     np.testing.assert_allclose(model(images).numpy(), expected, atol=1e-5)
 
 
+def test_surfsara_multi_gpu_checkpoint_loads(tmp_path: Path) -> None:
+    """SURFsara's multi-GPU version saved the multi_gpu_model wrapper: the whole model nested as one layer."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from training.checkpoints import load_weights_file
+
+    base = tf_keras.applications.ResNet50V2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    x = tf_keras.layers.Flatten()(base.output)
+    x = tf_keras.layers.Dense(1024, activation="relu")(x)
+    x = tf_keras.layers.Dense(256, activation="relu")(x)
+    x = tf_keras.layers.Dense(3, activation="softmax", name="FC_3")(x)
+    template = tf_keras.Model(inputs=base.input, outputs=x, name="model_1")
+    # multi_gpu_model's graph: slices of the input batch -> the template on each -> concatenation named
+    # after the template's output.
+    inputs = tf_keras.Input((32, 32, 3), name="input_1")
+    halves = [tf_keras.layers.Lambda(lambda t, i=i: t[i::2], name=f"lambda_{i + 1}")(inputs) for i in range(2)]
+    merged = tf_keras.layers.Concatenate(axis=0, name="FC_3")([template(h) for h in halves])
+    wrapper = tf_keras.Model(inputs, merged)
+    # Non-zero batch-norm statistics, so loading them in the wrong place would show.
+    for layer in template.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.1, np.float32))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, np.float32))
+    path = tmp_path / "cp-04-0.93.hdf5"
+    wrapper.save_weights(str(path))
+    with h5py.File(path, "r") as f:  # the layout of their files: one group holds every weight
+        assert [n for n in f.attrs["layer_names"] if len(f[n].attrs["weight_names"])] == ["model_1"]
+    images = _images(2, (32, 32, 3))
+    expected = template(images).numpy()
+
+    model = build_model("resnet50v2", input_shape=(32, 32, 3))
+    load_weights_file(model, path)
+    np.testing.assert_allclose(model(images).numpy(), expected, atol=1e-5)
+
+
 def test_weights_argument_errors(resnet_notop_file, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"weights file '.*missing\.h5' \(for model 'resnet50v2'\)"):
         build_model("resnet50v2", input_shape=(32, 32, 3), weights=tmp_path / "missing.h5")

@@ -233,3 +233,65 @@ def test_training_from_the_cache_needs_no_original_files(tiny_covidx: Path, tmp_
     metrics = json.loads((run_dir / "test_evaluation" / "metrics.json").read_text())
     assert metrics["n_images"] == 15
     assert [e for e, _ in list_checkpoints(run_dir)] == [1]
+
+
+@pytest.mark.slow
+def test_valfile_validates_on_that_list(tiny_covidx: Path, capsys: pytest.CaptureFixture) -> None:
+    """--valfile: a drawn validation list (images in DATA_PATH/train), as create_covidx.py --radiography-db writes."""
+    lines = (tiny_covidx / "train.txt").read_text().splitlines(keepends=True)
+    (tiny_covidx / "train-part.txt").write_text("".join(lines[:36]) + lines[0])  # one duplicate line
+    (tiny_covidx / "val-part.txt").write_text("".join(lines[36:]))
+    args = _args(tiny_covidx, "--valfile", str(tiny_covidx / "val-part.txt"), epochs=1, name="valfile-")
+    args[args.index("--trainfile") + 1] = str(tiny_covidx / "train-part.txt")
+    assert train_keras.main(args) == 0
+    logged = capsys.readouterr().err  # main() sends its log to stderr
+    assert "validation: 9 images of --valfile" in logged
+    assert "1 duplicate lines dropped" in logged
+    config = json.loads((tiny_covidx / "output" / "valfile-lr0.001" / "run_config.json").read_text())
+    assert config["valfile"].endswith("val-part.txt") and config["val_split"] == 0.0
+
+    # A validation list that repeats training images is refused before training.
+    (tiny_covidx / "val-leak.txt").write_text("".join(lines[30:]))
+    args[args.index("--valfile") + 1] = str(tiny_covidx / "val-leak.txt")
+    args[args.index("--name") + 1] = "leak-"
+    assert train_keras.main(args) == 2
+    assert "lists 6 images that --trainfile" in capsys.readouterr().err
+
+
+def test_surfsara_flag_spellings_and_weights_rules(tiny_covidx: Path, monkeypatch, caplog) -> None:
+    """A bare --regularizer (SURFsara's switch), models without ImageNet weights, --checkpoint without the file."""
+    monkeypatch.setenv("KERAS_HOME", str(tiny_covidx / "empty-keras-home"))
+    args = train_keras.parse_args(["--regularizer", "--model", "smallcnn", "--img_size", "32"])
+    assert args.regularizer == train_keras.SURFSARA_REGULARIZER == 1e-3
+    assert train_keras.parse_args([]).regularizer == 0.0
+    base = _args(tiny_covidx)
+    base = base[:base.index("--weights")] + base[base.index("--weights") + 2:]  # default: imagenet
+    with caplog.at_level("WARNING"):
+        config = train_keras.resolve_config(train_keras.parse_args(base + ["--regularizer"]), replicas=1,
+                                            strategy_name="default", gpu=False)
+    assert config.weights == "none" and config.model["backbone_l2"] == 1e-3
+    assert "smallcnn has no ImageNet weights; it starts from random weights" in caplog.text
+    # resnet50v2 would need the ImageNet file, unless --checkpoint replaces every weight anyway.
+    (tiny_covidx / "cp.hdf5").write_bytes(b"")
+    resnet = base[:base.index("--model")] + base[base.index("--model") + 2:] + ["--model", "resnet50v2"]
+    config = train_keras.resolve_config(train_keras.parse_args(resnet + ["--checkpoint", str(tiny_covidx / "cp.hdf5")]),
+                                        replicas=1, strategy_name="default", gpu=False)
+    assert config.weights == "imagenet" and config.checkpoint.endswith("cp.hdf5")
+
+
+def test_help_does_not_import_tensorflow() -> None:
+    code = ("import sys, train_keras, eval_keras, create_covidx, predict, compare\n"
+            "for m in (train_keras, eval_keras, create_covidx, predict, compare):\n"
+            "    try:\n        m.parse_args(['--help'])\n    except SystemExit:\n        pass\n"
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-500:]
+
+
+def test_tensorflow_error_summary_skips_the_boilerplate() -> None:
+    import tensorflow as tf
+
+    exc = tf.errors.UnavailableError(None, None, "Graph execution error:\n\nDetected at node x\n"
+                                     "Collective ops is aborted by: failed to connect to all addresses\n"
+                                     "[[{{node CollectiveReduceV2}}]]")
+    assert train_keras._op_error_summary(exc) == "Collective ops is aborted by: failed to connect to all addresses"

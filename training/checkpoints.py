@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,66 @@ def load_weights_file(model: keras.Model, path: str | os.PathLike[str]) -> None:
         raise ValueError(f"checkpoint {path} holds Keras 3 weights; its name must end in .weights.h5")
     if kind in ("weights", "model") and (path.suffix not in (".h5", ".hdf5") or path.name.endswith(".weights.h5")):
         raise ValueError(f"checkpoint {path} holds Keras 2-layout HDF5 weights; its name must end in .hdf5 or .h5")
+    nested = _nested_model_group(path) if kind == "weights" else None
     try:
-        model.load_weights(str(path))
+        if nested is None:
+            model.load_weights(str(path))
+        else:
+            with tempfile.TemporaryDirectory(prefix="covidx-unwrap-") as tmp:
+                model.load_weights(str(_unwrap_nested_weights(path, nested, Path(tmp) / "unwrapped.h5")))
     except (ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"checkpoint {path} does not fit the model {model.name!r}: {first}") from None
+
+
+def _decoded(values: Any) -> list[str]:
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _nested_model_group(path: Path) -> str | None:
+    """The group of a model saved *inside* another model, as SURFsara's multi-GPU checkpoints are.
+
+    ``multi_gpu_model`` wrapped the real model as one layer between the input
+    slices and the output concatenation; ``ModelCheckpoint`` on the wrapper wrote
+    every weight under that one layer, with names of the inner layers
+    (``conv1_conv/kernel:0``...). Returns the group's name when exactly one
+    layer holds weights of several layers and no other layer holds any.
+    """
+    with h5py.File(path, "r") as f:
+        with_weights = []
+        for name in _decoded(f.attrs["layer_names"]):
+            weight_names = _decoded(f[name].attrs.get("weight_names", []))
+            if weight_names:
+                with_weights.append((name, {w.split("/")[0] for w in weight_names}))
+    if len(with_weights) == 1 and len(with_weights[0][1]) > 1:
+        return with_weights[0][0]
+    return None
+
+
+def _unwrap_nested_weights(path: Path, group_name: str, out: Path) -> Path:
+    """Rewrite the inner model's weights of ``path`` as a plain Keras 2 weights file at ``out``.
+
+    Keras 2 stored a nested model's weights as all trainable weights in layer
+    order, then all non-trainable ones (batch-norm statistics). Grouping them by
+    their layer prefix, in order of first appearance, gives back each layer's
+    weights in its own order (trainable first), which is what ``load_weights``
+    matches layer by layer.
+    """
+    layers: dict[str, list[tuple[str, np.ndarray]]] = {}
+    with h5py.File(path, "r") as f:
+        group = f[group_name]
+        for weight_name in _decoded(group.attrs["weight_names"]):
+            layers.setdefault(weight_name.split("/")[0], []).append((weight_name, group[weight_name][()]))
+    with h5py.File(out, "w") as f:
+        f.attrs["layer_names"] = np.array([name.encode("utf8") for name in layers])
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.2.4"
+        for name, weights in layers.items():
+            g = f.create_group(name)
+            g.attrs["weight_names"] = np.array([w.encode("utf8") for w, _ in weights], dtype=object)
+            for weight_name, value in weights:
+                g.create_dataset(weight_name, data=value)
+    return out
 
 
 def parse_checkpoint_name(name: str) -> int | None:

@@ -62,6 +62,8 @@ class RunConfig:
     full_checkpoints: bool
     sync_batchnorm: bool = True
     collective_timeout: float = 600.0
+    # a validation list (images in DATA_PATH/train) instead of carving one with val_split
+    valfile: str = ""
     # training recipes (docs/training.md); the defaults are SURFsara's baseline
     schedule: str = "plateau"  # plateau | onecycle | cosine
     min_lr: float = 1e-6  # plateau's floor (SURFsara's min_lr) and cosine's final rate
