@@ -22,7 +22,8 @@ import pytest
 from conftest import REPO_ROOT
 from training.checkpoints import find_resume_state, list_checkpoints
 from training.preemption import EXIT_PREEMPTED, PreemptionWatcher, StopOnPreemption, TrainingInterrupted
-from training.strategy import _tasks_per_node, cluster_source, choose_strategy
+from training.strategy import _tasks_per_node, choose_strategy, cluster_source, slurm_base_port
+from training.watchdog import EXIT_STALLED, StallWatchdog
 
 LABELS = ("normal", "pneumonia", "COVID-19")
 TIMEOUT = 240
@@ -74,6 +75,31 @@ def _free_ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def _slurm_job_with_free_ports(tasks: int) -> int:
+    """A SLURM job id whose ports (training/strategy.py slurm_base_port) are free on 127.0.0.1."""
+    start = int.from_bytes(os.urandom(2), "big")
+    for job in range(start, start + 750):
+        sockets = [socket.socket() for _ in range(tasks)]
+        try:
+            for i, s in enumerate(sockets):
+                s.bind(("127.0.0.1", slurm_base_port(job) + i))
+            return job
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free port block for a SLURM job id")
+
+
+def _srun_env(job: int, rank: int, tasks: int, **extra: str) -> dict[str, str]:
+    """What srun sets in task ``rank`` of a step of ``tasks`` tasks on one node, 127.0.0.1 (no GPU)."""
+    return _env(SLURM_JOB_ID=str(job), SLURM_NTASKS=str(tasks), SLURM_PROCID=str(rank),
+                SLURM_LOCALID=str(rank), SLURM_STEP_NUM_TASKS=str(tasks), SLURM_STEP_NODELIST="127.0.0.1",
+                SLURM_STEP_TASKS_PER_NODE=str(tasks), SLURMD_NODENAME="127.0.0.1", CUDA_VISIBLE_DEVICES="",
+                **extra)
 
 
 def _fingerprint(log: str) -> str:
@@ -158,6 +184,127 @@ def test_sigterm_saves_the_step_and_a_restart_finishes_every_epoch(dataset: Path
     with open(run_dir / "training_log.csv", newline="") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2, 3, 4]
     assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2, 3, 4, 5]
+
+
+def _start_workers(cmd: list[str], job: int, logs: list[Path], scratch: Path) -> list[subprocess.Popen]:
+    procs = []
+    for rank, log in enumerate(logs):
+        with open(log, "w") as fh:  # a file, not a pipe: nobody reads while the workers run
+            procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                          env=_srun_env(job, rank, len(logs), TMPDIR=str(scratch))))
+    return procs
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_worker_stops_the_job_and_a_restart_resumes(dataset: Path, tmp_path: Path) -> None:
+    """kill -9 of one worker mid-epoch: the other stops with one line; both restarted, the run finishes.
+
+    Started as SLURM tasks (srun's environment, 127.0.0.1, no GPU), so the cluster comes from
+    training/strategy.py's SLURM code: node list, job port, CPU-only workers.
+    """
+    timeout = 8  # --collective_timeout: seconds without a finished step before the watchdog ends a worker
+    cmd = [sys.executable, str(REPO_ROOT / "train_keras.py"),
+           *_args(dataset, "kill-", "--collective_timeout", str(timeout), "--steps_per_epoch", "12",
+                  epochs=3)]
+    run_dir = dataset / "output" / "kill-lr0.001"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
+    procs = _start_workers(cmd, _slurm_job_with_free_ports(2), logs, scratch)
+    try:
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline and not (run_dir / "resume" / "epoch-0001" / "state.json").is_file():
+            assert procs[0].poll() is None and procs[1].poll() is None, logs[0].read_text()[-3000:]
+            time.sleep(0.05)
+        time.sleep(0.3)  # into epoch 2
+        procs[1].kill()
+        killed = time.time()
+        procs[0].wait(timeout=timeout + 90)
+        stopped_after = time.time() - killed
+    finally:
+        _kill_all(procs)
+    chief_log = logs[0].read_text()
+    assert "MultiWorkerMirroredStrategy from slurm: task worker/0 of 2 (127.0.0.1:" in chief_log
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[0].returncode == 1, chief_log[-3000:]
+    # One line, either TensorFlow's report (train_keras.py) or the watchdog's; no traceback.
+    errors = [line for line in chief_log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "lost contact" in errors[0], chief_log[-3000:]
+    assert "Traceback" not in chief_log
+    assert stopped_after < timeout + 60
+    _, state = find_resume_state(run_dir / "resume")
+    assert state["epoch"] >= 1
+
+    logs = [tmp_path / "again0.log", tmp_path / "again1.log"]
+    procs = _start_workers(cmd, _slurm_job_with_free_ports(2), logs, scratch)
+    try:
+        for p in procs:
+            p.wait(timeout=TIMEOUT)
+    finally:
+        _kill_all(procs)
+    texts = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], texts[0][-3000:] + texts[1][-3000:]
+    for text in texts:
+        assert re.search(rf"resuming .* after epoch {state['epoch']}\b", text), text[-3000:]
+    assert _fingerprint(texts[0]) == _fingerprint(texts[1])
+    with open(run_dir / "training_log.csv", newline="") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2]
+    assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2, 3]
+
+
+def test_watchdog_deadlines() -> None:
+    """First-step allowance from the start of fit, the timeout between steps, nothing while saving."""
+    assert StallWatchdog(10).first_step_timeout == 900 and StallWatchdog(1200).first_step_timeout == 1200
+    dog = StallWatchdog(10, first_step_timeout=100, poll=3600)  # the thread never looks; we do
+    start = time.monotonic()
+    assert dog.stall_message(start + 1e6) == ""  # not armed before fit
+    dog.on_train_begin()
+    try:
+        dog.on_epoch_begin(0)  # does not cut the allowance short
+        assert dog.stall_message(start + 99) == ""
+        assert dog.stall_message(time.monotonic() + 101).startswith(
+            "error: the first training step did not finish within 100 s of the start of training: another "
+            "worker has stopped or lost contact; ending this worker")
+        dog.on_train_batch_end(0)
+        assert dog.stall_message(time.monotonic() + 9) == ""
+        assert "no training step finished for 10 s" in dog.stall_message(time.monotonic() + 11)
+        dog.on_test_begin()  # the first validation traces its function: the allowance again
+        assert dog.stall_message(time.monotonic() + 99) == ""
+        late = time.monotonic() + 101
+        assert "first validation step did not finish within 100 s" in dog.stall_message(late)
+        dog.on_test_batch_end(0)
+        assert "no validation step finished for 10 s" in dog.stall_message(time.monotonic() + 11)
+        dog.on_epoch_end(0)  # checkpoints are saved: not watched
+        assert dog.stall_message(time.monotonic() + 1e6) == ""
+        dog.on_epoch_begin(1)
+        assert "no training step finished within 10 s of the start of epoch 2" in dog.stall_message(
+            time.monotonic() + 11)
+        dog.on_test_begin()
+        assert "no validation step finished for 10 s" in dog.stall_message(time.monotonic() + 11)
+    finally:
+        dog.on_train_end()
+    assert dog.stall_message(time.monotonic() + 1e6) == "" and dog._thread is None
+
+
+def test_watchdog_ends_a_process_stuck_before_its_first_step() -> None:
+    code = ("import time; from training.watchdog import StallWatchdog; "
+            "StallWatchdog(0.5, first_step_timeout=1, poll=0.1).on_train_begin(); time.sleep(60)")
+    started = time.time()
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(PYTHONPATH=str(REPO_ROOT)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == EXIT_STALLED == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the first training step did not finish within 1 s of the start of training: another worker "
+        "has stopped or lost contact; ending this worker - re-run the job to resume from the last saved "
+        "epoch")
+    assert time.time() - started < 50
 
 
 def test_stop_callback_saves_then_raises() -> None:

@@ -249,18 +249,22 @@ def test_sigterm_to_the_batch_shell_does_not_requeue(stubs: Path) -> None:
 
 def test_strategy_reads_the_multinode_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """What srun sets for the multi-node script (4 nodes, one task per node, 4 GPUs each), seen by task 2."""
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    env = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NNODES": "4",
-           "SLURM_STEP_NODELIST": "gcn[1-4]", "SLURM_STEP_TASKS_PER_NODE": "1(x4)",
-           "SLURM_TASKS_PER_NODE": "1(x4)"}
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "SLURMD_")) or k == "TF_CONFIG"]:
+        monkeypatch.delenv(key)
+    env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "2", "SLURM_LOCALID": "0", "SLURM_NTASKS": "4",
+           "SLURM_STEP_NUM_TASKS": "4", "SLURM_NNODES": "4", "SLURM_STEP_NODELIST": "gcn[9-12]",
+           "SLURM_STEP_TASKS_PER_NODE": "1(x4)", "SLURM_TASKS_PER_NODE": "1(x4)", "SLURMD_NODENAME": "gcn11"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert strategy.cluster_source() == "slurm"
     assert strategy._tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"]) == [1, 1, 1, 1]
-    # The resolver as strategy.py builds it on a node where the task sees 4 GPUs.
+    # The resolver as strategy.py builds it on a node where the task sees 4 GPUs: the workers in SLURM's
+    # node order (gcn9 before gcn10), on the job's port.
     monkeypatch.setattr(strategy.tf.config, "list_physical_devices", lambda kind=None: ["GPU"] * 4)
     resolver = strategy._resolver("slurm")
-    assert resolver.cluster_spec().as_dict() == {"worker": [f"gcn{i}:8888" for i in range(1, 5)]}
+    port = strategy.slurm_base_port(4242)
+    assert port == 27872
+    assert resolver.cluster_spec().as_dict() == {"worker": [f"gcn{i}:{port}" for i in range(9, 13)]}
     assert (resolver.task_type, resolver.task_id) == ("worker", 2)
     assert resolver.num_accelerators() == {"GPU": 4}
 
