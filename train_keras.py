@@ -184,8 +184,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                "(on: same result as one GPU with the same --bs; off: per-replica statistics, "
                                "as multi_gpu_model had, fewer all-reduces)")
     hardware.add_argument("--collective_timeout", default=600, type=_positive_float,
-                          help="seconds a multi-worker job waits for a step when a worker is lost, "
-                               "before it stops with an error")
+                          help="multi-worker jobs: seconds without a finished step (the first step of each fit "
+                               "gets at least 900) before the job stops with an error, e.g. when a worker is "
+                               "lost; must exceed the chief's end-of-epoch save")
 
     out = parser.add_argument_group("output and resuming")
     out.add_argument("--output", default="./output", help="parent folder of the run folder")
@@ -359,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.trainer import train
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
-    distribution = choose_strategy(args.strategy, collective_timeout=args.collective_timeout)
+    distribution = choose_strategy(args.strategy)
     keras.utils.set_random_seed(args.seed)
     config = resolve_config(args, replicas=distribution.replicas, strategy_name=distribution.kind,
                             gpu=gpu_available(), num_workers=distribution.num_workers)

@@ -241,7 +241,7 @@ def test_multiworker_from_slurm_without_a_collective_timeout(environ,
     monkeypatch.setattr(strategy.tf.distribute, "MultiWorkerMirroredStrategy", FakeMultiWorker)
     monkeypatch.setattr(strategy.tf.config, "list_physical_devices", lambda kind=None: [])
     environ(_step(SLURM_PROCID="1", SLURMD_NODENAME="gcn10"))
-    distribution = choose_strategy("auto", collective_timeout=30)
+    distribution = choose_strategy("auto")
     assert (distribution.kind, distribution.num_workers, distribution.worker_index, distribution.is_chief,
             distribution.cluster_source, distribution.replicas) == ("multiworker", 2, 1, False, "slurm", 2)
     assert len(created) == 1 and set(created[0]) == {"cluster_resolver"}

@@ -36,7 +36,6 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-DEFAULT_COLLECTIVE_TIMEOUT = 600
 
 # Ports of a SLURM job: PORT_BASE + PORT_STRIDE * (job id mod PORT_SLOTS) + the task's index on its node.
 # Consecutive job ids get disjoint blocks of 16 ports, and everything stays in 20000-31999, below
@@ -267,16 +266,14 @@ def _resolver(source: str,
     return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
-def choose_strategy(kind: str = "auto", *,
-                    collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT) -> Distribution:
+def choose_strategy(kind: str = "auto") -> Distribution:
     """Create the strategy for ``kind``; call it before any other TensorFlow work.
 
     ``MultiWorkerMirroredStrategy`` must be created before TensorFlow
     initialises its runtime, which is why ``train_keras.py`` calls this first.
-    ``collective_timeout`` is not used here (the stall watchdog of the trainer
-    uses it); it is accepted so that callers need not change.
+    A lost worker is detected by the trainer's stall watchdog
+    (``training.watchdog``), not by collective timeouts.
     """
-    del collective_timeout
     if kind not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, received {kind!r}")
     env = os.environ
