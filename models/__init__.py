@@ -24,7 +24,7 @@ from models.registry import (
 from models.weights import ImageNetWeights, find_imagenet_weights, keras_models_dir
 
 # Imported for their registration side effect; keep after the registry import.
-from models import applications, covidnet, smallcnn  # noqa: E402,F401  isort: skip
+from models import applications, covidnet, resnet18, smallcnn  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "DTYPE_POLICIES",

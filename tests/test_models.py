@@ -15,7 +15,7 @@ from models import ModelSpec, build_model, build_model_from_spec, list_models, r
 from models.registry import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 ALL_MODELS = [
-    "covidnet", "densenet121", "efficientnetb4", "mobilenetv2", "resnet50v2", "smallcnn", "xception"
+    "covidnet", "densenet121", "efficientnetb4", "mobilenetv2", "resnet18", "resnet50v2", "smallcnn", "xception"
 ]
 APPLICATIONS = ["densenet121", "efficientnetb4", "mobilenetv2", "resnet50v2", "xception"]
 RESNET_NOTOP = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -181,6 +181,146 @@ def test_smallest_and_too_small_inputs() -> None:
         build_model("smallcnn", input_shape=(64, 64, 2))
 
 
+# ---------------------------------------------------------------- ResNet-18 (torchvision's)
+
+# torchvision.models.resnet18(): 11,689,512 parameters, of which fc (512 x 1000 + 1000) is 513,000.
+TORCHVISION_RESNET18_PARAMS = 11_689_512
+TORCHVISION_RESNET18_FC = 512 * 1000 + 1000
+
+
+def _torchvision_resnet18_parameters() -> dict[str, tuple[int, ...]]:
+    """torchvision's resnet18 state-dict parameters (not buffers) without fc, names and PyTorch shapes."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7), "bn1.weight": (64,), "bn1.bias": (64,)}
+    in_channels = 64
+    for stage, filters in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            shapes[f"{prefix}.conv1.weight"] = (filters, in_channels, 3, 3)
+            shapes[f"{prefix}.conv2.weight"] = (filters, filters, 3, 3)
+            for bn in ("bn1", "bn2"):
+                shapes[f"{prefix}.{bn}.weight"] = shapes[f"{prefix}.{bn}.bias"] = (filters,)
+            if in_channels != filters:
+                shapes[f"{prefix}.downsample.0.weight"] = (filters, in_channels, 1, 1)
+                shapes[f"{prefix}.downsample.1.weight"] = shapes[f"{prefix}.downsample.1.bias"] = (filters,)
+            in_channels = filters
+    return shapes
+
+
+def _count(variables) -> int:
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+@pytest.fixture(scope="module")
+def resnet18_224() -> keras.Model:
+    return build_model("resnet18", input_shape=(224, 224, 3), head="avg")
+
+
+def _resnet18_backbone(model: keras.Model) -> keras.Model:
+    return keras.Model(model.input, model.get_layer("layer4_1_relu2").output)
+
+
+def test_resnet18_parameter_count_is_torchvisions_without_fc(resnet18_224) -> None:
+    backbone = _resnet18_backbone(resnet18_224)
+    expected = TORCHVISION_RESNET18_PARAMS - TORCHVISION_RESNET18_FC
+    assert expected == 11_176_512 == sum(int(np.prod(s)) for s in _torchvision_resnet18_parameters().values())
+    assert _count(backbone.trainable_weights) == expected
+    # BN moving mean and variance: buffers in torchvision, non-trainable weights in Keras.
+    bn_channels = 64 + 4 * 64 + 5 * 128 + 5 * 256 + 5 * 512
+    assert _count(backbone.non_trainable_weights) == 2 * bn_channels == 9_600
+    assert backbone.count_params() == 11_186_112
+    # The 224 px feature map of torchvision's layer4, and the registry's avg head on it.
+    assert tuple(backbone.output.shape) == (None, 7, 7, 512)
+    head = (512 * 1024 + 1024) + (1024 * 256 + 256) + (256 * 3 + 3)
+    assert resnet18_224.count_params() == 11_186_112 + head
+    assert models.get_model_info("resnet18").imagenet is None
+
+
+def test_resnet18_layers_are_torchvisions_state_dict(resnet18_224) -> None:
+    """Layer names are torchvision's keys with '.' -> '_', weight shapes its shapes in Keras order."""
+    keras_to_torch = {"gamma": "weight", "beta": "bias", "kernel": "weight"}
+    ours: dict[str, tuple[int, ...]] = {}
+    for layer in resnet18_224.layers:
+        if layer.name in models.head_layer_names():
+            continue
+        for variable in layer.trainable_weights:
+            ours[f"{layer.name.replace('_', '.')}.{keras_to_torch[variable.name]}"] = tuple(variable.shape)
+    torch_shapes = _torchvision_resnet18_parameters()
+    assert sorted(ours) == sorted(torch_shapes)
+    assert len(ours) == 60
+    for key, shape in torch_shapes.items():
+        # PyTorch [out, in, h, w] -> Keras [h, w, in, out]
+        expected = (shape[2], shape[3], shape[1], shape[0]) if len(shape) == 4 else shape
+        assert ours[key] == expected, key
+    bn = resnet18_224.get_layer("layer3_0_downsample_1")
+    assert (bn.epsilon, bn.momentum) == (1e-5, 0.9)  # PyTorch's eps and momentum=0.1
+
+
+@pytest.mark.parametrize("size", [224, 225, 64, 33])
+def test_resnet18_feature_map_sizes_follow_torchvision(size: int) -> None:
+    model = build_model("resnet18", input_shape=(size, size, 1), head="avg")
+
+    def torch_out(n: int, kernel: int, stride: int, pad: int) -> int:
+        return (n + 2 * pad - kernel) // stride + 1
+
+    n = torch_out(torch_out(size, 7, 2, 3), 3, 2, 1)  # conv1, maxpool
+    assert model.get_layer("maxpool").output.shape[1:3] == (n, n)
+    for stage in (2, 3, 4):
+        n = torch_out(n, 3, 2, 1)
+        assert model.get_layer(f"layer{stage}_0_conv1").output.shape[1:3] == (n, n)
+        assert model.get_layer(f"layer{stage}_0_downsample_0").output.shape[1:3] == (n, n)
+    assert model.get_layer("layer4_1_relu2").output.shape[1:] == (n, n, 512)
+
+
+def test_resnet18_stem_samples_the_grid_torchvision_samples() -> None:
+    """conv1 (7x7/2, pad 3) and maxpool (3x3/2, pad 1) see the pixels PyTorch's padding gives them.
+
+    With Keras's padding="same" an even input is padded at the bottom/right only, which would
+    sample odd pixels: a centred delta kernel makes the difference visible.
+    """
+    model = build_model("resnet18", input_shape=(32, 32, 1), head="avg")
+    kernel = np.zeros((7, 7, 1, 64), np.float32)
+    kernel[3, 3, 0, :] = 1.0
+    model.get_layer("conv1").set_weights([kernel])
+    bn = model.get_layer("bn1")
+    # Identity batch normalisation in inference mode: (x - 0) / sqrt((1 - eps) + eps) * 1 + 0.
+    bn.set_weights([np.ones(64), np.zeros(64), np.zeros(64), np.full(64, 1 - bn.epsilon)])
+    images = _images(2, (32, 32, 1), seed=3)  # >= 0, so the ReLU passes them unchanged
+    stem = keras.Model(model.input, [model.get_layer("conv1").output, model.get_layer("maxpool").output])
+    conv, pooled = (t.numpy() for t in stem(images, training=False))
+    np.testing.assert_allclose(conv[..., 0], images[:, ::2, ::2, 0], atol=1e-6)  # PyTorch: out[i] = x[2i]
+    strided = np.pad(images[:, ::2, ::2, 0], ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    expected = np.stack([
+        np.stack([strided[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(1, 2)) for j in range(8)], axis=1)
+        for i in range(8)
+    ], axis=1)
+    np.testing.assert_allclose(pooled[..., 0], expected, atol=1e-6)
+    # Every strided layer: symmetric explicit padding of kernel // 2 in front of a "valid" layer.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.ZeroPadding2D):
+            (top, bottom), (left, right) = layer.padding
+            assert top == bottom == left == right
+
+
+def test_resnet18_one_channel_and_weights_file(tmp_path: Path, no_download) -> None:
+    gray = build_model("resnet18", input_shape=(40, 56, 1), head="avg")
+    rgb = build_model("resnet18", input_shape=(40, 56, 3), head="avg")
+    # No channel repeat: a grey input changes only conv1 (7 x 7 x 2 x 64 weights fewer).
+    assert "channel_repeat" not in [layer.name for layer in gray.layers]
+    assert rgb.count_params() - gray.count_params() == 7 * 7 * 2 * 64
+    probs = gray(_images(2, (40, 56, 1))).numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), np.ones(2), atol=1e-5)
+    # --weights FILE: a backbone file (e.g. converted from torchvision) loads by structure.
+    source = _resnet18_backbone(gray)
+    path = tmp_path / "resnet18_backbone.weights.h5"
+    source.save_weights(path)
+    loaded = build_model("resnet18", input_shape=(40, 56, 1), head="avg", weights=path)
+    for layer in source.layers:
+        for a, b in zip(layer.get_weights(), loaded.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="'resnet18' has no ImageNet weights"):
+        build_model("resnet18", input_shape=(64, 64, 3), weights="imagenet")
+
+
 # ---------------------------------------------------------------- input normalisation
 
 
@@ -195,6 +335,7 @@ def test_input_norm_defaults() -> None:
         "densenet121": "imagenet",
         "efficientnetb4": "imagenet",
         "mobilenetv2": "imagenet",
+        "resnet18": "none",
         "resnet50v2": "none",
         "smallcnn": "none",
         "xception": "imagenet",
