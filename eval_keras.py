@@ -14,7 +14,8 @@ PATH may be any of:
 - an .onnx model, run with onnxruntime (e.g. a PyTorch model exported with
   torch.onnx.export, NCHW or NHWC, probabilities or logits).
 
-Every kind goes through the same list reading (DATA_PATH/test), preprocessing
+Every kind goes through the same list reading (images in DATA_PATH/test, or
+--image_dir: DATA_PATH/train for a validation list), preprocessing
 (resize to the model's input size, / 255) and metrics. Prints the confusion
 matrix, SURFsara's "Sens ..." and "PPV ..." lines, then accuracy, per-class
 precision/recall/F1, macro F1 and one-vs-rest ROC AUC with patient-level
@@ -65,6 +66,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "SavedModel folder or .onnx")
     base.add_argument("--testfile", default="test_COVIDx.txt", help="test list file")
     base.add_argument("--data_path", default="data", help="folder holding the test/ image folder")
+    base.add_argument("--image_dir", default=argparse.SUPPRESS, metavar="DIR",
+                      help="folder of the list's images (default: DATA_PATH/test); DATA_PATH/train for a "
+                           "validation list such as val_COVIDx.txt, whose images are training data, e.g. "
+                           "to write the validation predictions compare.py --weights-from needs")
     base.add_argument("--img_size", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
                       help="square image size (default: the model's input size; must agree with it when the "
                            "model's size is fixed; 512 for a weights-only file without run_config.json)")
@@ -156,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{', '.join(wanted)}: needs a Keras model to take gradients and layer outputs from; checkpoint "
             f"{checkpoint} is {with_article(KIND_NAMES[kind])} (evaluate the Keras checkpoint it was exported from)"
         )
-    image_dir = Path(args.data_path) / "test"
+    image_dir = Path(getattr(args, "image_dir", None) or Path(args.data_path) / "test")
+    if hasattr(args, "image_dir") and not image_dir.is_dir():
+        raise FileNotFoundError(f"--image_dir {image_dir} is not a folder (it holds the images of --testfile "
+                                f"{args.testfile})")
     entries = load_entries(args.testfile, image_dir, verify=args.verify_images, what="--testfile")
 
     predictor = load_predictor(

@@ -72,7 +72,11 @@ def _conv(x: Any, filters: int, kernel: int, strides: int, name: str) -> Any:
 
 
 def basic_block(x: Any, filters: int, name: str, *, strides: int = 1) -> Any:
-    """torchvision's ``BasicBlock``: two 3x3 conv-BN, a shortcut (1x1/2 conv-BN when the shape changes), add, ReLU."""
+    """torchvision's ``BasicBlock``: two 3x3 conv-BN, a shortcut, add, ReLU.
+
+    The shortcut is the input, or a 1x1/2 conv-BN where the block changes the shape (torchvision's
+    ``downsample``).
+    """
     shortcut = x
     y = _conv(x, filters, 3, strides, f"{name}_conv1")
     y = _bn(y, f"{name}_bn1")

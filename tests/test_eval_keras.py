@@ -280,3 +280,61 @@ def test_corrupt_image_that_passes_the_header_check(zoo: dict, tmp_path: Path,
     assert "could not be read or decoded (Invalid PNG data" in line and "function_node" not in line
     assert eval_keras.main([*args, "--verify_images", "full"]) == 2
     assert "img03.png: cannot be decoded" in _single_error(capsys)
+
+
+def test_image_dir_evaluates_a_validation_list_for_the_weighted_ensemble(
+        zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--image_dir: a val_COVIDx.txt whose images are in DATA_PATH/train, then compare.py --weights-from."""
+    import compare
+
+    root = zoo["root"]
+    train_dir = tmp_path / "data" / "train"
+    train_dir.mkdir(parents=True)
+    picked = [1, 2, 3, 4, 6, 8]  # two of each class, four patients none of which is a test patient
+    lines = []
+    for n, i in enumerate(picked):
+        name = zoo["filenames"][i]
+        (train_dir / f"val_{name}").write_bytes((root / "data" / "test" / name).read_bytes())
+        lines.append(f"valpat{n // 2} val_{name} {CLASSES[i % 3]} synthetic\n")
+    val_list = tmp_path / "val_COVIDx.txt"
+    val_list.write_text("".join(lines))
+
+    def evaluate(checkpoint: str, out: str, *extra: str) -> int:
+        return eval_keras.main(["--checkpoint", str(root / checkpoint), "--data_path", str(tmp_path / "data"),
+                                "--out", str(tmp_path / out), "--n_bootstrap", "20", "--batch_size", "4",
+                                *extra])
+
+    # The default image folder is DATA_PATH/test, where the validation images are not.
+    assert evaluate("model.keras", "wrong", "--testfile", str(val_list)) == 2
+    missing = f"image folder {tmp_path / 'data' / 'test'} for --testfile {val_list} does not exist"
+    assert missing in _single_error(capsys)
+    nope = str(tmp_path / "nope")
+    assert evaluate("model.keras", "gone", "--testfile", str(val_list), "--image_dir", nope) == 2
+    line = _single_error(capsys)
+    assert f"--image_dir {tmp_path / 'nope'} is not a folder" in line and str(val_list) in line
+
+    val = ["--testfile", str(val_list), "--image_dir", str(train_dir)]
+    assert evaluate("model.keras", "keras_val", *val) == 0
+    assert f"{len(picked)} images from {train_dir}" in capsys.readouterr().out
+    frame = pd.read_csv(tmp_path / "keras_val" / "predictions.csv")
+    assert frame["filename"].tolist() == [f"val_{zoo['filenames'][i]}" for i in picked]
+    np.testing.assert_allclose(frame[list(PROBABILITY_COLUMNS)].to_numpy(), zoo["keras"][picked], atol=1e-5)
+    metrics = json.loads((tmp_path / "keras_val" / "metrics.json").read_text())
+    assert metrics["evaluated"]["image_dir"] == str(train_dir)
+    assert (metrics["n_images"], metrics["n_patients"]) == (6, 3)
+
+    # A second model on the same validation and test images; the ensemble weights come from validation.
+    onnx = ("nchw_batch1_logits.onnx",)
+    assert evaluate(*onnx, "onnx_val", *val) == 0
+    test = ["--testfile", str(root / "test.txt"), "--image_dir", str(root / "data" / "test")]
+    assert evaluate("model.keras", "keras_test", *test) == 0
+    assert evaluate(*onnx, "onnx_test", *test) == 0
+    capsys.readouterr()
+    csv = {name: str(tmp_path / name / "predictions.csv") for name in ("keras_test", "onnx_test", "keras_val",
+                                                                       "onnx_val")}
+    assert compare.main([csv["keras_test"], csv["onnx_test"], "--names", "keras", "onnx",
+                         "--weights-from", csv["keras_val"], csv["onnx_val"], "--n-bootstrap", "20",
+                         "--out", str(tmp_path / "cmp")]) == 0
+    assert "weighted ensemble" in capsys.readouterr().out
+    weights = pd.read_csv(tmp_path / "cmp" / "ensemble_weights.csv")
+    assert len(weights) == 2 and weights.select_dtypes("number").sum().max() == pytest.approx(1.0)
