@@ -15,7 +15,8 @@ from models import ModelSpec, build_model, build_model_from_spec, list_models, r
 from models.registry import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 ALL_MODELS = [
-    "covidnet", "densenet121", "efficientnetb4", "mobilenetv2", "resnet18", "resnet50v2", "smallcnn", "xception"
+    "covidnet", "densenet121", "efficientnetb4", "mobilenetv2", "resnet18", "resnet50v2", "smallcnn",
+    "xception",
 ]
 APPLICATIONS = ["densenet121", "efficientnetb4", "mobilenetv2", "resnet50v2", "xception"]
 RESNET_NOTOP = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -190,7 +191,9 @@ TORCHVISION_RESNET18_FC = 512 * 1000 + 1000
 
 def _torchvision_resnet18_parameters() -> dict[str, tuple[int, ...]]:
     """torchvision's resnet18 state-dict parameters (not buffers) without fc, names and PyTorch shapes."""
-    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7), "bn1.weight": (64,), "bn1.bias": (64,)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "conv1.weight": (64, 3, 7, 7), "bn1.weight": (64,), "bn1.bias": (64,)
+    }
     in_channels = 64
     for stage, filters in enumerate((64, 128, 256, 512), start=1):
         for block in range(2):
