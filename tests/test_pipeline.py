@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from data.labels import CLASS_TO_INDEX
 from data.lists import ListEntry, write_list
@@ -204,3 +205,18 @@ def test_shards_split_each_global_batch_exactly(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate([first, second]), next(iter(fresh.dataset))[0].numpy())
     with pytest.raises(ValueError, match="cannot split batches of 6 into shard 0 of 4"):
         make_train_dataset(entries, tmp_path, num_shards=4, shard_index=0, **kwargs)
+
+
+def test_grey_batches_are_augmented_on_one_channel_with_the_same_pixels() -> None:
+    """The grey fast path and the full path give identical pixels; colour batches keep their colours."""
+    from data.augment import AugmentConfig, augment_batch
+    from data.pipeline import _augment_channels_once
+
+    key = tf.constant([3, 9], tf.int64)
+    grey = tf.tile(tf.random.stateless_uniform([4, 32, 32, 1], seed=[1, 2]), [1, 1, 1, 3])
+    np.testing.assert_array_equal(_augment_channels_once(grey, key, AugmentConfig()).numpy(),
+                                  augment_batch(grey, key, AugmentConfig()).numpy())
+    colour = tf.random.stateless_uniform([4, 32, 32, 3], seed=[1, 3])
+    out = _augment_channels_once(colour, key, AugmentConfig()).numpy()
+    np.testing.assert_array_equal(out, augment_batch(colour, key, AugmentConfig()).numpy())
+    assert np.abs(out[..., 0] - out[..., 1]).max() > 0.1  # not flattened to grey
