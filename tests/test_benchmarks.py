@@ -12,7 +12,6 @@ import scipy.ndimage as ndi
 from benchmarks import report
 from benchmarks.baseline_loader import (
     BalancedSequence,
-    Keras2Augment,
     apply_affine_transform,
     apply_transform,
     get_random_transform,

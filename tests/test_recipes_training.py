@@ -22,7 +22,7 @@ from data.labels import NUM_CLASSES
 from data.pipeline import load_entries, make_train_dataset, patient_split
 from test_distributed import TIMEOUT, _env, _fingerprint, _free_ports
 from test_pipeline import _level, _write_constant_images
-from test_train import _args, _log_epochs, tiny_covidx  # noqa: F401  (tiny_covidx is a fixture)
+from test_train import _args, _log_epochs
 from training.checkpoints import find_resume_state, list_checkpoints
 from training.config import RunConfig
 from training.preemption import EXIT_PREEMPTED, PreemptionWatcher

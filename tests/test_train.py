@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 import pytest
@@ -20,34 +19,6 @@ import train_keras
 from conftest import REPO_ROOT
 from training.checkpoints import find_resume_state, list_checkpoints
 
-LABELS = ("normal", "pneumonia", "COVID-19")
-
-
-def _image(rng: np.random.Generator, label: str, size: int = 40) -> np.ndarray:
-    img = rng.normal(70, 12, (size, size))
-    if label == "pneumonia":
-        img[8:26, 4:16] += 110  # one dense unilateral opacity
-    elif label == "COVID-19":
-        img[4:12, 26:36] += 90  # patchy, bilateral, peripheral
-        img[26:34, 4:14] += 90
-    return img.clip(0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def tiny_covidx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A COVIDx-shaped folder: data/train, data/test and the two lists (45 + 15 images)."""
-    root = tmp_path_factory.mktemp("covidx")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 45), ("test", 15)):
-        (root / "data" / split).mkdir(parents=True)
-        lines = []
-        for i in range(n):
-            label = LABELS[i % 3]
-            name = f"{split}{i:03d}.png"
-            cv2.imwrite(str(root / "data" / split / name), _image(rng, label))
-            lines.append(f"{split}-p{i} {name} {label} synthetic\n")
-        (root / f"{split}.txt").write_text("".join(lines))
-    return root
 
 
 def _args(root: Path, *extra: str, epochs: int = 2, name: str = "run-") -> list[str]:

@@ -27,6 +27,7 @@ from data.sources.base import (
     ScanContext,
     ScanResult,
     SourceSpec,
+    agchung_label,
     clean_id,
     out_name_problem,
     read_table,
@@ -34,7 +35,6 @@ from data.sources.base import (
     require_file,
     strip_whitespace,
 )
-from data.splits import first_comma
 
 NAME = "actmed"
 OPTION = "actualmed"
@@ -56,16 +56,8 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
     result = ScanResult(source=NAME, root=root, rows_read=len(table))
     for row_no, row in enumerate(table.to_dict("records"), start=1):
         pid = clean_id(row["patientid"])
-        raw_finding = str(row["finding"]).strip()
-        if not raw_finding:
-            result.skip(row_no, pid, "empty finding")
-            continue
-        label = rules.label(first_comma(raw_finding))
+        label = agchung_label(result, row_no, pid, row["finding"], rules)
         if label is None:
-            result.skip(row_no, pid, "finding not mapped", f"finding {raw_finding!r} not mapped")
-            continue
-        if not pid:
-            result.skip(row_no, pid, "empty patient id")
             continue
         name = str(row["imagename"]).strip()
         problem = out_name_problem(name)

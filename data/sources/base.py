@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import pandas as pd
 
 from data.lists import check_relative_filename
+from data.splits import first_comma
 
 if TYPE_CHECKING:
     from data.splits import SplitRules
@@ -201,6 +202,28 @@ def read_table(
             f"(found: {', '.join(map(repr, frame.columns))})"
         )
     return frame.fillna("")
+
+
+def agchung_label(
+    result: ScanResult, row_no: int, pid: str, finding: object, rules: "SplitRules"
+) -> str | None:
+    """The class of a Figure1/Actualmed row (COVID-Net: first comma element of ``finding``), or None.
+
+    Records the skip (empty finding, unmapped finding, empty patient id) in
+    ``result`` when the row cannot be used.
+    """
+    raw = str(finding).strip()
+    if not raw:
+        result.skip(row_no, pid, "empty finding")
+        return None
+    label = rules.label(first_comma(raw))
+    if label is None:
+        result.skip(row_no, pid, "finding not mapped", f"finding {raw!r} not mapped")
+        return None
+    if not pid:
+        result.skip(row_no, pid, "empty patient id")
+        return None
+    return label
 
 
 def clean_id(value: object) -> str:
