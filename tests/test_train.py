@@ -20,7 +20,6 @@ from conftest import REPO_ROOT
 from training.checkpoints import find_resume_state, list_checkpoints
 
 
-
 def _args(root: Path, *extra: str, epochs: int = 2, name: str = "run-") -> list[str]:
     return [
         "--trainfile", str(root / "train.txt"), "--testfile", str(root / "test.txt"),
