@@ -35,26 +35,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import DefaultsHelpFormatter, handle_errors, setup_logging
+from common.cli import DefaultsHelpFormatter, handle_errors, non_negative_int, positive_int, setup_logging
 from common.fsutil import atomic_write_text
 from data.lists import VERIFY_MODES
 
 log = logging.getLogger("eval_keras")
 
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, received {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, received {text}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -70,7 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="folder of the list's images (default: DATA_PATH/test); DATA_PATH/train for a "
                            "validation list such as val_COVIDx.txt, whose images are training data, e.g. "
                            "to write the validation predictions compare.py --weights-from needs")
-    base.add_argument("--img_size", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
+    base.add_argument("--img_size", type=positive_int, default=argparse.SUPPRESS, metavar="N",
                       help="square image size (default: the model's input size; must agree with it when the "
                            "model's size is fixed; 512 for a weights-only file without run_config.json)")
 
@@ -88,20 +74,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="image channels of the model input (default: 3)")
 
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--batch_size", type=_positive_int, default=32, help="images per prediction batch")
+    ev.add_argument("--batch_size", type=positive_int, default=32, help="images per prediction batch")
     ev.add_argument("--verify_images", choices=VERIFY_MODES, default="header",
                     help="check the test images before predicting: header (exists, looks like an image), "
                          "full (decode all), none")
-    ev.add_argument("--n_bootstrap", "--n-bootstrap", dest="n_bootstrap", type=_non_negative_int, default=2000,
+    ev.add_argument("--n_bootstrap", "--n-bootstrap", dest="n_bootstrap", type=non_negative_int, default=2000,
                     help="patient resamples for the confidence intervals (0: no intervals)")
     ev.add_argument("--confidence", type=float, default=0.95, help="confidence interval level")
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling and of t-SNE")
-    ev.add_argument("--time_loop", type=_non_negative_int, default=0, metavar="N",
+    ev.add_argument("--time_loop", type=non_negative_int, default=0, metavar="N",
                     help="also time SURFsara's per-image loop (cv2 + model.predict per image) against batched "
                          "prediction on the first N test images; writes timing.json (0: off)")
 
     expl = parser.add_argument_group("explanations (Keras kinds only)")
-    expl.add_argument("--gradcam", type=_non_negative_int, default=0, metavar="N",
+    expl.add_argument("--gradcam", type=non_negative_int, default=0, metavar="N",
                       help="write Grad-CAM overlays for the first N test images of each class to OUT/gradcam/")
     expl.add_argument("--gradcam_layer", default=argparse.SUPPRESS, metavar="NAME",
                       help="feature-map layer for Grad-CAM (default: the last convolutional feature map "

@@ -19,16 +19,9 @@ import logging
 import sys
 from typing import Sequence
 
-from common.cli import EXIT_OK, EXIT_USAGE, DefaultsHelpFormatter, handle_errors, setup_logging
+from common.cli import EXIT_OK, EXIT_USAGE, DefaultsHelpFormatter, handle_errors, positive_int, setup_logging
 
 log = logging.getLogger("predict")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, received {text}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -39,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="model: .hdf5/.h5 (full model or weights), .weights.h5, .keras, SavedModel folder "
                              "or .onnx")
     inputs.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG (also BMP, GIF) or DICOM files")
-    inputs.add_argument("--img_size", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
+    inputs.add_argument("--img_size", type=positive_int, default=argparse.SUPPRESS, metavar="N",
                         help="square image size (default: the model's input size; 512 for a weights-only "
                              "file without run_config.json)")
 
@@ -58,7 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true",
                      help="print one JSON document (results, errors and the disclaimer) instead of text")
-    out.add_argument("--batch_size", type=_positive_int, default=16, help="images per prediction batch")
+    out.add_argument("--batch_size", type=positive_int, default=16, help="images per prediction batch")
     out.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     return parser.parse_args(argv)
 

@@ -26,7 +26,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import DefaultsHelpFormatter, EXIT_FAILURE, handle_errors, setup_logging
+from common.cli import (
+    EXIT_FAILURE,
+    DefaultsHelpFormatter,
+    handle_errors,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    setup_logging,
+)
 from common.disclaimer import DISCLAIMER
 from data.lists import VERIFY_MODES
 
@@ -34,34 +43,6 @@ log = logging.getLogger("train_keras")
 
 # SURFsara's `--regularizer` switch set `tf.keras.regularizers.l2(1e-3)` on every layer (to no effect).
 SURFSARA_REGULARIZER = 1e-3
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, received {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, received {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, received {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, received {text}")
-    return value
 
 
 def _class_weights(text: str) -> tuple[float, float, float]:
@@ -86,16 +67,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     base.add_argument("--trainfile", default="train_COVIDx.txt", help="train list file")
     base.add_argument("--testfile", default="test_COVIDx.txt", help="test list file")
     base.add_argument("--data_path", default="data", help="folder holding train/ and test/ image folders")
-    base.add_argument("--lr", default=0.00002, type=_positive_float, help="learning rate (Adam, amsgrad)")
-    base.add_argument("--img_size", default=512, type=_positive_int, help="image size (square)")
-    base.add_argument("--bs", default=8, type=_positive_int,
+    base.add_argument("--lr", default=0.00002, type=positive_float, help="learning rate (Adam, amsgrad)")
+    base.add_argument("--img_size", default=512, type=positive_int, help="image size (square)")
+    base.add_argument("--bs", default=8, type=positive_int,
                       help="batch size per step, across all GPUs (as multi_gpu_model split it)")
     base.add_argument("--regularizer", default=0.0, type=float, nargs="?", const=SURFSARA_REGULARIZER,
                       metavar="L2",
                       help="L2 factor on every backbone kernel. SURFsara's flag was a switch meaning "
                            f"{SURFSARA_REGULARIZER:g}, set after the model was built, where it had no effect: a bare "
                            f"--regularizer now applies {SURFSARA_REGULARIZER:g}; 0 reproduces their runs")
-    base.add_argument("--epochs", default=10, type=_positive_int, help="number of epochs")
+    base.add_argument("--epochs", default=10, type=positive_int, help="number of epochs")
     base.add_argument("--name", default="COVIDNet", help="run name; the run folder is <name>lr<lr>")
     base.add_argument("--checkpoint", default="",
                       help="start from these weights (.hdf5 as SURFsara saved them, full-model .h5, or .weights.h5)")
@@ -122,11 +103,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     train = parser.add_argument_group("training")
     train.add_argument("--seed", default=0, type=int, help="seed for weights, shuffling and augmentation")
-    train.add_argument("--steps_per_epoch", default=None, type=_positive_int,
+    train.add_argument("--steps_per_epoch", default=None, type=positive_int,
                        help="batches per epoch (default: one pass over the normal/pneumonia images)")
     train.add_argument("--balance", default="covid", choices=["covid", "none"],
                        help="covid: COVID-19 images in every batch, as SURFsara's BalanceDataGenerator")
-    train.add_argument("--covid_per_batch", default=1, type=_positive_int,
+    train.add_argument("--covid_per_batch", default=1, type=positive_int,
                        help="COVID-19 images per balanced batch")
     train.add_argument("--class_weights", default=(1.0, 1.0, 25.0), type=_class_weights,
                        help="loss weights of normal,pneumonia,COVID-19")
@@ -144,25 +125,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="learning rate: plateau (SURFsara's ReduceLROnPlateau on val_loss), onecycle (fastai's "
                              "fit_one_cycle, peak --lr) or cosine (--lr down to --min_lr), both per step and "
                              "restarted at every phase (progressive stage, unfreezing)")
-    recipe.add_argument("--min_lr", default=1e-6, type=_non_negative_float,
+    recipe.add_argument("--min_lr", default=1e-6, type=non_negative_float,
                         help="floor of the plateau schedule (SURFsara's) and final rate of the cosine schedule")
     recipe.add_argument("--onecycle_pct_start", default=0.25, type=float,
                         help="onecycle: fraction of each phase's steps spent warming up to --lr (fastai v2; v1: 0.3)")
-    recipe.add_argument("--onecycle_div", default=25.0, type=_positive_float,
+    recipe.add_argument("--onecycle_div", default=25.0, type=positive_float,
                         help="onecycle: the warm-up starts at --lr / this (fastai's div)")
-    recipe.add_argument("--onecycle_div_final", default=1e5, type=_positive_float,
+    recipe.add_argument("--onecycle_div_final", default=1e5, type=positive_float,
                         help="onecycle: the phase ends at --lr / this (fastai v2's div_final; v1: 2.5e5)")
-    recipe.add_argument("--mixup", default=0.0, type=_non_negative_float, metavar="ALPHA",
+    recipe.add_argument("--mixup", default=0.0, type=non_negative_float, metavar="ALPHA",
                         help="mixup with lambda ~ Beta(ALPHA, ALPHA) within each batch (fastai's default 0.4); "
                              "0 turns it off")
-    recipe.add_argument("--label_smoothing", default=0.0, type=_non_negative_float,
+    recipe.add_argument("--label_smoothing", default=0.0, type=non_negative_float,
                         help="label smoothing of the cross-entropy (0 = off)")
     recipe.add_argument("--progressive", default=None, metavar="SIZES",
                         help="progressive resizing stages, e.g. 64:2,128:2,224:6 (size:epochs) or 64,128,224 "
                              "(--epochs split evenly); the last size must be --img_size; needs --head avg or max")
-    recipe.add_argument("--freeze_epochs", default=0, type=_non_negative_int,
+    recipe.add_argument("--freeze_epochs", default=0, type=non_negative_int,
                         help="train only the dense head (backbone frozen) for the first N epochs, then all layers")
-    recipe.add_argument("--backbone_lr_mult", default=1.0, type=_positive_float,
+    recipe.add_argument("--backbone_lr_mult", default=1.0, type=positive_float,
                         help="learning-rate factor of the backbone relative to the head once it trains "
                              "(discriminative learning rates, e.g. 0.1)")
     recipe.add_argument("--train_bn", default="on", choices=["on", "off"],
@@ -176,14 +157,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     hardware.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multiworker"],
                           help="tf.distribute strategy (auto: multiworker under a multi-task SLURM step or "
                                "TF_CONFIG, else mirrored when more than one GPU is visible, else default)")
-    hardware.add_argument("--bs_per_replica", default=None, type=_positive_int,
+    hardware.add_argument("--bs_per_replica", default=None, type=positive_int,
                           help="batch per replica (GPU); the step batch becomes this x the replicas, "
                                "instead of --bs")
     hardware.add_argument("--sync_batchnorm", default="on", choices=["on", "off"],
                           help="with several replicas, batch normalisation statistics over the global batch "
                                "(on: same result as one GPU with the same --bs; off: per-replica statistics, "
                                "as multi_gpu_model had, fewer all-reduces)")
-    hardware.add_argument("--collective_timeout", default=600, type=_positive_float,
+    hardware.add_argument("--collective_timeout", default=600, type=positive_float,
                           help="multi-worker jobs: seconds without a finished step (the first step of each fit "
                                "gets at least 900) before the job stops with an error, e.g. when a worker is "
                                "lost; must exceed the chief's end-of-epoch save")

@@ -38,7 +38,15 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/run.py): make 
 from benchmarks import report  # noqa: E402
 from benchmarks.measure import run_unit  # noqa: E402
 from benchmarks.workload import FORMATS, ensure_cache, write_originals  # noqa: E402
-from common.cli import DefaultsHelpFormatter, EXIT_FAILURE, EXIT_OK, handle_errors, setup_logging  # noqa: E402
+from common.cli import (  # noqa: E402
+    EXIT_FAILURE,
+    EXIT_OK,
+    DefaultsHelpFormatter,
+    handle_errors,
+    non_negative_float,
+    positive_int,
+    setup_logging,
+)
 from common.fsutil import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("benchmarks")
@@ -77,20 +85,6 @@ class _PresetHelpFormatter(DefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, received {text}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, received {text}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments; options left at ``None`` are filled from the preset in :func:`resolve`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=_PresetHelpFormatter)
@@ -103,8 +97,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.set_defaults(preset="cpu")
 
     work = parser.add_argument_group("workload (synthetic chest radiographs the size of real originals)")
-    work.add_argument("--originals", type=_positive_int, help="number of original images" + _preset_help("originals"))
-    work.add_argument("--original-px", type=_positive_int, nargs="+",
+    work.add_argument("--originals", type=positive_int, help="number of original images" + _preset_help("originals"))
+    work.add_argument("--original-px", type=positive_int, nargs="+",
                       help="side(s) of the square originals in px, cycled" + _preset_help("original_px"))
     work.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="file formats, cycled")
     work.add_argument("--work-dir", default=None,
@@ -113,29 +107,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     work.add_argument("--seed", type=int, default=0, help="seed of images, shuffling, augmentation and weights")
 
     pipe = parser.add_argument_group("pipelines (1)-(3)")
-    pipe.add_argument("--size", type=_positive_int, help="image size of the pipelines and the cache" + _preset_help("size"))
-    pipe.add_argument("--batch-size", type=_positive_int, help="batch size of every measurement" + _preset_help("batch_size"))
+    pipe.add_argument("--size", type=positive_int, help="image size of the pipelines and the cache" + _preset_help("size"))
+    pipe.add_argument("--batch-size", type=positive_int, help="batch size of every measurement" + _preset_help("batch_size"))
     pipe.add_argument("--warmup-batches", type=int, help="untimed batches first" + _preset_help("warmup_batches"))
-    pipe.add_argument("--min-batches", type=_positive_int, help="batches per timed window, at least" + _preset_help("min_batches"))
-    pipe.add_argument("--min-seconds", type=_nonnegative_float,
+    pipe.add_argument("--min-batches", type=positive_int, help="batches per timed window, at least" + _preset_help("min_batches"))
+    pipe.add_argument("--min-seconds", type=non_negative_float,
                       help="seconds per timed window, at least" + _preset_help("min_seconds"))
-    pipe.add_argument("--windows", type=_positive_int,
+    pipe.add_argument("--windows", type=positive_int,
                       help="timed windows per measurement (the best is reported)" + _preset_help("windows"))
 
     model = parser.add_argument_group("model (4)-(6)")
     model.add_argument("--model", help="registry model, random weights" + _preset_help("model"))
-    model.add_argument("--model-size", type=_positive_int, help="model input size" + _preset_help("model_size"))
+    model.add_argument("--model-size", type=positive_int, help="model input size" + _preset_help("model_size"))
     model.add_argument("--mixed-precision", choices=["both", "on", "off"], default="both",
                        help="(4): mixed precision settings to measure")
     model.add_argument("--xla", choices=["both", "on", "off"], default="both", help="(4): XLA settings to measure")
     model.add_argument("--mixed-policy", choices=MIXED_POLICIES, default="auto",
                        help="the mixed policy; auto: mixed_float16 with a GPU, mixed_bfloat16 on a CPU "
                             "(float16 has no fast CPU kernels)")
-    model.add_argument("--train-warmup", type=_positive_int,
+    model.add_argument("--train-warmup", type=positive_int,
                        help="untimed steps first (tracing, XLA compilation)" + _preset_help("train_warmup"))
-    model.add_argument("--train-steps", type=_positive_int, help="steps per timed window" + _preset_help("train_steps"))
-    model.add_argument("--eval-images", type=_positive_int, help="(5): originals evaluated" + _preset_help("eval_images"))
-    model.add_argument("--eval-repeats", type=_positive_int,
+    model.add_argument("--train-steps", type=positive_int, help="steps per timed window" + _preset_help("train_steps"))
+    model.add_argument("--eval-images", type=positive_int, help="(5): originals evaluated" + _preset_help("eval_images"))
+    model.add_argument("--eval-repeats", type=positive_int,
                        help="(5): timed passes (the fastest is reported)" + _preset_help("eval_repeats"))
     model.add_argument("--fed-mixed-precision", choices=["auto", "on", "off"], default="auto",
                        help="(6): mixed precision; auto: on with a GPU")
@@ -143,7 +137,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--profile", default=None, metavar="DIR",
                        help="(6): trace --profile-steps extra cache-fed steps with tf.profiler into DIR "
                             "(open with TensorBoard's Profile tab)")
-    model.add_argument("--profile-steps", type=_positive_int, default=5, help="steps traced by --profile")
+    model.add_argument("--profile-steps", type=positive_int, default=5, help="steps traced by --profile")
 
     run = parser.add_argument_group("run")
     run.add_argument("--only", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS),

@@ -172,7 +172,9 @@ def test_quick_run_measures_everything(tmp_path, capsys) -> None:
         assert "error" not in result, name
         assert result["images_per_second"] > 0, name
         assert result["peak_rss_mib"] > 100, name  # TensorFlow alone takes more
-        assert result["peak_rss_mib"] >= result["rss_before_mib"] > 0, name
+        # Linux caches RSS counters per thread (up to 64 pages each, synced lazily), so VmHWM read after
+        # a reset can trail an earlier VmRSS reading by a fraction of a MiB with TensorFlow's threads.
+        assert result["peak_rss_mib"] >= result["rss_before_mib"] - 4 > 0, name
     assert results["eval"]["batched"]["images_per_second"] > 0 and results["eval"]["loop"]["images_per_second"] > 0
     assert results["fed"]["memory"]["images_per_second"] > 0
     assert 0.0 <= results["fed"]["input_bound_fraction"] < 1.0
