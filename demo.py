@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common.cli import EXIT_FAILURE, DefaultsHelpFormatter, handle_errors
+from common.cli import DefaultsHelpFormatter, handle_errors
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -74,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import predict
     import train_keras
     from data.lists import read_list
+    from training.config import run_folder_name
 
     out: Path = args.out
     sources, covidx, runs = out / "sources", out / "covidx", out / "output"
@@ -93,14 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "--head", args.head, "--weights", "none", "--seed", str(args.seed), "--output", str(runs),
               "--resume", "off",
           ])
-    run_dir = runs / f"{name}lr{args.lr:g}"
-    if not run_dir.is_dir():
-        # train_keras names the folder from the float it parsed; find it rather than guess the spelling.
-        candidates = sorted(runs.glob(f"{name}lr*"))
-        if len(candidates) != 1:
-            print(f"error: cannot find the run folder of {name} in {runs}", file=sys.stderr)
-            return EXIT_FAILURE
-        run_dir = candidates[0]
+    run_dir = runs / run_folder_name(name, args.lr)  # the folder train_keras.py named
     final = run_dir / "final_model.hdf5"
     early = sorted(run_dir.glob("cp-02-*.hdf5")) or sorted(run_dir.glob("cp-*.hdf5"))
 
