@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
-from common.cli import DefaultsHelpFormatter, handle_errors, setup_logging
+from common.cli import EXIT_OK, DefaultsHelpFormatter, check_output_dir, handle_errors, setup_logging
 from evaluation.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_BOOTSTRAP, DEFAULT_SEED
 from evaluation.compare import compare_predictions, default_names, format_comparison, write_comparison
 from evaluation.ensemble import DEFAULT_WEIGHT_STEP
@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; returns the exit code."""
     args = parse_args(argv)
     setup_logging(args.verbose)
+    out_dir = check_output_dir(args.out, flag="--out")  # before the work, not at its last step
     # --names and --weights-from default to "absent" so --help does not show "None".
     names = getattr(args, "names", None) or default_names(args.predictions)
     weights_from = getattr(args, "weights_from", None)
@@ -82,11 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         confidence=args.confidence,
         weight_step=args.weight_step,
     )
-    for path in write_comparison(args.out, comparison).values():
+    for path in write_comparison(out_dir, comparison).values():
         log.info("wrote %s", path)
     # The Markdown report ends with the research-use disclaimer.
     print(format_comparison(comparison), end="")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 Give the folders of the sources you downloaded (at least one) and an output
 folder; the result is OUT/train/, OUT/test/, OUT/train_COVIDx.txt,
-OUT/test_COVIDx.txt (lines "patientid filename label source") and
-OUT/report.json (per source and class: rows read, images listed, and every
-skipped row with its reason).
+OUT/test_COVIDx.txt (COVID-Net's lines "patientid filename label source", or
+SURFsara's "patientid filename label" with --split surfsara), OUT/SHA256SUMS
+(every listed image; check with `sha256sum -c SHA256SUMS` in OUT) and
+OUT/report.json (per source and class: rows read, images listed, every
+skipped row with its reason, and each list's fingerprint: SHA-256 over its
+lines and its images' hashes, printed at the end, so that two groups can check
+that they built the same dataset).
 
   python create_covidx.py --cohen covid-chestxray-dataset --figure1 Figure1-COVID-chestxray-dataset \\
       --actualmed Actualmed-COVID-chestxray-dataset --sirm COVID-19-Radiography-Database \\
@@ -28,16 +32,23 @@ also writes the images resized once into sharded TFRecord files
 download instructions and every rule.
 
 Exit status: 0 on success (bad rows and images are skipped and reported),
-1 when no usable image was found, 2 for bad arguments or missing folders.
+1 when no usable image was found or the output could not be written (a full
+disk: the previous lists and report are then left untouched), 2 for bad
+arguments or missing folders, 130 after Ctrl-C, 143 after SIGTERM. A run
+killed at any moment leaves only complete files under their final names (and
+hidden .partial-* files the next run removes); re-running finishes the job.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Sequence
 
 from common.cli import EXIT_FAILURE, EXIT_OK, DefaultsHelpFormatter, UsageError, handle_errors, setup_logging
 
@@ -58,6 +69,8 @@ SOURCE_HELP = {
     "train/val/test lists",
 }
 SPLITS = ("covidnet", "surfsara", "radiography")
+LIST_FORMATS = ("covidnet", "surfsara")  # data.lists.LIST_FORMATS (checked by the tests)
+EXIT_TERMINATED = 128 + signal.SIGTERM
 DEFAULT_SYNTHETIC_SIZE = 400
 DEFAULT_SYNTHETIC_IMAGE_SIZE = 256
 
@@ -69,47 +82,114 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     sources = parser.add_argument_group("sources (at least one, or --synthetic)")
     for option, help_text in SOURCE_HELP.items():
-        sources.add_argument(f"--{option.replace('_', '-')}", dest=option, metavar="DIR", type=Path, default=None,
-                             help=help_text)
+        sources.add_argument(
+            f"--{option.replace('_', '-')}",
+            dest=option,
+            metavar="DIR",
+            type=Path,
+            default=None,
+            help=help_text,
+        )
     sources.add_argument(
-        "--ricord-list", metavar="FILE", type=Path, default=None,
+        "--ricord-list",
+        metavar="FILE",
+        type=Path,
+        default=None,
         help="COVID-Net's ricord_data_set.txt (usable RICORD images and crop boxes); when not given, "
         "the --ricord folder's ricord_data_set.txt is used if present, else every AP/PA image",
     )
     output = parser.add_argument_group("output")
-    output.add_argument("--out", metavar="DIR", type=Path, default=None,
-                        help="output folder (train/, test/, *_COVIDx.txt, report.json)")
+    output.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="output folder (train/, test/, *_COVIDx.txt, SHA256SUMS, report.json)",
+    )
+    output.add_argument(
+        "--list-format",
+        choices=LIST_FORMATS,
+        default=None,
+        help="list lines: covidnet = 'patientid filename label source' (COVID-Net's "
+        "create_COVIDx), surfsara = 'patientid filename label' (what SURFsara's data.py "
+        "reads: label = last field). Default: surfsara with --split surfsara, else covidnet",
+    )
     split = parser.add_argument_group("split")
-    split.add_argument("--split", choices=SPLITS, default=argparse.SUPPRESS,
-                       help="recipe: COVID-Net's create_COVIDx (covidnet, the default for the COVIDx sources), "
-                       "SURFsara's create_COVIDx_v2 (surfsara), or the ResNet-18 study's seeded split of the "
-                       "COVID-19 Radiography Database (radiography, the default with --radiography-db)")
-    split.add_argument("--radiography-split", metavar="TRAIN,VAL,TEST", type=_fractions, default=(0.7, 0.1, 0.2),
-                       help="--split radiography: fractions of each class in train, validation and test")
+    split.add_argument(
+        "--split",
+        choices=SPLITS,
+        default=argparse.SUPPRESS,
+        help="recipe: COVID-Net's create_COVIDx (covidnet, the default for the COVIDx sources), "
+        "SURFsara's create_COVIDx_v2 (surfsara), or the ResNet-18 study's seeded split of the "
+        "COVID-19 Radiography Database (radiography, the default with --radiography-db)",
+    )
+    split.add_argument(
+        "--radiography-split",
+        metavar="TRAIN,VAL,TEST",
+        type=_fractions,
+        default=(0.7, 0.1, 0.2),
+        help="--split radiography: fractions of each class in train, validation and test",
+    )
     cache = parser.add_argument_group(
         "preprocessed cache",
-        "Images resized once into sharded TFRecord files, for train_keras.py --cache. With sources, the cache "
+        "Images resized once into sharded TFRecord files, for train_keras.py --cache. With sources, the "
+        "cache "
         "is built after the dataset; with --out alone, from the lists already in --out.",
     )
-    cache.add_argument("--cache", metavar="SIZE", type=int, default=None,
-                       help="also write the images resized to SIZE x SIZE grayscale into --cache-dir")
-    cache.add_argument("--cache-dir", metavar="DIR", type=Path, default=None,
-                       help="where the cache goes (default: OUT/cache-SIZE)")
+    cache.add_argument(
+        "--cache",
+        metavar="SIZE",
+        type=int,
+        default=None,
+        help="also write the images resized to SIZE x SIZE grayscale into --cache-dir",
+    )
+    cache.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="where the cache goes (default: OUT/cache-SIZE)",
+    )
     synthetic = parser.add_argument_group("synthetic sources (no download)")
-    synthetic.add_argument("--synthetic", metavar="DIR", type=Path, default=None,
-                           help="write small synthetic sources in the real formats into DIR "
-                           "(and build COVIDx from them when --out is given)")
-    synthetic.add_argument("--synthetic-size", metavar="N", type=int, default=DEFAULT_SYNTHETIC_SIZE,
-                           help="number of synthetic images (about a third per class)")
-    synthetic.add_argument("--synthetic-image-size", metavar="PX", type=int, default=DEFAULT_SYNTHETIC_IMAGE_SIZE,
-                           help="side of the square synthetic images, in pixels")
-    synthetic.add_argument("--seed", type=int, default=0,
-                           help="seed of the synthetic sources and of the --split radiography draw")
+    synthetic.add_argument(
+        "--synthetic",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="write small synthetic sources in the real formats into DIR "
+        "(and build COVIDx from them when --out is given)",
+    )
+    synthetic.add_argument(
+        "--synthetic-size",
+        metavar="N",
+        type=int,
+        default=DEFAULT_SYNTHETIC_SIZE,
+        help="number of synthetic images (about a third per class)",
+    )
+    synthetic.add_argument(
+        "--synthetic-image-size",
+        metavar="PX",
+        type=int,
+        default=DEFAULT_SYNTHETIC_IMAGE_SIZE,
+        help="side of the square synthetic images, in pixels",
+    )
+    synthetic.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic sources and of the --split radiography draw",
+    )
     performance = parser.add_argument_group("performance")
-    performance.add_argument("--workers", metavar="N", type=int, default=os.cpu_count() or 1,
-                             help="processes that convert and copy images")
-    performance.add_argument("--no-progress", action="store_true",
-                             help="no progress bar (it is shown only on a terminal anyway)")
+    performance.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes that convert and copy images",
+    )
+    performance.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is shown only on a terminal anyway)"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     return parser.parse_args(argv)
 
@@ -118,7 +198,9 @@ def _fractions(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three fractions such as 0.7,0.1,0.2, received {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected three fractions such as 0.7,0.1,0.2, received {text!r}"
+        ) from None
 
 
 def _flag(option: str) -> str:
@@ -136,11 +218,14 @@ def _check_options(args: argparse.Namespace) -> dict[str, Path]:
             raise UsageError("--ricord-list cannot be used with --synthetic")
     elif cache_only:
         if args.out is None:
-            raise UsageError("--cache without sources builds the cache of an existing dataset: --out is required")
+            raise UsageError(
+                "--cache without sources builds the cache of an existing dataset: --out is required"
+            )
     else:
         if not given:
             raise UsageError(
-                "no source given: use at least one of " + ", ".join(_flag(o) for o in SOURCE_HELP)
+                "no source given: use at least one of "
+                + ", ".join(_flag(o) for o in SOURCE_HELP)
                 + " (or --synthetic DIR for a demo, or --cache SIZE --out DIR to cache an existing dataset)"
             )
         if args.out is None:
@@ -176,10 +261,14 @@ def _build_cache(out: Path, *, size: int, cache_dir: Path | None, progress: bool
         if path.is_file():
             # The cache must hold every listed image: a missing or unreadable one stops here, named.
             image_dir = out / image_folder(name)
-            lists[name] = (load_entries(path, image_dir, verify="header", what=f"--out list {path.name}"), image_dir)
+            lists[name] = (
+                load_entries(path, image_dir, verify="header", what=f"--out list {path.name}"),
+                image_dir,
+            )
     if "train" not in lists:
-        raise FileNotFoundError(f"--cache: {out / list_name('train')} not found; build the dataset first "
-                                "(or give its sources)")
+        raise FileNotFoundError(
+            f"--cache: {out / list_name('train')} not found; build the dataset first (or give its sources)"
+        )
     target = cache_dir if cache_dir is not None else out / f"cache-{size}"
     wrap = None
     if progress:
@@ -192,10 +281,53 @@ def _build_cache(out: Path, *, size: int, cache_dir: Path | None, progress: bool
     return root
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the run stops the way Ctrl-C stops it.
+
+    A ``KeyboardInterrupt`` subclass, so that no ``except Exception`` on the way
+    swallows it: every temporary file is removed by its ``atomic_path`` and
+    the image workers are ended before the process exits.
+    """
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @handle_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = parse_args(argv)
+    from data.build import OutputError
+
+    try:
+        with _sigterm_stops_the_run():
+            return _run(args)
+    except Terminated:
+        print(
+            "error: terminated by SIGTERM; every file under its final name is complete, "
+            "re-run the same command to finish",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _run(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     if not args.verbose:
         # The JPEG 2000 encoder logs every tile at INFO level.
@@ -207,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     from data.build import build_covidx
-    from data.report import format_summary
+    from data.report import format_fingerprints, format_summary
     from data.splits import get_rules
 
     split = _split_name(args, given)
@@ -216,17 +348,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.synthetic is not None:
         from data.synthetic import make_synthetic_radiography_db, make_synthetic_sources
 
-        folders = make_synthetic_sources(
-            args.synthetic, size=args.synthetic_size, image_size=args.synthetic_image_size, seed=args.seed
-        )
-        folders["radiography_db"] = make_synthetic_radiography_db(
-            args.synthetic / "radiography-db", size=args.synthetic_size, image_size=args.synthetic_image_size,
-            seed=args.seed,
-        )
+        try:
+            folders = make_synthetic_sources(
+                args.synthetic, size=args.synthetic_size, image_size=args.synthetic_image_size, seed=args.seed
+            )
+            folders["radiography_db"] = make_synthetic_radiography_db(
+                args.synthetic / "radiography-db",
+                size=args.synthetic_size,
+                image_size=args.synthetic_image_size,
+                seed=args.seed,
+            )
+        except OSError as exc:
+            from data.sources.base import describe_os_error
+
+            raise UsageError(
+                f"--synthetic: expected a folder the synthetic sources can be written into, "
+                f"received {args.synthetic} ({describe_os_error(exc)})"
+            ) from None
         print(f"synthetic sources written to {args.synthetic}")
         if args.out is None:
             return EXIT_OK
-        # The sources the recipe uses: the six COVIDx ones, cohen and RSNA for surfsara, the database for radiography.
+        # The sources the recipe uses: the six COVIDx ones, cohen and RSNA for surfsara, the database for
+        # radiography.
         allowed = get_rules(split).allowed_sources
         given = {o: f for o, f in folders.items() if allowed is None or o in allowed}
 
@@ -239,8 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         split_seed=args.seed,
         split_fractions=args.radiography_split,
         progress=progress,
+        list_format=args.list_format or ("surfsara" if split == "surfsara" else "covidnet"),
     )
     print(format_summary(result.report))
+    print(format_fingerprints(result.report))
     print(f"report: {result.report_path}")
     if not result.usable:
         print("error: no usable image was found in the given sources (see report.json)", file=sys.stderr)

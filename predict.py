@@ -6,9 +6,21 @@
 PATH is any model eval_keras.py accepts (.hdf5/.h5 full model or weights,
 .weights.h5, .keras, SavedModel folder, .onnx). Each image is preprocessed as
 in evaluation (DICOM first converted to 8-bit grayscale as create_covidx.py
-does); one line per image gives the predicted class and the three
-probabilities. An image that cannot be read gets its own "error: IMAGE: ..."
-line on stderr, the others are still predicted, and the exit code is then 2.
+does; a 16-bit PNG becomes 8 bit as cv2.imread makes it; an alpha channel is
+dropped); one line per image gives the predicted class and the three
+probabilities.
+
+Image size rule (the original pixels, before resizing to the model's input):
+an image whose shorter side is below 32 px or whose aspect ratio (long side /
+short side) is beyond 1:4 cannot be a chest radiograph and is refused; one
+whose shorter side is below 128 px or whose aspect ratio is beyond 1:2 is odd
+(public chest X-rays are about 150 to 4,000+ px a side, 1:1 to 1:1.8) and is
+predicted with a "warning: IMAGE: ..." line on stderr.
+
+An image that cannot be used (missing, empty, not an image, damaged or
+truncated, refused by the size rule) gets its own "error: IMAGE: ..." line on
+stderr, the others are still predicted, and the exit code is then 2; a bad
+checkpoint is one "error: ..." line and exit code 2.
 Research use only: not a medical device.
 """
 from __future__ import annotations
@@ -17,43 +29,90 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from common.cli import EXIT_OK, EXIT_USAGE, DefaultsHelpFormatter, handle_errors, positive_int, setup_logging
+from common.cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    DefaultsHelpFormatter,
+    error_message,
+    handle_errors,
+    positive_int,
+    setup_logging,
+)
 
 log = logging.getLogger("predict")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments of ``predict.py``."""
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="predict.py", description=__doc__, formatter_class=DefaultsHelpFormatter
+    )
     inputs = parser.add_argument_group("model and images")
-    inputs.add_argument("--checkpoint", required=True, default=argparse.SUPPRESS, metavar="PATH",
-                        help="model: .hdf5/.h5 (full model or weights), .weights.h5, .keras, SavedModel folder "
-                             "or .onnx")
-    inputs.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG (also BMP, GIF) or DICOM files")
-    inputs.add_argument("--img_size", type=positive_int, default=argparse.SUPPRESS, metavar="N",
-                        help="square image size (default: the model's input size; 512 for a weights-only "
-                             "file without run_config.json)")
+    inputs.add_argument(
+        "--checkpoint",
+        required=True,
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="model: .hdf5/.h5 (full model or weights), .weights.h5, .keras, SavedModel folder or .onnx",
+    )
+    inputs.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="PNG, JPEG (also BMP, GIF) or DICOM files; refused when the shorter side is "
+        "below 32 px or the aspect ratio beyond 1:4, warned below 128 px or beyond 1:2",
+    )
+    inputs.add_argument(
+        "--img_size",
+        type=positive_int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="square image size (default: the model's input size; 512 for a weights-only "
+        "file without run_config.json)",
+    )
 
     arch = parser.add_argument_group(
         "architecture of a weights-only checkpoint",
         "Only used when there is no run_config.json beside the weights file.",
     )
-    arch.add_argument("--model", default=argparse.SUPPRESS,
-                      help="registry model name, e.g. resnet50v2; required for a weights-only file without "
-                           "run_config.json")
-    arch.add_argument("--head", choices=["flatten", "avg", "max"], default=argparse.SUPPRESS,
-                      help="pooling before the dense head (default: flatten)")
-    arch.add_argument("--channels", type=int, choices=[1, 3], default=argparse.SUPPRESS,
-                      help="image channels of the model input (default: 3)")
+    arch.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="registry model name, e.g. resnet50v2; required for a weights-only file without run_config.json",
+    )
+    arch.add_argument(
+        "--head",
+        choices=["flatten", "avg", "max"],
+        default=argparse.SUPPRESS,
+        help="pooling before the dense head (default: flatten)",
+    )
+    arch.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=argparse.SUPPRESS,
+        help="image channels of the model input (default: 3)",
+    )
 
     out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true",
-                     help="print one JSON document (results, errors and the disclaimer) instead of text")
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (results, errors, warnings and the disclaimer) instead of text",
+    )
     out.add_argument("--batch_size", type=positive_int, default=16, help="images per prediction batch")
     out.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     return parser.parse_args(argv)
+
+
+def _report_problems(result: dict) -> None:
+    """The image's warning and error lines on stderr (flushed, so they interleave with stdout in order)."""
+    for warning in result.get("warnings", []):
+        print(f"warning: {result['image']}: {warning}", file=sys.stderr, flush=True)
+    if "error" in result:
+        print(f"error: {result['image']}: {result['error']}", file=sys.stderr, flush=True)
 
 
 @handle_errors
@@ -66,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from common.disclaimer import DISCLAIMER
     from data.labels import CLASSES
-    from evaluation.loaders import load_image, load_predictor
+    from evaluation.inference import progress_bar
+    from evaluation.loaders import check_radiograph_shape, load_predictor, read_image
 
     predictor = load_predictor(
         args.checkpoint,
@@ -79,23 +139,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[dict] = []
     ready: list[tuple[int, np.ndarray]] = []
-    for image in args.images:
-        try:
-            ready.append((len(results), load_image(image, img_size=predictor.img_size, channels=predictor.channels)))
-            results.append({"image": image})
-        except (ValueError, OSError) as exc:
-            results.append({"image": image, "error": str(exc) or type(exc).__name__})
-    for start in range(0, len(ready), args.batch_size):
-        chunk = ready[start:start + args.batch_size]
-        probabilities = predictor.predict_batch(np.stack([x for _, x in chunk]))
-        for (index, _), p in zip(chunk, probabilities):
-            results[index]["predicted"] = CLASSES[int(np.argmax(p))]
-            results[index]["probabilities"] = {c: float(v) for c, v in zip(CLASSES, p)}
+    # Progress bars on stderr only when it is a terminal: stdout stays the results alone.
+    with progress_bar(len(args.images), progress=None, desc="reading") as bar:
+        for image in args.images:
+            bar.update()
+            try:
+                loaded = read_image(image, img_size=predictor.img_size, channels=predictor.channels)
+                warning = check_radiograph_shape(loaded.height, loaded.width)
+            except (ValueError, OSError) as exc:
+                # The line already names the image: an OSError's path would repeat it.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else error_message(exc)
+                results.append({"image": image, "error": reason})
+                continue
+            ready.append((len(results), loaded.pixels))
+            results.append({"image": image, "warnings": [warning] if warning else []})
+    with progress_bar(len(ready), progress=None, desc="predicting") as bar:
+        for start in range(0, len(ready), args.batch_size):
+            chunk = ready[start : start + args.batch_size]
+            probabilities = predictor.predict_batch(np.stack([x for _, x in chunk]))
+            for (index, _), p in zip(chunk, probabilities):
+                results[index]["predicted"] = CLASSES[int(np.argmax(p))]
+                results[index]["probabilities"] = {c: float(v) for c, v in zip(CLASSES, p)}
+            bar.update(len(chunk))
 
     failed = [r for r in results if "error" in r]
     if args.json:
-        for r in failed:  # stdout stays one JSON document; the errors are in it too
-            print(f"error: {r['image']}: {r['error']}", file=sys.stderr, flush=True)
+        for r in results:  # stdout stays one JSON document; the errors and warnings are in it too
+            _report_problems(r)
         document = {
             "checkpoint": str(predictor.path),
             "model": predictor.description,
@@ -106,9 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(document, indent=2))
     else:
         for r in results:
-            if "error" in r:
-                print(f"error: {r['image']}: {r['error']}", file=sys.stderr, flush=True)
-            else:
+            _report_problems(r)
+            if "error" not in r:
                 probs = "  ".join(f"p_{c}={v:.4f}" for c, v in r["probabilities"].items())
                 print(f"{r['image']}: {r['predicted']}  {probs}", flush=True)
         print(f"\n{DISCLAIMER}")

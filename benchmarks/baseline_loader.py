@@ -34,8 +34,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,14 +69,27 @@ def get_random_transform(shape: Sequence[int], rng: np.random.Generator,
     """
     h, w = shape[0], shape[1]
     theta = rng.uniform(-augment.rotation_range, augment.rotation_range) if augment.rotation_range else 0.0
-    tx = rng.uniform(-augment.height_shift_range, augment.height_shift_range) * h if augment.height_shift_range else 0.0
-    ty = rng.uniform(-augment.width_shift_range, augment.width_shift_range) * w if augment.width_shift_range else 0.0
+    tx = (
+        rng.uniform(-augment.height_shift_range, augment.height_shift_range) * h
+        if augment.height_shift_range
+        else 0.0
+    )
+    ty = (
+        rng.uniform(-augment.width_shift_range, augment.width_shift_range) * w
+        if augment.width_shift_range
+        else 0.0
+    )
     flip = bool(augment.horizontal_flip and rng.random() < 0.5)
     brightness = None
     if augment.brightness_range is not None:
         brightness = float(rng.uniform(augment.brightness_range[0], augment.brightness_range[1]))
-    return {"theta": float(theta), "tx": float(tx), "ty": float(ty), "flip_horizontal": flip,
-            "brightness": brightness}
+    return {
+        "theta": float(theta),
+        "tx": float(tx),
+        "ty": float(ty),
+        "flip_horizontal": flip,
+        "brightness": brightness,
+    }
 
 
 def transform_matrix_offset_center(matrix: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -87,8 +101,16 @@ def transform_matrix_offset_center(matrix: np.ndarray, x: int, y: int) -> np.nda
     return offset @ matrix @ reset
 
 
-def apply_affine_transform(x: np.ndarray, *, theta: float = 0.0, tx: float = 0.0, ty: float = 0.0,
-                           fill_mode: str = "constant", cval: float = 0.0, order: int = 1) -> np.ndarray:
+def apply_affine_transform(
+    x: np.ndarray,
+    *,
+    theta: float = 0.0,
+    tx: float = 0.0,
+    ty: float = 0.0,
+    fill_mode: str = "constant",
+    cval: float = 0.0,
+    order: int = 1,
+) -> np.ndarray:
     """Rotate by ``theta`` degrees and shift by (``tx``, ``ty``) pixels a ``[rows, cols, channels]`` image.
 
     keras-preprocessing's ``apply_affine_transform`` for channels-last input:
@@ -106,20 +128,30 @@ def apply_affine_transform(x: np.ndarray, *, theta: float = 0.0, tx: float = 0.0
         return x
     h, w = x.shape[0], x.shape[1]
     matrix = transform_matrix_offset_center(matrix, h, w)
-    channels = [ndi.affine_transform(x[..., c], matrix[:2, :2], matrix[:2, 2], order=order, mode=fill_mode,
-                                     cval=cval) for c in range(x.shape[2])]
+    channels = [
+        ndi.affine_transform(x[..., c], matrix[:2, :2], matrix[:2, 2], order=order, mode=fill_mode, cval=cval)
+        for c in range(x.shape[2])
+    ]
     return np.stack(channels, axis=-1)
 
 
-def apply_transform(x: np.ndarray, params: dict[str, Any], augment: Keras2Augment = Keras2Augment()) -> np.ndarray:
+def apply_transform(
+    x: np.ndarray, params: dict[str, Any], augment: Keras2Augment = Keras2Augment()
+) -> np.ndarray:
     """Apply drawn parameters: affine transform, horizontal flip, brightness (values kept in range).
 
     ``x`` is uint8 ``[rows, cols, channels]`` as cv2 gives it; the result is
     float32 on the same 0-255 scale.
     """
-    out = apply_affine_transform(x, theta=params["theta"], tx=params["tx"], ty=params["ty"],
-                                 fill_mode=augment.fill_mode, cval=augment.cval,
-                                 order=augment.interpolation_order)
+    out = apply_affine_transform(
+        x,
+        theta=params["theta"],
+        tx=params["tx"],
+        ty=params["ty"],
+        fill_mode=augment.fill_mode,
+        cval=augment.cval,
+        order=augment.interpolation_order,
+    )
     if params["flip_horizontal"]:
         out = out[:, ::-1, :]
     out = out.astype(np.float32)
@@ -128,13 +160,20 @@ def apply_transform(x: np.ndarray, params: dict[str, Any], augment: Keras2Augmen
     return out
 
 
-def random_transform(x: np.ndarray, rng: np.random.Generator, augment: Keras2Augment = Keras2Augment()) -> np.ndarray:
+def random_transform(
+    x: np.ndarray, rng: np.random.Generator, augment: Keras2Augment = Keras2Augment()
+) -> np.ndarray:
     """``ImageDataGenerator.random_transform``: draw parameters with ``rng`` and apply them."""
     return apply_transform(x, get_random_transform(x.shape, rng, augment), augment)
 
 
-def load_image(path: str | os.PathLike[str], *, img_size: int, rng: np.random.Generator | None,
-               augment: Keras2Augment | None = Keras2Augment()) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike[str],
+    *,
+    img_size: int,
+    rng: np.random.Generator | None,
+    augment: Keras2Augment | None = Keras2Augment(),
+) -> np.ndarray:
     """One training image the baseline way: float32 ``[img_size, img_size, 3]`` in [0, 1].
 
     ``cv2.imread``, ``cv2.resize``, the random transform when ``augment`` is
@@ -159,23 +198,38 @@ class BalancedSequence:
     :meth:`on_epoch_end` reshuffles. Everything runs in the calling thread.
     """
 
-    def __init__(self, entries: Sequence[ListEntry], image_dir: str | os.PathLike[str], *, img_size: int,
-                 batch_size: int, covid_per_batch: int = 1,
-                 class_weights: Sequence[float] = (1.0, 1.0, 25.0),
-                 augment: Keras2Augment | None = Keras2Augment(), seed: int = 0) -> None:
+    def __init__(
+        self,
+        entries: Sequence[ListEntry],
+        image_dir: str | os.PathLike[str],
+        *,
+        img_size: int,
+        batch_size: int,
+        covid_per_batch: int = 1,
+        class_weights: Sequence[float] = (1.0, 1.0, 25.0),
+        augment: Keras2Augment | None = Keras2Augment(),
+        seed: int = 0,
+    ) -> None:
         if not 1 <= covid_per_batch < batch_size:
-            raise ValueError(f"balanced batches need 1 <= COVID-19 images per batch < batch size; received "
-                             f"{covid_per_batch} with batch size {batch_size}")
+            raise ValueError(
+                f"balanced batches need 1 <= COVID-19 images per batch < batch size; received "
+                f"{covid_per_batch} with batch size {batch_size}"
+            )
         if len(class_weights) != NUM_CLASSES:
             raise ValueError(f"class_weights needs {NUM_CLASSES} values, received {len(class_weights)}")
         covid = CLASS_TO_INDEX["COVID-19"]
         root = Path(image_dir)
-        self._others = [(str(root / e.filename), CLASS_TO_INDEX[e.label]) for e in entries
-                        if CLASS_TO_INDEX[e.label] != covid]
+        self._others = [
+            (str(root / e.filename), CLASS_TO_INDEX[e.label])
+            for e in entries
+            if CLASS_TO_INDEX[e.label] != covid
+        ]
         self._covids = [(str(root / e.filename), covid) for e in entries if CLASS_TO_INDEX[e.label] == covid]
         if not self._others or len(self._covids) < covid_per_batch:
-            raise ValueError(f"balanced batches need normal/pneumonia images and at least {covid_per_batch} "
-                             f"COVID-19 images; found {len(self._others)} and {len(self._covids)}")
+            raise ValueError(
+                f"balanced batches need normal/pneumonia images and at least {covid_per_batch} "
+                f"COVID-19 images; found {len(self._others)} and {len(self._covids)}"
+            )
         self.img_size = img_size
         self.batch_size = batch_size
         self.covid_per_batch = covid_per_batch

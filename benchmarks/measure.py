@@ -38,8 +38,9 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from common.fsutil import atomic_write_text
 from data.labels import CLASS_TO_INDEX, NUM_CLASSES

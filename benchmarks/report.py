@@ -12,7 +12,8 @@ Targets (all ratios come from one run on the same machine):
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 GPU_TRAIN_TARGET = 450.0
 GPU_INPUT_WAIT_TARGET = 0.10
@@ -35,7 +36,9 @@ def _rate(measurements: Mapping[str, Mapping[str, Any]], key: str) -> float | No
 
 def ratios(measurements: Mapping[str, Mapping[str, Any]], *, gpu: bool, fed_config: Mapping[str, Any]
            ) -> list[dict[str, Any]]:
-    """The issue's targets with measured values and status (``met``, ``not met``, ``not measured``, ``n/a ...``).
+    """The issue's targets with measured values and status.
+
+    Status is ``met``, ``not met``, ``not measured`` or ``n/a ...``.
 
     ``fed_config`` holds the ``size``, ``policy`` and ``xla`` of measurement (6).
     """
@@ -48,7 +51,9 @@ def ratios(measurements: Mapping[str, Mapping[str, Any]], *, gpu: bool, fed_conf
         a, b = _rate(measurements, num), _rate(measurements, den)
         value = a / b if a is not None and b is not None else None
         status = NOT_MEASURED if value is None else (MET if value >= target else NOT_MET)
-        rows.append({"name": name, "value": value, "unit": "x", "target": f">= {target:g}x", "status": status})
+        rows.append(
+            {"name": name, "value": value, "unit": "x", "target": f">= {target:g}x", "status": status}
+        )
 
     fed = measurements.get("fed", {}).get("result") or {}
     fed_rate = _rate(measurements, "fed")
@@ -56,16 +61,27 @@ def ratios(measurements: Mapping[str, Mapping[str, Any]], *, gpu: bool, fed_conf
     reason = None
     if not gpu:
         reason = "n/a: no GPU"
-    elif not (fed_config.get("size") == GPU_TARGET_SIZE and fed_config.get("xla")
-              and str(fed_config.get("policy", "")).startswith("mixed")):
+    elif not (
+        fed_config.get("size") == GPU_TARGET_SIZE
+        and fed_config.get("xla")
+        and str(fed_config.get("policy", "")).startswith("mixed")
+    ):
         reason = f"n/a: needs {GPU_TARGET_SIZE} px with mixed precision and XLA"
     for name, value, unit, target, ok in (
-        ("training images/s per GPU fed from the cache (6)", fed_rate, "img/s",
-         f">= {GPU_TRAIN_TARGET:g} (GPU, {GPU_TARGET_SIZE} px, mixed + XLA)",
-         lambda v: v >= GPU_TRAIN_TARGET),
-        ("share of the step waiting on input (6)", wait, "%",
-         f"< {GPU_INPUT_WAIT_TARGET:.0%} (GPU, {GPU_TARGET_SIZE} px, mixed + XLA)",
-         lambda v: v < GPU_INPUT_WAIT_TARGET),
+        (
+            "training images/s per GPU fed from the cache (6)",
+            fed_rate,
+            "img/s",
+            f">= {GPU_TRAIN_TARGET:g} (GPU, {GPU_TARGET_SIZE} px, mixed + XLA)",
+            lambda v: v >= GPU_TRAIN_TARGET,
+        ),
+        (
+            "share of the step waiting on input (6)",
+            wait,
+            "%",
+            f"< {GPU_INPUT_WAIT_TARGET:.0%} (GPU, {GPU_TARGET_SIZE} px, mixed + XLA)",
+            lambda v: v < GPU_INPUT_WAIT_TARGET,
+        ),
     ):
         if value is None:
             status = NOT_MEASURED
@@ -92,12 +108,16 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
         result = rec.get("result") or {}
         mem = _fmt_mib(result.get("peak_rss_mib"))
         if "error" in result:
-            lines.append(f"| {rec['number']} | {rec['label']} | {rec['config']} | failed: {result['error']} | - |")
+            lines.append(
+                f"| {rec['number']} | {rec['label']} | {rec['config']} | failed: {result['error']} | - |"
+            )
             continue
         parts = rec.get("parts")
         if not parts:
-            lines.append(f"| {rec['number']} | {rec['label']} | {rec['config']} | "
-                         f"{_fmt_rate(result.get('images_per_second'))} | {mem} |")
+            lines.append(
+                f"| {rec['number']} | {rec['label']} | {rec['config']} | "
+                f"{_fmt_rate(result.get('images_per_second'))} | {mem} |"
+            )
             continue
         for key, label in parts:
             rate = (result.get(key) or {}).get("images_per_second")

@@ -29,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file (python benchmarks/run.py): make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -97,56 +98,122 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.set_defaults(preset="cpu")
 
     work = parser.add_argument_group("workload (synthetic chest radiographs the size of real originals)")
-    work.add_argument("--originals", type=positive_int, help="number of original images" + _preset_help("originals"))
-    work.add_argument("--original-px", type=positive_int, nargs="+",
-                      help="side(s) of the square originals in px, cycled" + _preset_help("original_px"))
-    work.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="file formats, cycled")
-    work.add_argument("--work-dir", default=None,
-                      help="folder for originals and caches, kept and reused by later runs "
-                           "(default: a temporary folder, removed at the end)")
-    work.add_argument("--seed", type=int, default=0, help="seed of images, shuffling, augmentation and weights")
+    work.add_argument(
+        "--originals", type=positive_int, help="number of original images" + _preset_help("originals")
+    )
+    work.add_argument(
+        "--original-px",
+        type=positive_int,
+        nargs="+",
+        help="side(s) of the square originals in px, cycled" + _preset_help("original_px"),
+    )
+    work.add_argument(
+        "--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="file formats, cycled"
+    )
+    work.add_argument(
+        "--work-dir",
+        default=None,
+        help="folder for originals and caches, kept and reused by later runs "
+        "(default: a temporary folder, removed at the end)",
+    )
+    work.add_argument(
+        "--seed", type=int, default=0, help="seed of images, shuffling, augmentation and weights"
+    )
 
     pipe = parser.add_argument_group("pipelines (1)-(3)")
-    pipe.add_argument("--size", type=positive_int, help="image size of the pipelines and the cache" + _preset_help("size"))
-    pipe.add_argument("--batch-size", type=positive_int, help="batch size of every measurement" + _preset_help("batch_size"))
-    pipe.add_argument("--warmup-batches", type=int, help="untimed batches first" + _preset_help("warmup_batches"))
-    pipe.add_argument("--min-batches", type=positive_int, help="batches per timed window, at least" + _preset_help("min_batches"))
-    pipe.add_argument("--min-seconds", type=non_negative_float,
-                      help="seconds per timed window, at least" + _preset_help("min_seconds"))
-    pipe.add_argument("--windows", type=positive_int,
-                      help="timed windows per measurement (the best is reported)" + _preset_help("windows"))
+    pipe.add_argument(
+        "--size", type=positive_int, help="image size of the pipelines and the cache" + _preset_help("size")
+    )
+    pipe.add_argument(
+        "--batch-size", type=positive_int, help="batch size of every measurement" + _preset_help("batch_size")
+    )
+    pipe.add_argument(
+        "--warmup-batches", type=int, help="untimed batches first" + _preset_help("warmup_batches")
+    )
+    pipe.add_argument(
+        "--min-batches",
+        type=positive_int,
+        help="batches per timed window, at least" + _preset_help("min_batches"),
+    )
+    pipe.add_argument(
+        "--min-seconds",
+        type=non_negative_float,
+        help="seconds per timed window, at least" + _preset_help("min_seconds"),
+    )
+    pipe.add_argument(
+        "--windows",
+        type=positive_int,
+        help="timed windows per measurement (the best is reported)" + _preset_help("windows"),
+    )
 
     model = parser.add_argument_group("model (4)-(6)")
     model.add_argument("--model", help="registry model, random weights" + _preset_help("model"))
-    model.add_argument("--model-size", type=positive_int, help="model input size" + _preset_help("model_size"))
-    model.add_argument("--mixed-precision", choices=["both", "on", "off"], default="both",
-                       help="(4): mixed precision settings to measure")
-    model.add_argument("--xla", choices=["both", "on", "off"], default="both", help="(4): XLA settings to measure")
-    model.add_argument("--mixed-policy", choices=MIXED_POLICIES, default="auto",
-                       help="the mixed policy; auto: mixed_float16 with a GPU, mixed_bfloat16 on a CPU "
-                            "(float16 has no fast CPU kernels)")
-    model.add_argument("--train-warmup", type=positive_int,
-                       help="untimed steps first (tracing, XLA compilation)" + _preset_help("train_warmup"))
-    model.add_argument("--train-steps", type=positive_int, help="steps per timed window" + _preset_help("train_steps"))
-    model.add_argument("--eval-images", type=positive_int, help="(5): originals evaluated" + _preset_help("eval_images"))
-    model.add_argument("--eval-repeats", type=positive_int,
-                       help="(5): timed passes (the fastest is reported)" + _preset_help("eval_repeats"))
-    model.add_argument("--fed-mixed-precision", choices=["auto", "on", "off"], default="auto",
-                       help="(6): mixed precision; auto: on with a GPU")
-    model.add_argument("--fed-xla", choices=["auto", "on", "off"], default="auto", help="(6): XLA; auto: on with a GPU")
-    model.add_argument("--profile", default=None, metavar="DIR",
-                       help="(6): trace --profile-steps extra cache-fed steps with tf.profiler into DIR "
-                            "(open with TensorBoard's Profile tab)")
+    model.add_argument(
+        "--model-size", type=positive_int, help="model input size" + _preset_help("model_size")
+    )
+    model.add_argument(
+        "--mixed-precision",
+        choices=["both", "on", "off"],
+        default="both",
+        help="(4): mixed precision settings to measure",
+    )
+    model.add_argument(
+        "--xla", choices=["both", "on", "off"], default="both", help="(4): XLA settings to measure"
+    )
+    model.add_argument(
+        "--mixed-policy",
+        choices=MIXED_POLICIES,
+        default="auto",
+        help="the mixed policy; auto: mixed_float16 with a GPU, mixed_bfloat16 on a CPU "
+        "(float16 has no fast CPU kernels)",
+    )
+    model.add_argument(
+        "--train-warmup",
+        type=positive_int,
+        help="untimed steps first (tracing, XLA compilation)" + _preset_help("train_warmup"),
+    )
+    model.add_argument(
+        "--train-steps", type=positive_int, help="steps per timed window" + _preset_help("train_steps")
+    )
+    model.add_argument(
+        "--eval-images", type=positive_int, help="(5): originals evaluated" + _preset_help("eval_images")
+    )
+    model.add_argument(
+        "--eval-repeats",
+        type=positive_int,
+        help="(5): timed passes (the fastest is reported)" + _preset_help("eval_repeats"),
+    )
+    model.add_argument(
+        "--fed-mixed-precision",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="(6): mixed precision; auto: on with a GPU",
+    )
+    model.add_argument(
+        "--fed-xla", choices=["auto", "on", "off"], default="auto", help="(6): XLA; auto: on with a GPU"
+    )
+    model.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="(6): trace --profile-steps extra cache-fed steps with tf.profiler into DIR "
+        "(open with TensorBoard's Profile tab)",
+    )
     model.add_argument("--profile-steps", type=positive_int, default=5, help="steps traced by --profile")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--only", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS),
-                     help="measurements to run")
-    run.add_argument("--isolate", choices=["process", "none"],
-                     help="process: each measurement in a fresh Python process (clean peak memory); none: all "
-                          "in this process, peak reset before each" + _preset_help("isolate"))
-    run.add_argument("--out", default=None,
-                     help="JSON result file (default: benchmarks/results/<UTC time>.json)")
+    run.add_argument(
+        "--only", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS), help="measurements to run"
+    )
+    run.add_argument(
+        "--isolate",
+        choices=["process", "none"],
+        help="process: each measurement in a fresh Python process (clean peak memory); none: all "
+        "in this process, peak reset before each" + _preset_help("isolate"),
+    )
+    run.add_argument(
+        "--out", default=None, help="JSON result file (default: benchmarks/results/<UTC time>.json)"
+    )
     run.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     return parser.parse_args(argv)
 
@@ -160,12 +227,19 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
-    settings.update(preset=args.preset, formats=list(args.formats), seed=args.seed,
-                    mixed_precision=args.mixed_precision, xla=args.xla, mixed_policy=args.mixed_policy,
-                    fed_mixed_precision=args.fed_mixed_precision, fed_xla=args.fed_xla,
-                    profile=str(Path(args.profile).resolve()) if args.profile else None,
-                    profile_steps=args.profile_steps,
-                    only=[m for m in MEASUREMENTS if m in args.only])
+    settings.update(
+        preset=args.preset,
+        formats=list(args.formats),
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        xla=args.xla,
+        mixed_policy=args.mixed_policy,
+        fed_mixed_precision=args.fed_mixed_precision,
+        fed_xla=args.fed_xla,
+        profile=str(Path(args.profile).resolve()) if args.profile else None,
+        profile_steps=args.profile_steps,
+        only=[m for m in MEASUREMENTS if m in args.only],
+    )
     if settings["warmup_batches"] < 0:
         raise ValueError(f"--warmup-batches must be >= 0, received {settings['warmup_batches']}")
     if settings["size"] < 8:
@@ -173,73 +247,168 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     info = get_model_info(settings["model"])  # raises naming the valid models
     settings["model"] = info.name
     if settings["model_size"] < info.min_size:
-        raise ValueError(f"--model-size must be >= {info.min_size} px for model {info.name!r}, "
-                         f"received {settings['model_size']}")
+        raise ValueError(
+            f"--model-size must be >= {info.min_size} px for model {info.name!r}, "
+            f"received {settings['model_size']}"
+        )
     if settings["batch_size"] < 2 and {"files", "cache", "baseline", "fed"} & set(settings["only"]):
-        raise ValueError(f"--batch-size must be >= 2 (a balanced batch holds one COVID-19 image and others), "
-                         f"received {settings['batch_size']}")
+        raise ValueError(
+            f"--batch-size must be >= 2 (a balanced batch holds one COVID-19 image and others), "
+            f"received {settings['batch_size']}"
+        )
     return settings
 
 
-def _plan(settings: dict[str, Any], *, originals: Any, caches: dict[int, str], gpu: bool) -> list[dict[str, Any]]:
+def _plan(
+    settings: dict[str, Any], *, originals: Any, caches: dict[int, str], gpu: bool
+) -> list[dict[str, Any]]:
     """The measurement units to run, in order, with their table labels."""
     s = settings
     size, ms, bs, seed = s["size"], s["model_size"], s["batch_size"], s["seed"]
-    timing = {"warmup": s["warmup_batches"], "min_batches": s["min_batches"], "min_seconds": s["min_seconds"],
-              "windows": s["windows"]}
+    timing = {
+        "warmup": s["warmup_batches"],
+        "min_batches": s["min_batches"],
+        "min_seconds": s["min_seconds"],
+        "windows": s["windows"],
+    }
     common = {"list_file": str(originals.list_file), "image_dir": str(originals.image_dir)}
     px = "/".join(map(str, s["original_px"]))
     fmts = "/".join(f.upper() for f in s["formats"])
-    mixed = s["mixed_policy"] if s["mixed_policy"] != "auto" else ("mixed_float16" if gpu else "mixed_bfloat16")
+    mixed = (
+        s["mixed_policy"] if s["mixed_policy"] != "auto" else ("mixed_float16" if gpu else "mixed_bfloat16")
+    )
     units = []
     if "files" in s["only"]:
-        units.append({"id": "files", "number": "1", "kind": "pipeline", "label": "tf.data pipeline, original files",
-                      "config": f"{size} px, batch {bs}, balanced + augmented; {s['originals']} {fmts} of {px} px",
-                      "params": {"source": "files", "cache_dir": None, "size": size, "batch_size": bs,
-                                 "seed": seed, "timing": timing, **common}})
+        units.append(
+            {
+                "id": "files",
+                "number": "1",
+                "kind": "pipeline",
+                "label": "tf.data pipeline, original files",
+                "config": f"{size} px, batch {bs}, balanced + augmented; {s['originals']} {fmts} of {px} px",
+                "params": {
+                    "source": "files",
+                    "cache_dir": None,
+                    "size": size,
+                    "batch_size": bs,
+                    "seed": seed,
+                    "timing": timing,
+                    **common,
+                },
+            }
+        )
     if "cache" in s["only"]:
-        units.append({"id": "cache", "number": "2", "kind": "pipeline", "label": "tf.data pipeline, cache (reading only)",
-                      "config": f"{size} px cache, batch {bs}, balanced + augmented",
-                      "params": {"source": "cache", "cache_dir": caches[size], "size": size, "batch_size": bs,
-                                 "seed": seed, "timing": timing, **common}})
+        units.append(
+            {
+                "id": "cache",
+                "number": "2",
+                "kind": "pipeline",
+                "label": "tf.data pipeline, cache (reading only)",
+                "config": f"{size} px cache, batch {bs}, balanced + augmented",
+                "params": {
+                    "source": "cache",
+                    "cache_dir": caches[size],
+                    "size": size,
+                    "batch_size": bs,
+                    "seed": seed,
+                    "timing": timing,
+                    **common,
+                },
+            }
+        )
     if "baseline" in s["only"]:
-        units.append({"id": "baseline", "number": "3", "kind": "baseline",
-                      "label": "baseline-style loader: cv2 + Keras 2 affine in a Python Sequence, 1 process",
-                      "config": f"{size} px, batch {bs}, same originals",
-                      "params": {"size": size, "batch_size": bs, "seed": seed, "timing": timing, **common}})
+        units.append(
+            {
+                "id": "baseline",
+                "number": "3",
+                "kind": "baseline",
+                "label": "baseline-style loader: cv2 + Keras 2 affine in a Python Sequence, 1 process",
+                "config": f"{size} px, batch {bs}, same originals",
+                "params": {"size": size, "batch_size": bs, "seed": seed, "timing": timing, **common},
+            }
+        )
     if "step" in s["only"]:
         policies = {"both": ["float32", mixed], "on": [mixed], "off": ["float32"]}[s["mixed_precision"]]
         xlas = {"both": [False, True], "on": [True], "off": [False]}[s["xla"]]
         for policy in policies:
             for xla in xlas:
-                units.append({"id": f"step-{policy}-xla{'on' if xla else 'off'}", "number": "4", "kind": "train_step",
-                              "label": "train step, in-memory tensors",
-                              "config": f"`{s['model']}` {ms} px, batch {bs}, {policy}, XLA {'on' if xla else 'off'}",
-                              "params": {"model": s["model"], "size": ms, "batch_size": bs, "policy": policy,
-                                         "xla": xla, "warmup": s["train_warmup"], "steps": s["train_steps"],
-                                         "windows": s["windows"], "seed": seed}})
+                units.append(
+                    {
+                        "id": f"step-{policy}-xla{'on' if xla else 'off'}",
+                        "number": "4",
+                        "kind": "train_step",
+                        "label": "train step, in-memory tensors",
+                        "config": f"`{s['model']}` {ms} px, batch {bs}, {policy}, "
+                        f"XLA {'on' if xla else 'off'}",
+                        "params": {
+                            "model": s["model"],
+                            "size": ms,
+                            "batch_size": bs,
+                            "policy": policy,
+                            "xla": xla,
+                            "warmup": s["train_warmup"],
+                            "steps": s["train_steps"],
+                            "windows": s["windows"],
+                            "seed": seed,
+                        },
+                    }
+                )
     if "eval" in s["only"]:
         n = min(s["eval_images"], s["originals"])
-        units.append({"id": "eval", "number": "5", "kind": "eval", "label": "evaluation",
-                      "parts": [("batched", "evaluation, batched: tf.data + predict_on_batch"),
-                                ("loop", "evaluation, per-image loop: cv2 + model.predict")],
-                      "config": f"`{s['model']}` {ms} px, batch {bs}, {n} originals, float32",
-                      "params": {"model": s["model"], "size": ms, "batch_size": bs, "n_images": n,
-                                 "repeats": s["eval_repeats"], **common}})
+        units.append(
+            {
+                "id": "eval",
+                "number": "5",
+                "kind": "eval",
+                "label": "evaluation",
+                "parts": [
+                    ("batched", "evaluation, batched: tf.data + predict_on_batch"),
+                    ("loop", "evaluation, per-image loop: cv2 + model.predict"),
+                ],
+                "config": f"`{s['model']}` {ms} px, batch {bs}, {n} originals, float32",
+                "params": {
+                    "model": s["model"],
+                    "size": ms,
+                    "batch_size": bs,
+                    "n_images": n,
+                    "repeats": s["eval_repeats"],
+                    **common,
+                },
+            }
+        )
     if "fed" in s["only"]:
         fed_mixed = {"auto": gpu, "on": True, "off": False}[s["fed_mixed_precision"]]
         fed_xla = {"auto": gpu, "on": True, "off": False}[s["fed_xla"]]
         policy = mixed if fed_mixed else "float32"
-        units.append({"id": "fed", "number": "6", "kind": "fed", "label": "model.fit",
-                      "parts": [("cache", "model.fit fed from the cache pipeline"),
-                                ("memory", "model.fit fed from memory (one batch repeated)")],
-                      "config": f"`{s['model']}` {ms} px, batch {bs}, {policy}, XLA {'on' if fed_xla else 'off'}",
-                      "fed_config": {"size": ms, "policy": policy, "xla": fed_xla},
-                      "params": {"model": s["model"], "size": ms, "batch_size": bs, "policy": policy, "xla": fed_xla,
-                                 "list_file": common["list_file"], "cache_dir": caches[ms],
-                                 "warmup": s["train_warmup"], "steps": s["train_steps"], "windows": s["windows"],
-                                 "seed": seed, "profile_dir": s["profile"],
-                                 "profile_steps": s["profile_steps"] if s["profile"] else 0}})
+        units.append(
+            {
+                "id": "fed",
+                "number": "6",
+                "kind": "fed",
+                "label": "model.fit",
+                "parts": [
+                    ("cache", "model.fit fed from the cache pipeline"),
+                    ("memory", "model.fit fed from memory (one batch repeated)"),
+                ],
+                "config": f"`{s['model']}` {ms} px, batch {bs}, {policy}, XLA {'on' if fed_xla else 'off'}",
+                "fed_config": {"size": ms, "policy": policy, "xla": fed_xla},
+                "params": {
+                    "model": s["model"],
+                    "size": ms,
+                    "batch_size": bs,
+                    "policy": policy,
+                    "xla": fed_xla,
+                    "list_file": common["list_file"],
+                    "cache_dir": caches[ms],
+                    "warmup": s["train_warmup"],
+                    "steps": s["train_steps"],
+                    "windows": s["windows"],
+                    "seed": seed,
+                    "profile_dir": s["profile"],
+                    "profile_steps": s["profile_steps"] if s["profile"] else 0,
+                },
+            }
+        )
     return units
 
 
@@ -250,8 +419,14 @@ def _run_isolated(unit: dict[str, Any], *, seed: int, scratch: Path) -> dict[str
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", str(spec), str(out)], cwd=REPO_ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.measure", str(spec), str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.is_file():
         result = json.loads(out.read_text(encoding="utf-8"))
     else:
@@ -278,8 +453,10 @@ def _summary(unit: dict[str, Any], result: dict[str, Any]) -> str:
     for key, _ in parts:
         value = (result.get(key) or {}) if key else result
         rates.append(f"{value.get('images_per_second', 0):.1f}" + (f" ({key})" if key else ""))
-    return f"{', '.join(rates)} images/s, peak RSS {result.get('peak_rss_mib', 0):.0f} MiB, " \
-           f"{result.get('wall_seconds', 0):.0f} s"
+    return (
+        f"{', '.join(rates)} images/s, peak RSS {result.get('peak_rss_mib', 0):.0f} MiB, "
+        f"{result.get('wall_seconds', 0):.0f} s"
+    )
 
 
 def _gpu_names(tf: Any) -> list[str]:
@@ -297,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     settings = resolve(args)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     out = Path(args.out) if args.out else RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     load_start = os.getloadavg()
     t0 = time.perf_counter()
@@ -317,13 +494,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.debug("could not hide the GPUs from the benchmark's main process", exc_info=True)
 
     with contextlib.ExitStack() as stack:
-        work_dir = Path(args.work_dir) if args.work_dir else Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="covidx-bench-")))
+        work_dir = (
+            Path(args.work_dir)
+            if args.work_dir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidx-bench-")))
+        )
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidx-bench-units-")))
-        log.info("writing %d originals (%s px) into %s", settings["originals"],
-                 "/".join(map(str, settings["original_px"])), work_dir)
-        originals = write_originals(work_dir, settings["originals"], sizes=settings["original_px"],
-                                    formats=settings["formats"], seed=settings["seed"])
+        log.info(
+            "writing %d originals (%s px) into %s",
+            settings["originals"],
+            "/".join(map(str, settings["original_px"])),
+            work_dir,
+        )
+        originals = write_originals(
+            work_dir,
+            settings["originals"],
+            sizes=settings["original_px"],
+            formats=settings["formats"],
+            seed=settings["seed"],
+        )
         cache_sizes = set()
         if "cache" in settings["only"]:
             cache_sizes.add(settings["size"])
@@ -343,8 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 unit["result"] = _run_here(unit, seed=settings["seed"])
             log.info("      %s", _summary(unit, unit["result"]))
-        workload = {"originals": originals.to_dict(),
-                    "caches": {str(k): v for k, v in caches_info.items()}}
+        workload = {"originals": originals.to_dict(), "caches": {str(k): v for k, v in caches_info.items()}}
 
     by_id = {u["id"]: u for u in units}
     fed_config = by_id["fed"]["fed_config"] if "fed" in by_id else {}
@@ -365,8 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "settings": settings,
-        "memory_isolation": ("process: each measurement in its own process" if settings["isolate"] == "process"
-                             else "none: one process, peak reset before each measurement"),
+        "memory_isolation": (
+            "process: each measurement in its own process"
+            if settings["isolate"] == "process"
+            else "none: one process, peak reset before each measurement"
+        ),
         "workload": workload,
         "measurements": [{k: v for k, v in u.items() if k != "parts"} for u in units],
         "targets": targets,
@@ -378,14 +569,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Command: {document['command']}  ({document['wall_seconds']:.0f} s)\n")
     print(report.format_table(units))
     if "fed" in by_id and "error" not in by_id["fed"]["result"]:
-        print(f"\n(6) share of the step waiting on input: 1 - cache-fed / memory-fed = "
-              f"{by_id['fed']['result']['input_bound_fraction']:.0%}")
+        print(
+            f"\n(6) share of the step waiting on input: 1 - cache-fed / memory-fed = "
+            f"{by_id['fed']['result']['input_bound_fraction']:.0%}"
+        )
     print()
     print(report.format_ratios(targets))
     cores = document["cpu_cores"] or 1
     if load_start[0] > 0.5:
-        print(f"\nnote: the load average was {load_start[0]:.1f} on {cores} cores before the run: other "
-              f"processes were using the CPUs, so these figures are lower and noisier than on an idle machine.")
+        print(
+            f"\nnote: the load average was {load_start[0]:.1f} on {cores} cores before the run: other "
+            f"processes were using the CPUs, so these figures are lower and noisier than on an idle machine."
+        )
     print(f"\nJSON: {out}")
     if failed:
         print(f"error: {len(failed)} measurement(s) failed: {', '.join(failed)}", file=sys.stderr)

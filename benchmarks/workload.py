@@ -15,8 +15,9 @@ import concurrent.futures
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,9 +43,14 @@ class Originals:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the entries)."""
-        return {"image_dir": str(self.image_dir), "list_file": str(self.list_file), "count": len(self.entries),
-                "total_mib": round(self.total_bytes / 2**20, 1), "written_now": self.written,
-                "write_seconds": round(self.seconds, 2)}
+        return {
+            "image_dir": str(self.image_dir),
+            "list_file": str(self.list_file),
+            "count": len(self.entries),
+            "total_mib": round(self.total_bytes / 2**20, 1),
+            "written_now": self.written,
+            "write_seconds": round(self.seconds, 2),
+        }
 
 
 def _label(i: int, n: int) -> str:
@@ -53,11 +59,14 @@ def _label(i: int, n: int) -> str:
     return "normal" if i % 2 == 0 else "pneumonia"
 
 
-def plan_originals(n: int, *, sizes: Sequence[int], formats: Sequence[str]) -> list[tuple[str, str, int, str]]:
+def plan_originals(
+    n: int, *, sizes: Sequence[int], formats: Sequence[str]
+) -> list[tuple[str, str, int, str]]:
     """``(filename, label, px, format)`` of ``n`` originals covering every size/format combination."""
     if n < 2:
-        raise ValueError(f"--originals must be >= 2 (balanced batches need a COVID-19 image and another), "
-                         f"received {n}")
+        raise ValueError(
+            f"--originals must be >= 2 (balanced batches need a COVID-19 image and another), received {n}"
+        )
     if not sizes or min(sizes) < 16:
         raise ValueError(f"--original-px sizes must be >= 16 px, received {list(sizes)}")
     bad = [f for f in formats if f not in FORMATS]
@@ -83,8 +92,15 @@ def _write_one(path: Path, label: str, px: int, fmt: str, seed: int, index: int)
     return 1
 
 
-def write_originals(work_dir: str | os.PathLike[str], n: int, *, sizes: Sequence[int],
-                    formats: Sequence[str] = FORMATS, seed: int = 0, threads: int | None = None) -> Originals:
+def write_originals(
+    work_dir: str | os.PathLike[str],
+    n: int,
+    *,
+    sizes: Sequence[int],
+    formats: Sequence[str] = FORMATS,
+    seed: int = 0,
+    threads: int | None = None,
+) -> Originals:
     """Write (or reuse) ``n`` synthetic originals under ``work_dir`` and their COVIDx list file."""
     plan = plan_originals(n, sizes=sizes, formats=formats)
     image_dir = Path(work_dir) / f"originals-seed{seed}"
@@ -92,17 +108,27 @@ def write_originals(work_dir: str | os.PathLike[str], n: int, *, sizes: Sequence
     start = time.perf_counter()
     # cv2 and numpy release the GIL for most of the work, so threads use all cores.
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-        jobs = [pool.submit(_write_one, image_dir / name, label, px, fmt, seed, i)
-                for i, (name, label, px, fmt) in enumerate(plan)]
+        jobs = [
+            pool.submit(_write_one, image_dir / name, label, px, fmt, seed, i)
+            for i, (name, label, px, fmt) in enumerate(plan)
+        ]
         written = sum(job.result() for job in jobs)
     seconds = time.perf_counter() - start
-    entries = tuple(ListEntry(patient_id=f"bench{i:05d}", filename=name, label=label, source="benchmark")
-                    for i, (name, label, _, _) in enumerate(plan))
+    entries = tuple(
+        ListEntry(patient_id=f"bench{i:05d}", filename=name, label=label, source="benchmark")
+        for i, (name, label, _, _) in enumerate(plan)
+    )
     list_file = Path(work_dir) / f"{LIST_NAME[:-4]}-seed{seed}-n{n}.txt"
     write_list(list_file, entries)
     total = sum((image_dir / e.filename).stat().st_size for e in entries)
-    return Originals(image_dir=image_dir, list_file=list_file, entries=entries, total_bytes=total,
-                     written=written, seconds=seconds)
+    return Originals(
+        image_dir=image_dir,
+        list_file=list_file,
+        entries=entries,
+        total_bytes=total,
+        written=written,
+        seconds=seconds,
+    )
 
 
 def ensure_cache(work_dir: str | os.PathLike[str], originals: Originals, *, size: int) -> dict[str, Any]:
@@ -120,8 +146,13 @@ def ensure_cache(work_dir: str | os.PathLike[str], originals: Originals, *, size
         build_cache(root, lists={"train": (originals.entries, originals.image_dir)}, size=size)
     seconds = time.perf_counter() - start
     shards = list(root.glob("*.tfrecord"))
-    info: dict[str, Any] = {"cache_dir": str(root), "size": size, "reused": reused,
-                            "shards": len(shards), "total_mib": round(sum(p.stat().st_size for p in shards) / 2**20, 1)}
+    info: dict[str, Any] = {
+        "cache_dir": str(root),
+        "size": size,
+        "reused": reused,
+        "shards": len(shards),
+        "total_mib": round(sum(p.stat().st_size for p in shards) / 2**20, 1),
+    }
     if not reused:
         info["build_seconds"] = round(seconds, 2)
         info["build_images_per_second"] = len(originals.entries) / seconds if seconds > 0 else 0.0

@@ -22,7 +22,9 @@ through ``array_to_img(scale=True)``); that side effect is not reproduced (see
 docs/baseline.md).
 
 Randomness is stateless: every draw is a function of ``seed`` and the batch
-index, so a run is reproducible whatever the number of parallel calls.
+index, so a run is reproducible whatever the number of parallel calls. The
+pipeline counts that index from the start of the run (``data.pipeline``), so a
+run resumed at any step draws exactly what an uninterrupted run draws there.
 
 :func:`mixup_batch` is the mixup of the ImageNet-transfer study (fastai v1's
 ``MixUpCallback``, Zhang et al. 2018), applied to a whole batch after the

@@ -15,41 +15,59 @@
 5. write the images in a process pool (``workers``), each through a temporary
    name and a rename; an output that already exists and is intact is kept;
 6. write ``train_COVIDx.txt`` and ``test_COVIDx.txt`` in record order with
-   only the images that exist, then ``report.json``.
+   only the images that exist (COVID-Net's 4-field or SURFsara's 3-field
+   lines), ``SHA256SUMS`` of every listed image (hashed from the bytes as they
+   were written) and ``report.json`` with each list's fingerprint: all are
+   written under temporary names first and renamed only once all are complete.
 
 The lists depend only on the inputs, never on ``workers`` or on timing, and
 re-running replaces them instead of appending. A run killed at any moment
 leaves complete files under final names only; the hidden temporary files it
-may leave are removed by the next run.
+may leave are removed by the next run. Worker processes exit when the main
+process dies, however it dies.
+
+A bad *source* file (unreadable, damaged, not an image) is skipped and
+reported. A failure to write the *output* (full disk, quota, read-only file
+system, no permission) is not the image's fault: the build stops with
+:class:`OutputError` before any list is written, so the previous lists and
+report stay as they were and no list silently lacks good images.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import io
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
-from pathlib import Path
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from common.fsutil import atomic_write_bytes, atomic_write_text, remove_partials
+from common.fsutil import PARTIAL_PREFIX, atomic_path, atomic_write_bytes, remove_partials
 from data.dicom import DicomError, dicom_to_uint8
+from data.fingerprint import SHA256SUMS, format_sha256sums, image_hashes, list_fingerprint, sha256_hex
 from data.labels import CLASSES
-from data.lists import ListEntry, write_list
+from data.lists import LIST_FORMATS, ListEntry, format_entry
 from data.report import build_report
 from data.sources import BY_OPTION, SOURCES, Record, ScanContext, ScanResult, Skip
-from data.sources.base import COPY, DICOM, GRAY
-from data.splits import LISTS, SPLITS, assign_splits, get_rules, image_folder
+from data.sources.base import COPY, DICOM, GRAY, describe_os_error, out_name_problem, resolve_path
+from data.splits import LISTS, SPLITS, SplitAssignment, SplitRules, assign_splits, get_rules, image_folder
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +75,16 @@ REPORT_NAME = "report.json"
 WRITTEN = "written"
 PRESENT = "present"
 FAILED = "failed"
+# The output could not be written: an error of the run, never a skipped image.
+OUTPUT_FAILED = "output failed"
+
+
+class OutputError(OSError):
+    """The output folder cannot be written (full disk, quota, read-only file system, permission...).
+
+    The message names the folder, the file and the reason, and says that the
+    previous lists and report were left as they were.
+    """
 
 
 def list_name(split: str) -> str:
@@ -92,6 +120,8 @@ class TaskResult:
     status: str
     reason: str = ""
     detail: str = ""
+    # SHA-256 of a written image, of the bytes already in memory (the dataset fingerprint needs no re-read)
+    sha256: str = ""
 
 
 # -- the worker side ---------------------------------------------------------------------------
@@ -200,8 +230,38 @@ def _same_size(a: Path, b: Path) -> bool:
         return False
 
 
+def _convert(task: ImageTask) -> bytes | TaskResult:
+    """The output file's bytes for ``task``, read and converted from its source, or the failure."""
+    if task.convert in (COPY, GRAY):
+        data = Path(task.src).read_bytes()
+        problem = decode_problem(data)
+        if problem:
+            return TaskResult(task.index, FAILED, "corrupt image", problem)
+        if task.convert == COPY:
+            return data if exif_orientation(data) == 1 else upright_jpeg(data)
+        # COVID-Net: cv2.imread (3 channels, 8 bit), then BGR -> gray
+        gray = cv2.cvtColor(_decode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
+        return _encode(gray, Path(task.dest).suffix)
+    if task.convert == DICOM:
+        image = dicom_to_uint8(task.src)
+        if task.crop is not None:
+            xmin, ymin, xmax, ymax = task.crop
+            image = image[ymin:ymax, xmin:xmax]
+            if image.size == 0:
+                return TaskResult(task.index, FAILED, "bad crop box",
+                                  f"crop box {task.crop} is outside the image")
+        return _encode(np.ascontiguousarray(image), ".png")
+    return TaskResult(task.index, FAILED, "internal error", f"unknown conversion {task.convert!r}")
+
+
 def write_image(task: ImageTask, options: WriteOptions = WriteOptions()) -> TaskResult:
-    """Produce one output image (runs in a worker process); never raises for a bad input."""
+    """Produce one output image (runs in a worker process); never raises for a bad input.
+
+    Reading and converting the source comes first, writing the output second,
+    so that the two kinds of failure cannot be mixed up: a source that cannot
+    be read or decoded is ``FAILED`` (skipped and reported), an output that
+    cannot be written is ``OUTPUT_FAILED`` (the build stops).
+    """
     dest = Path(task.dest)
     if dest.exists() and is_intact_image(dest):
         # A copy must also have its source's size (a stale file from other inputs is replaced),
@@ -209,34 +269,64 @@ def write_image(task: ImageTask, options: WriteOptions = WriteOptions()) -> Task
         if task.convert != COPY or _same_size(dest, Path(task.src)) or _rotated_jpeg(Path(task.src)):
             return TaskResult(task.index, PRESENT)
     try:
-        if task.convert in (COPY, GRAY):
-            data = Path(task.src).read_bytes()
-            problem = decode_problem(data)
-            if problem:
-                return TaskResult(task.index, FAILED, "corrupt image", problem)
-        if task.convert == COPY:
-            atomic_write_bytes(dest, data if exif_orientation(data) == 1 else upright_jpeg(data))
-        elif task.convert == GRAY:
-            # COVID-Net: cv2.imread (3 channels, 8 bit), then BGR -> gray
-            gray = cv2.cvtColor(_decode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
-            atomic_write_bytes(dest, _encode(gray, dest.suffix))
-        elif task.convert == DICOM:
-            image = dicom_to_uint8(task.src)
-            if task.crop is not None:
-                xmin, ymin, xmax, ymax = task.crop
-                image = image[ymin:ymax, xmin:xmax]
-                if image.size == 0:
-                    return TaskResult(task.index, FAILED, "bad crop box", f"crop box {task.crop} is outside the image")
-            atomic_write_bytes(dest, _encode(np.ascontiguousarray(image), ".png"))
-        else:
-            return TaskResult(task.index, FAILED, "internal error", f"unknown conversion {task.convert!r}")
+        payload = _convert(task)
     except FileNotFoundError:
         return TaskResult(task.index, FAILED, "missing image", f"{task.src} disappeared")
     except DicomError as exc:
         return TaskResult(task.index, FAILED, "bad DICOM", str(exc))
     except Exception as exc:  # one bad file must never stop the build; the reason is reported
         return TaskResult(task.index, FAILED, "unreadable image", f"{type(exc).__name__}: {exc}")
-    return TaskResult(task.index, WRITTEN)
+    if isinstance(payload, TaskResult):
+        return payload
+    try:
+        atomic_write_bytes(dest, payload)
+    except OSError as exc:
+        return TaskResult(task.index, OUTPUT_FAILED, "cannot write the output",
+                          f"{dest}: {describe_os_error(exc)}")
+    return TaskResult(task.index, WRITTEN, sha256=sha256_hex(payload))
+
+
+# -- worker processes --------------------------------------------------------------------------
+
+# Exit status of a worker that outlived the main process (128 + SIGHUP, as a shell reports a hang-up).
+_ORPHAN_EXIT = 129
+
+
+def _exit_with_parent() -> None:
+    """Make this worker process exit as soon as the process that started it is gone.
+
+    A killed main process cannot shut its pool down, and the workers would
+    wait for tasks forever: each holds the write end of its own task pipe, so
+    it never sees end-of-file. ``prctl(PR_SET_PDEATHSIG)`` does not help with
+    the forkserver: a worker's parent is the fork server, which itself stays
+    alive as long as any worker holds its "alive" pipe. What does work, with
+    every start method and on every system, is the parent's sentinel that
+    multiprocessing hands each child (a pipe that the main process holds open
+    until it exits): a thread waits on it and ends the worker. A temporary
+    file the worker was writing stays behind under its hidden ``.partial-``
+    name and is removed by the next run.
+    """
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is not None:
+        def watch() -> None:
+            multiprocessing.connection.wait([sentinel])
+            os._exit(_ORPHAN_EXIT)
+    else:  # not started by multiprocessing (a test calling the initializer): poll the parent id
+        start_ppid = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == start_ppid:
+                time.sleep(0.5)
+            os._exit(_ORPHAN_EXIT)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker() -> None:
+    """Pool initializer: no Ctrl-C tracebacks from workers, and no worker outlives the main process."""
+    # Ctrl-C reaches the whole process group; the main process stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -262,13 +352,17 @@ def _run_pool(
     workers: int,
     done: Callable[[TaskResult], None],
 ) -> list[ImageTask]:
-    """Run ``pending`` in one pool; return the tasks in flight if a worker died (the pool is then unusable)."""
+    """Run ``pending`` in one pool; return the tasks in flight if a worker died (the pool is then unusable).
+    """
     ctx = _pool_context()
     in_flight: dict[concurrent.futures.Future[TaskResult], ImageTask] = {}
     # At most two tasks per worker are queued, so a dead worker can only have
     # taken down a handful of tasks, which are then retried one by one.
     limit = 2 * workers
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker
+    )
+    try:
         while pending or in_flight:
             while pending and len(in_flight) < limit:
                 task = pending.popleft()
@@ -284,8 +378,32 @@ def _run_pool(
                 in_flight.pop(future)
                 done(result)
             if broken:
+                pool.shutdown(wait=True)
                 return list(in_flight.values())
+    except BaseException:
+        # An output error, SIGTERM or Ctrl-C: do not wait for the tasks in flight
+        # (a stuck decoder would hang the exit); stop the workers now.
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
     return []
+
+
+def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Cancel the queued tasks and end the workers, waiting at most a few seconds."""
+    # ProcessPoolExecutor has no public way to end its workers before Python 3.14.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
 
 
 def run_tasks(
@@ -304,13 +422,18 @@ def run_tasks(
     A worker that dies (a decoder crash, the out-of-memory killer) does not stop
     or hang the build: the tasks it may have held are retried each in a
     process of its own, and the one that kills its process again is reported
-    as failed.
+    as failed. A result whose output could not be written (``OUTPUT_FAILED``)
+    stops everything: the workers are ended and :class:`OutputError` is raised.
     """
     results: list[TaskResult | None] = [None] * len(tasks)
     work = functools.partial(func, options=options)
-    with tqdm(total=len(tasks), unit="img", desc="writing images", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(tasks), unit="img", desc="writing images", disable=not progress, dynamic_ncols=True
+    ) as bar:
 
         def done(result: TaskResult) -> None:
+            if result.status == OUTPUT_FAILED:
+                raise OutputError(f"cannot write {result.detail}")
             results[result.index] = result
             bar.update()
 
@@ -331,6 +454,7 @@ def run_tasks(
 
 
 # -- the planning side -------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class BuildResult:
@@ -373,38 +497,72 @@ def order_records(scans: Sequence[ScanResult]) -> list[Record]:
     return ordered
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """True when ``path`` is ``root`` or below it, compared lexically (symbolic links are not followed)."""
+    path_text = os.path.normpath(os.path.abspath(path))
+    root_text = os.path.normpath(os.path.abspath(root))
+    return path_text == root_text or path_text.startswith(root_text.rstrip(os.sep) + os.sep)
+
+
 def plan_outputs(
-    assigned: Sequence[tuple[Record, str]], out: Path, skips: dict[str, list[Skip]]
+    assigned: Sequence[tuple[Record, str]],
+    out: Path,
+    skips: dict[str, list[Skip]],
+    roots: Mapping[str, Path] | None = None,
 ) -> tuple[list[ImageTask], list[tuple[Record, str]]]:
     """One task per output file, in record order.
 
     A record whose source file is already taken (cohen lists some files under
     two patients) or whose output name is already taken in the same folder is
     skipped and reported in ``skips`` instead of writing the image twice or
-    overwriting another one.
+    overwriting another one. Every reader already refuses file names that are
+    absolute or contain ``..``; as a second line of defence, a record whose
+    output name is not a plain file name, or whose source is not inside its
+    source folder (``roots``: list name -> folder), is skipped as "bad file
+    name" and never read.
     """
     tasks: list[ImageTask] = []
     planned: list[tuple[Record, str]] = []
     by_src: dict[Path, tuple[Record, str]] = {}
     by_dest: dict[tuple[str, str], Record] = {}
     for rec, split_name in assigned:
-        src = rec.src.resolve()
+        problem = out_name_problem(rec.out_name)
+        root = roots.get(rec.source) if roots is not None else None
+        if problem is None and root is not None and not _inside(rec.src, root):
+            problem = f"{rec.src} is outside the source folder {root}"
+        if problem:
+            skips[rec.source].append(Skip(rec.row, rec.patient_id, "bad file name", problem))
+            continue
+        try:
+            src = rec.src.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (Python < 3.13)
+            skips[rec.source].append(Skip(rec.row, rec.patient_id, "unreadable image", f"{rec.src}: {exc}"))
+            continue
         if src in by_src:
             first, first_split = by_src[src]
-            skips[rec.source].append(Skip(
-                rec.row, rec.patient_id, "duplicate image",
-                f"same file as {first.source} row {first.row} (patient {first.patient_id}, {first_split})",
-            ))
+            skips[rec.source].append(
+                Skip(
+                    rec.row,
+                    rec.patient_id,
+                    "duplicate image",
+                    f"same file as {first.source} row {first.row} (patient {first.patient_id}, "
+                    f"{first_split})",
+                )
+            )
             continue
         folder = image_folder(split_name)
         key = (folder, rec.out_name.casefold())  # case-insensitive file systems exist
         if key in by_dest:
             first = by_dest[key]
-            skips[rec.source].append(Skip(
-                rec.row, rec.patient_id, "name collision",
-                f"{folder}/{rec.out_name} is already written for {first.source} row {first.row} "
-                f"(patient {first.patient_id})",
-            ))
+            skips[rec.source].append(
+                Skip(
+                    rec.row,
+                    rec.patient_id,
+                    "name collision",
+                    f"{folder}/{rec.out_name} is already written for {first.source} row {first.row} "
+                    f"(patient {first.patient_id})",
+                )
+            )
             continue
         by_src[src] = (rec, split_name)
         by_dest[key] = rec
@@ -414,7 +572,10 @@ def plan_outputs(
 
 
 def _resolve_sources(
-    sources: Mapping[str, str | os.PathLike[str] | None], rules_name: str, allowed: frozenset[str] | None, why: str
+    sources: Mapping[str, str | os.PathLike[str] | None],
+    rules_name: str,
+    allowed: frozenset[str] | None,
+    why: str,
 ) -> dict[str, Path]:
     given = {k: Path(v) for k, v in sources.items() if v is not None}
     unknown = sorted(set(given) - set(BY_OPTION))
@@ -432,53 +593,95 @@ def _resolve_sources(
     return given
 
 
-def build_covidx(
-    *,
-    out_dir: str | os.PathLike[str],
-    sources: Mapping[str, str | os.PathLike[str] | None],
-    split: str = "covidnet",
-    workers: int | None = None,
-    ricord_list: str | os.PathLike[str] | None = None,
-    split_seed: int = 0,
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-    progress: bool = False,
-    options: WriteOptions = WriteOptions(),
-) -> BuildResult:
-    """Build COVIDx under ``out_dir`` from ``sources`` (option name -> folder).
+def prepare_output_folder(out_dir: str | os.PathLike[str], *, flag: str = "--out") -> Path:
+    """Resolve, create and check the output folder before any work; return its absolute path.
 
-    ``sources`` keys are the command-line option names (``cohen``,
-    ``figure1``, ``actualmed``, ``sirm``, ``rsna``, ``ricord``, or
-    ``radiography_db`` alone); ``split`` is ``covidnet``, ``surfsara`` or
-    ``radiography`` (then ``split_seed`` and ``split_fractions`` draw the
-    train/val/test split); ``workers`` defaults to ``os.cpu_count()``.
-    Raises ``ValueError``/``FileNotFoundError`` naming the flag and path for
-    unusable arguments; bad rows and images are skipped and reported. Check
-    :attr:`BuildResult.usable`: nothing usable is not an exception.
+    Raises ``NotADirectoryError`` when it is an existing file and
+    ``ValueError`` (naming ``flag``, what is expected and what was received)
+    when it is a symbolic link loop or cannot be created or written to (a
+    read-only file system, no permission): such a run would fail at its first
+    image after reading every source.
     """
-    rules = get_rules(split)
-    given = _resolve_sources(sources, rules.name, rules.allowed_sources, rules.why_sources)
-    if ricord_list is not None and "ricord" not in given:
-        raise ValueError("--ricord-list needs --ricord")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
-    out = Path(out_dir).resolve()
-    for option, root in given.items():
-        resolved = root.resolve()
-        if out == resolved or any(out / s == resolved or out / s in resolved.parents for s in SPLITS):
-            raise ValueError(
-                f"--out {out} would write into the {BY_OPTION[option].flag} folder {root}; choose another --out"
-            )
+    given = Path(out_dir)
+    out = resolve_path(given, flag, "a folder to write into")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{flag} {given} is an existing file; expected a folder (new or existing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".write-test", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"{flag} {given}: cannot write into this folder ({describe_os_error(exc)}); "
+            "expected a writable folder"
+        ) from None
+    return out
 
-    # 1. check every folder before reading any
-    for spec in SOURCES:
-        if spec.option in given:
-            spec.check(given[spec.option])
 
+@contextlib.contextmanager
+def _writing_into(out: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing under ``out`` into :class:`OutputError`; clean up on any failure."""
+    try:
+        yield
+    except OutputError as exc:
+        _remove_image_partials(out)
+        raise OutputError(
+            f"--out {out}: {exc}; stopped before writing the lists, so the previous lists and "
+            f"{REPORT_NAME} are untouched (re-run once fixed: intact images are kept)"
+        ) from None
+    except OSError as exc:
+        _remove_image_partials(out)
+        raise OutputError(
+            f"--out {out}: {describe_os_error(exc)}; stopped before writing the lists, so the "
+            f"previous lists and {REPORT_NAME} are untouched"
+        ) from None
+    except BaseException:
+        # SIGTERM or Ctrl-C: the workers are stopped by now, so their temporary files can go.
+        _remove_image_partials(out)
+        raise
+
+
+def _remove_image_partials(out: Path) -> None:
+    for folder in (out, *(out / split_name for split_name in SPLITS)):
+        with contextlib.suppress(OSError):
+            remove_partials(folder)
+
+
+def write_together(files: Mapping[Path, str]) -> None:
+    """Write several text files so that none changes unless all could be written.
+
+    Each file is written completely under a temporary name first; only then
+    are they renamed, in the given order, one right after the other. A full
+    disk or any other error while writing leaves every old file as it was; a
+    kill can only fall between two renames (microseconds), and a re-run
+    rewrites them all anyway.
+    """
+    with contextlib.ExitStack() as stack:
+        # atomic_path renames on exit, and an ExitStack exits last-in first-out.
+        for target, text in reversed(list(files.items())):
+            tmp = stack.enter_context(atomic_path(target))
+            tmp.write_bytes(text.encode("utf-8"))
+
+
+def _read_and_plan(
+    given: Mapping[str, Path],
+    out: Path,
+    rules: SplitRules,
+    ricord_list: str | os.PathLike[str] | None,
+    split_seed: int,
+    split_fractions: Sequence[float],
+) -> tuple[
+    list[ScanResult], SplitAssignment, dict[str, list[Skip]], list[ImageTask], list[tuple[Record, str]]
+]:
+    """Steps 2-4 of :func:`build_covidx`: read the sources, order and split the records, plan the outputs."""
     # 2. read
-    context = ScanContext(rules=rules, ricord_list=Path(ricord_list) if ricord_list is not None else None,
-                          split_seed=split_seed, split_fractions=tuple(split_fractions))
+    context = ScanContext(
+        rules=rules,
+        ricord_list=Path(ricord_list) if ricord_list is not None else None,
+        split_seed=split_seed,
+        split_fractions=tuple(split_fractions),
+    )
     scans: list[ScanResult] = []
     for spec in SOURCES:
         if spec.option not in given:
@@ -487,7 +690,11 @@ def build_covidx(
         if spec.name == "cohen":
             context = dataclasses.replace(context, exclude_urls=scan.urls)
         log.info(
-            "%s: %d rows read, %d usable, %d skipped", spec.name, scan.rows_read, len(scan.records), len(scan.skipped)
+            "%s: %d rows read, %d usable, %d skipped",
+            spec.name,
+            scan.rows_read,
+            len(scan.records),
+            len(scan.skipped),
         )
         scans.append(scan)
 
@@ -499,37 +706,187 @@ def build_covidx(
         extra_skips[rec.source].append(Skip(rec.row, rec.patient_id, "duplicate", why))
 
     # 4. plan outputs
-    tasks, planned = plan_outputs(assignment.assigned, out, extra_skips)
+    roots = {s.source: s.root for s in scans}
+    tasks, planned = plan_outputs(assignment.assigned, out, extra_skips, roots=roots)
+    return scans, assignment, extra_skips, tasks, planned
+
+
+def build_covidx(
+    *,
+    out_dir: str | os.PathLike[str],
+    sources: Mapping[str, str | os.PathLike[str] | None],
+    split: str = "covidnet",
+    workers: int | None = None,
+    ricord_list: str | os.PathLike[str] | None = None,
+    split_seed: int = 0,
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    progress: bool = False,
+    options: WriteOptions = WriteOptions(),
+    list_format: str = "covidnet",
+) -> BuildResult:
+    """Build COVIDx under ``out_dir`` from ``sources`` (option name -> folder).
+
+    ``sources`` keys are the command-line option names (``cohen``,
+    ``figure1``, ``actualmed``, ``sirm``, ``rsna``, ``ricord``, or
+    ``radiography_db`` alone); ``split`` is ``covidnet``, ``surfsara`` or
+    ``radiography`` (then ``split_seed`` and ``split_fractions`` draw the
+    train/val/test split); ``workers`` defaults to ``os.cpu_count()``;
+    ``list_format`` is the lists' line form (:data:`data.lists.LIST_FORMATS`:
+    COVID-Net's 4 fields or SURFsara's 3). Beside the lists it writes
+    ``SHA256SUMS`` (every listed image, ``sha256sum -c`` form) and records each
+    list's fingerprint (:mod:`data.fingerprint`) in the report.
+    Raises ``ValueError``/``FileNotFoundError`` naming the flag and path for
+    unusable arguments (checked before any work); bad rows and images are
+    skipped and reported. Raises :class:`OutputError` when the output cannot
+    be written during the build, leaving the previous lists and report as
+    they were. Check :attr:`BuildResult.usable`: nothing usable is not an
+    exception.
+    """
+    rules = get_rules(split)
+    if list_format not in LIST_FORMATS:
+        raise ValueError(f"--list-format must be one of {', '.join(LIST_FORMATS)}, received {list_format!r}")
+    given = _resolve_sources(sources, rules.name, rules.allowed_sources, rules.why_sources)
+    if ricord_list is not None and "ricord" not in given:
+        raise ValueError("--ricord-list needs --ricord")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    out = resolve_path(Path(out_dir), "--out", "a folder to write into")
+    for option, root in given.items():
+        resolved = resolve_path(root, BY_OPTION[option].flag, BY_OPTION[option].layout)
+        if out == resolved or any(out / s == resolved or out / s in resolved.parents for s in SPLITS):
+            raise ValueError(
+                f"--out {out} would write into the {BY_OPTION[option].flag} folder {root}; choose another "
+                "--out"
+            )
+
+    # 1. check every folder before reading any, and that the output can be written
+    for spec in SOURCES:
+        if spec.option in given:
+            spec.check(given[spec.option])
+    created = not out.exists()
+    out = prepare_output_folder(out_dir)
+    try:
+        scans, assignment, extra_skips, tasks, planned = _read_and_plan(
+            given, out, rules, ricord_list, split_seed, split_fractions
+        )
+    except BaseException:
+        if created:  # a metadata error should not leave an empty output folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
     # 5. write images
-    for split_name in SPLITS:
-        (out / split_name).mkdir(parents=True, exist_ok=True)
-        removed = remove_partials(out / split_name)
+    with _writing_into(out):
+        # A killed run may leave temporary images in the split folders and temporary lists or reports in out.
+        removed = remove_partials(out)
+        for split_name in SPLITS:
+            (out / split_name).mkdir(parents=True, exist_ok=True)
+            removed += remove_partials(out / split_name)
         if removed:
-            log.info("removed %d temporary files left by an interrupted run in %s", removed, out / split_name)
-    log.info("writing %d images with %d worker(s) into %s", len(tasks), workers, out)
-    results = run_tasks(tasks, workers=workers, progress=progress, options=options)
+            log.info("removed %d temporary files left by an interrupted run in %s", removed, out)
+        log.info("writing %d images with %d worker(s) into %s", len(tasks), workers, out)
+        results = run_tasks(tasks, workers=workers, progress=progress, options=options)
 
-    # 6. lists, then the report
+    # 6. lists, SHA256SUMS and the report, renamed together
     list_names = LISTS if rules.val_list else SPLITS
+    entries, outcomes, hashes = _collect_outcomes(planned, results, extra_skips, list_names)
+    return _write_lists_and_report(
+        out,
+        rules=rules,
+        scans=scans,
+        extra_skips=extra_skips,
+        outcomes=outcomes,
+        entries=entries,
+        hashes=hashes,
+        adjustments=assignment.adjustments,
+        list_format=list_format,
+    )
+
+
+def _collect_outcomes(
+    planned: Sequence[tuple[Record, str]],
+    results: Sequence[TaskResult],
+    extra_skips: dict[str, list[Skip]],
+    list_names: Sequence[str],
+) -> tuple[dict[str, list[ListEntry]], list[tuple[Record, str, TaskResult]], dict[str, str]]:
+    """The list entries per split, every outcome, and the SHA-256 of each image written now (by path)."""
     entries: dict[str, list[ListEntry]] = {s: [] for s in list_names}
     outcomes: list[tuple[Record, str, TaskResult]] = []
+    hashes: dict[str, str] = {}
     for (rec, split_name), result in zip(planned, results):
         outcomes.append((rec, split_name, result))
         if result.status == FAILED:
             extra_skips[rec.source].append(Skip(rec.row, rec.patient_id, result.reason, result.detail))
             continue
         entries[split_name].append(ListEntry(rec.patient_id, rec.out_name, rec.label, rec.source))
-    lists = {s: write_list(out / list_name(s), entries[s]) for s in list_names}
+        if result.sha256:
+            hashes[f"{image_folder(split_name)}/{rec.out_name}"] = result.sha256
+    return entries, outcomes, hashes
 
+
+def _listed_image_hashes(
+    out: Path, entries: Mapping[str, Sequence[ListEntry]], written: Mapping[str, str]
+) -> dict[str, str]:
+    """``{split folder/file: SHA-256}`` of every listed image.
+
+    Images written by this run come with their hash; images already present
+    (a re-run) take it from the previous ``SHA256SUMS`` when not modified
+    since, and are read otherwise.
+    """
+    names = {f"{image_folder(s)}/{e.filename}" for s, listed in entries.items() for e in listed}
+    missing = sorted(names - set(written))
+    found, _ = image_hashes([out / name for name in missing], dataset_dir=out)
+    return {
+        **{name: written[name] for name in names & set(written)},
+        **{name: found[str(out / name)] for name in missing},
+    }
+
+
+def _write_lists_and_report(
+    out: Path,
+    *,
+    rules: SplitRules,
+    scans: Sequence[ScanResult],
+    extra_skips: Mapping[str, Sequence[Skip]],
+    outcomes: Sequence[tuple[Record, str, TaskResult]],
+    entries: dict[str, list[ListEntry]],
+    hashes: Mapping[str, str],
+    adjustments: Sequence[Any],
+    list_format: str,
+) -> BuildResult:
+    """Write the lists, ``SHA256SUMS`` and the report together; raises :class:`OutputError` if that fails."""
+    sums = _listed_image_hashes(out, entries, hashes)
+    fingerprints = {
+        s: list_fingerprint(listed, {e.filename: sums[f"{image_folder(s)}/{e.filename}"] for e in listed})
+        for s, listed in entries.items()
+    }
     report = build_report(
         split=rules.name,
         out_dir=out,
         scans=scans,
         extra_skips=extra_skips,
         outcomes=outcomes,
-        adjustments=assignment.adjustments,
-        lists={s: list_name(s) for s in list_names},
+        adjustments=adjustments,
+        lists={s: list_name(s) for s in entries},
     )
-    report_path = atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    report["list_format"] = list_format
+    report["fingerprints"] = {list_name(s): fingerprint for s, fingerprint in fingerprints.items()}
+    report["sha256sums"] = SHA256SUMS
+    lists = {s: out / list_name(s) for s in entries}
+    report_path = out / REPORT_NAME
+    files = {
+        path: "".join(format_entry(e, list_format=list_format) + "\n" for e in entries[s])
+        for s, path in lists.items()
+    }
+    files[out / SHA256SUMS] = format_sha256sums(sums)
+    files[report_path] = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    try:
+        write_together(files)
+    except OSError as exc:
+        raise OutputError(
+            f"--out {out}: cannot write the lists and {REPORT_NAME}: {describe_os_error(exc)}; "
+            "the previous lists and report are untouched"
+        ) from None
     return BuildResult(out_dir=out, lists=lists, report_path=report_path, report=report, entries=entries)

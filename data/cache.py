@@ -32,15 +32,17 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from common.fsutil import atomic_path, atomic_write_text, remove_partials
+from data.build import OutputError
 from data.labels import CLASS_TO_INDEX, CLASSES
 from data.lists import ListEntry, read_list, write_list
+from data.sources.base import describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +80,16 @@ def _class_tag(label: str) -> str:
     return label.lower()
 
 
-def _shard_plan(split: str, entries: Sequence[ListEntry], shard_images: int) -> list[tuple[str, list[ListEntry]]]:
+def _shard_plan(
+    split: str, entries: Sequence[ListEntry], shard_images: int
+) -> list[tuple[str, list[ListEntry]]]:
     plan = []
     for label in CLASSES:
         group = [e for e in entries if e.label == label]
         n = math.ceil(len(group) / shard_images)
         for i in range(n):
             name = f"{split}-{_class_tag(label)}-{i:05d}-of-{n:05d}.tfrecord"
-            plan.append((name, group[i * shard_images:(i + 1) * shard_images]))
+            plan.append((name, group[i * shard_images : (i + 1) * shard_images]))
     return plan
 
 
@@ -101,20 +105,56 @@ def _example(image: np.ndarray, entry: ListEntry) -> bytes:
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[CLASS_TO_INDEX[entry.label]])),
         "filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[entry.filename.encode("utf8")])),
-        "patient_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[entry.patient_key.encode("utf8")])),
+        "patient_id": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[entry.patient_key.encode("utf8")])
+        ),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: protobuf writes map fields in hash order otherwise, which differs between processes,
+    # and a re-built shard would not have the same bytes (and SHA-256) as the first build's.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def _op_message(exc: tf.errors.OpError) -> str:
+    text = (exc.message or str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _write_shard(path: Path, entries: Sequence[ListEntry], image_dir: Path, size: int) -> None:
+    """Write one shard through a temporary name.
+
+    An image that cannot be read or decoded is a :class:`CacheError` naming
+    it (the lists were checked, so the file changed since); a shard that
+    cannot be written is an :class:`OutputError`. Either way the temporary
+    file is removed and no shard is recorded.
+    """
     paths = [str(image_dir / e.filename) for e in entries]
-    images = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: _decode_gray(p, size), num_parallel_calls=AUTOTUNE, deterministic=True
+    images = iter(
+        tf.data.Dataset.from_tensor_slices(paths).map(
+            lambda p: _decode_gray(p, size), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
     )
     with atomic_path(path) as tmp:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for entry, image in zip(entries, images):
-                writer.write(_example(image.numpy(), entry))
+        try:
+            writer = tf.io.TFRecordWriter(str(tmp))
+        except tf.errors.OpError as exc:
+            raise OutputError(f"cannot write {path}: {_op_message(exc)}") from None
+        try:
+            for entry in entries:
+                try:
+                    image = next(images)
+                except tf.errors.OpError as exc:
+                    raise CacheError(
+                        f"cannot cache {image_dir / entry.filename}: {_op_message(exc)}"
+                    ) from None
+                try:
+                    writer.write(_example(image.numpy(), entry))
+                except tf.errors.OpError as exc:
+                    raise OutputError(f"cannot write {path}: {_op_message(exc)}") from None
+        finally:
+            try:
+                writer.close()
+            except tf.errors.OpError as exc:  # a full disk may only show when the last block is flushed
+                raise OutputError(f"cannot write {path}: {_op_message(exc)}") from None
 
 
 def _read_manifest(root: Path) -> dict:
@@ -140,13 +180,38 @@ def build_cache(
     folder. Shards already recorded in the manifest with an intact file are
     kept, so an interrupted build continues where it stopped; a manifest of a
     different size or different lists is replaced. ``progress`` wraps the shard
-    iterator (e.g. ``tqdm``).
+    iterator (e.g. ``tqdm``). A cache folder that cannot be written (full disk,
+    read-only) raises :class:`~data.build.OutputError` naming it; the shards
+    recorded so far stay valid and a re-run continues from them.
     """
     if size < 8:
         raise ValueError(f"cache size must be >= 8 px, received {size}")
     if shard_images < 1:
         raise ValueError(f"images per shard must be >= 1, received {shard_images}")
     root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"cache folder {root} is an existing file; expected a folder")
+    try:
+        return _build_cache(root, lists=lists, size=size, shard_images=shard_images, progress=progress)
+    except OutputError as exc:
+        raise OutputError(
+            f"cache {root}: {exc}; the shards recorded in {MANIFEST} are kept, re-run to finish"
+        ) from None
+    except OSError as exc:
+        raise OutputError(
+            f"cache {root}: cannot write ({describe_os_error(exc)}); the shards recorded in "
+            f"{MANIFEST} are kept, re-run to finish"
+        ) from None
+
+
+def _build_cache(
+    root: Path,
+    *,
+    lists: dict[str, tuple[Sequence[ListEntry], str | os.PathLike[str]]],
+    size: int,
+    shard_images: int,
+    progress: Callable[[Iterable], Iterable] | None,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     remove_partials(root)
     digests = {split: _entries_digest(entries) for split, (entries, _) in lists.items()}
@@ -168,8 +233,10 @@ def build_cache(
             "size": size,
             "channels": 1,
             "shard_images": shard_images,
-            "splits": {split: {"entries_sha256": digests[split], "count": len(entries), "shards": {}}
-                       for split, (entries, _) in lists.items()},
+            "splits": {
+                split: {"entries_sha256": digests[split], "count": len(entries), "shards": {}}
+                for split, (entries, _) in lists.items()
+            },
         }
     work = []
     for split, (entries, image_dir) in lists.items():
@@ -209,14 +276,18 @@ def verify_cache(cache_dir: str | os.PathLike[str], *, full: bool = False) -> li
     for split, info in manifest["splits"].items():
         expected = sum(s["count"] for s in info["shards"].values())
         if expected != info["count"]:
-            problems.append(f"{split}: the manifest records {expected} of {info['count']} images (unfinished build)")
+            problems.append(
+                f"{split}: the manifest records {expected} of {info['count']} images (unfinished build)"
+            )
         for name, shard in sorted(info["shards"].items()):
             path = root / name
             if not path.is_file():
                 problems.append(f"{path}: shard is missing")
                 continue
             if path.stat().st_size != shard["bytes"]:
-                problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {shard['bytes']} (truncated?)")
+                problems.append(
+                    f"{path}: {path.stat().st_size} bytes, the manifest says {shard['bytes']} (truncated?)"
+                )
                 continue
             if full:
                 if _sha256(path) != shard["sha256"]:
@@ -247,8 +318,9 @@ class CacheSplit:
         return [str(self.root / name) for label in labels for name in self.shards_by_label.get(label, ())]
 
 
-def open_cache(cache_dir: str | os.PathLike[str], split: str, *, entries: Sequence[ListEntry],
-               full_check: bool = False) -> CacheSplit:
+def open_cache(
+    cache_dir: str | os.PathLike[str], split: str, *, entries: Sequence[ListEntry], full_check: bool = False
+) -> CacheSplit:
     """Open ``split`` of a cache after checking it is intact and holds every image of ``entries``.
 
     Raises :class:`CacheError` naming the folder and the first problems.
@@ -272,20 +344,34 @@ def open_cache(cache_dir: str | os.PathLike[str], split: str, *, entries: Sequen
     shards: dict[str, list[str]] = {}
     for name, info in sorted(manifest["splits"][split]["shards"].items()):
         shards.setdefault(info["label"], []).append(name)
-    return CacheSplit(root=root, split=split, size=int(manifest["size"]),
-                      shards_by_label={k: tuple(v) for k, v in shards.items()}, entries=tuple(cached))
+    return CacheSplit(
+        root=root,
+        split=split,
+        size=int(manifest["size"]),
+        shards_by_label={k: tuple(v) for k, v in shards.items()},
+        entries=tuple(cached),
+    )
 
 
 def parse_record(record: tf.Tensor, *, size: int) -> dict[str, tf.Tensor]:
     """Decode one cache record into ``image`` (uint8 ``[size, size, 1]``), ``label``, ``filename``."""
     parsed = tf.io.parse_single_example(record, _FEATURES)
     image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), [size, size, 1])
-    return {"image": image, "label": tf.cast(parsed["label"], tf.int32), "filename": parsed["filename"],
-            "patient_id": parsed["patient_id"]}
+    return {
+        "image": image,
+        "label": tf.cast(parsed["label"], tf.int32),
+        "filename": parsed["filename"],
+        "patient_id": parsed["patient_id"],
+    }
 
 
-def read_records(cache: CacheSplit, labels: Iterable[str], *, keep_filenames: Sequence[str] | None,
-                 shuffle_files_seed: int | None = None) -> tf.data.Dataset:
+def read_records(
+    cache: CacheSplit,
+    labels: Iterable[str],
+    *,
+    keep_filenames: Sequence[str] | None,
+    shuffle_files_seed: int | None = None,
+) -> tf.data.Dataset:
     """Parsed records of ``labels`` in ``cache``, optionally only those whose file name is kept."""
     paths = cache.shard_paths(labels)
     if not paths:
@@ -293,13 +379,19 @@ def read_records(cache: CacheSplit, labels: Iterable[str], *, keep_filenames: Se
     files = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle_files_seed is not None:
         files = files.shuffle(len(paths), seed=shuffle_files_seed, reshuffle_each_iteration=True)
-    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(paths)),
-                          num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(8, len(paths)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     ds = ds.map(lambda r: parse_record(r, size=cache.size), num_parallel_calls=AUTOTUNE, deterministic=True)
     if keep_filenames is not None:
         table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(list(keep_filenames) or [""], tf.string),
-                                                tf.ones([max(1, len(keep_filenames))], tf.int32)),
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(keep_filenames) or [""], tf.string),
+                tf.ones([max(1, len(keep_filenames))], tf.int32),
+            ),
             default_value=0,
         )
         ds = ds.filter(lambda r: table.lookup(r["filename"]) > 0)

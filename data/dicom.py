@@ -196,13 +196,16 @@ def dicom_to_uint8(source: str | os.PathLike[str] | Dataset) -> np.ndarray:
         raise DicomError(f"expected one 2-D grayscale frame, decoded an array of shape {pixels.shape}")
 
     invert = str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
-    if pixels.dtype == np.uint8 and not _has_modality_transform(ds) and not (_has_voi_lut(ds) or _has_window(ds)):
+    transformed = _has_modality_transform(ds) or _has_voi_lut(ds) or _has_window(ds)
+    if pixels.dtype == np.uint8 and not transformed:
         image = pixels
     else:
         try:
             image = _apply_luts(pixels, ds)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError, NotImplementedError) as exc:
-            raise DicomError(f"cannot apply the modality/VOI transform: {type(exc).__name__}: {exc}") from None
+            raise DicomError(
+                f"cannot apply the modality/VOI transform: {type(exc).__name__}: {exc}"
+            ) from None
     if invert:
         image = 255 - image
     return np.ascontiguousarray(image, dtype=np.uint8)

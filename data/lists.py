@@ -15,15 +15,15 @@ before it is the file name and everything before that is the patient id.
 Bad lines (no known label, a file name that escapes its folder) are collected
 with their line number and reason instead of aborting, and exact duplicate lines
 (they occur in the published lists) are dropped and counted. Lists are written
-in COVID-Net's 4-column form through a temporary file, so a killed run never
-leaves a half-written list.
+in COVID-Net's 4-field form or SURFsara's 3-field form (:func:`format_entry`)
+through a temporary file, so a killed run never leaves a half-written list.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
 
 from common.fsutil import atomic_write_text
 from data.labels import CLASSES
@@ -34,6 +34,8 @@ _LABELS = frozenset(CLASSES)
 # How thoroughly training and evaluation check a list's images before starting
 # (data.pipeline.find_image_problems); here so that --help needs no TensorFlow.
 VERIFY_MODES = ("none", "header", "full")
+# The line layouts list files are written in (see format_entry); every reader here accepts both.
+LIST_FORMATS = ("covidnet", "surfsara")
 
 @dataclasses.dataclass(frozen=True)
 class ListEntry:
@@ -127,8 +129,11 @@ def parse_line(text: str) -> ListEntry:
 def read_list(path: str | os.PathLike[str]) -> ListReadResult:
     """Read a COVIDx list file of any published variant.
 
-    Blank lines and ``#`` comments are ignored. Raises ``FileNotFoundError`` if
-    the file does not exist; bad lines are returned in ``bad_lines``.
+    Blank lines and ``#`` comments are ignored; Windows (CRLF) line ends and a
+    UTF-8 byte-order mark are accepted (the mark would otherwise become part of
+    the first patient id and split that patient in two). Raises
+    ``FileNotFoundError`` if the file does not exist; bad lines are returned in
+    ``bad_lines``.
     """
     path = Path(path)
     if not path.is_file():
@@ -137,7 +142,7 @@ def read_list(path: str | os.PathLike[str]) -> ListReadResult:
     bad: list[BadLine] = []
     seen: set[tuple[str, str, str]] = set()
     duplicates = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         for line_no, raw in enumerate(fh, start=1):
             text = raw.strip()
             if not text or text.startswith("#"):
@@ -156,23 +161,28 @@ def read_list(path: str | os.PathLike[str]) -> ListReadResult:
     return ListReadResult(path=path, entries=entries, bad_lines=bad, duplicates=duplicates)
 
 
-def format_entry(entry: ListEntry) -> str:
-    """COVID-Net's form: ``patientid filename label source`` (3 fields if no source)."""
-    fields = [entry.patient_id, entry.filename, entry.label]
-    if entry.source:
-        fields.append(entry.source)
-    return " ".join(fields)
+def format_entry(entry: ListEntry, *, list_format: str = "covidnet") -> str:
+    """One list line in ``list_format`` (:data:`LIST_FORMATS`).
+
+    ``covidnet``: ``patientid filename label source`` (3 fields if no source).
+    ``surfsara``: ``patientid filename label``, the form SURFsara's ``data.py``
+    reads (it takes the *last* field as the label and the second as the file
+    name), so whitespace inside a patient id (COVID-Net's ``COVID 119``) is
+    written as ``_``; the source column is dropped.
+    """
+    if list_format == "covidnet":
+        fields = [entry.patient_id, entry.filename, entry.label]
+        if entry.source:
+            fields.append(entry.source)
+        return " ".join(fields)
+    if list_format == "surfsara":
+        return " ".join(["_".join(entry.patient_id.split()), entry.filename, entry.label])
+    raise ValueError(f"list format must be one of {', '.join(LIST_FORMATS)}, received {list_format!r}")
 
 
-def write_list(path: str | os.PathLike[str], entries: Iterable[ListEntry]) -> Path:
+def write_list(
+    path: str | os.PathLike[str], entries: Iterable[ListEntry], *, list_format: str = "covidnet"
+) -> Path:
     """Write ``entries`` (in the given order) to ``path`` atomically, replacing any old list."""
-    text = "".join(format_entry(e) + "\n" for e in entries)
+    text = "".join(format_entry(e, list_format=list_format) + "\n" for e in entries)
     return atomic_write_text(path, text)
-
-
-def entries_by_label(entries: Sequence[ListEntry]) -> dict[str, list[ListEntry]]:
-    """Group entries by class, in :data:`CLASSES` order."""
-    groups: dict[str, list[ListEntry]] = {c: [] for c in CLASSES}
-    for e in entries:
-        groups[e.label].append(e)
-    return groups

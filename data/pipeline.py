@@ -20,15 +20,50 @@ the baseline passed ``class_weight`` to ``fit``.
 Images come from an image source: :class:`FileImages` decodes the original
 files; :class:`CachedImages` reads the resized images of a ``data.cache``
 TFRecord cache, which removes the decoding cost from training.
+
+What is deterministic (so that a run killed at any moment and resumed trains
+on exactly the batches of an uninterrupted run with the same seed):
+
+- the data order is a function of the position in the run only. Each pass over
+  a stream (the non-COVID images, the COVID-19 images, or the whole list when
+  batches are not balanced) is a permutation drawn from (seed, stream, pass
+  index); the image at stream position ``p`` is element ``p % n`` of pass
+  ``p // n``. Global batch ``g = epoch * steps_per_epoch + step`` takes stream
+  positions ``[g * m, (g + 1) * m)`` (``m`` images of that stream per batch),
+  so the pipeline can start at any (epoch, step) without replaying anything.
+  With files the permutation is ``index_shuffle`` (stateless, no buffer); with
+  a cache each pass reads the shards in an order and through a shuffle buffer
+  seeded by (seed, stream, pass), and a resume skips to the offset inside its
+  first pass;
+- the augmentation and mixup draws are stateless functions of (seed, batch
+  position, shard);
+- the initial weights, given ``keras.utils.set_random_seed(seed)`` in the script.
+
+On CPUs TensorFlow's float reductions are reproducible from run to run on the
+same machine, so a resumed run is bit-identical to an uninterrupted one. On
+GPUs some kernels (cuDNN convolution algorithms, atomic-add reductions) are
+not, unless op determinism is enabled (``train_keras.py --deterministic``,
+slower); the multi-worker all-reduce sums the workers' gradients in an order
+TensorFlow does not promise either. There the data and the draws stay exactly
+the same and the weights agree up to float rounding.
+
+Corrupt images: ``--verify_images header`` (the default) also finds files that
+are cut short (no PNG ``IEND`` chunk / JPEG ``FFD9`` marker / GIF trailer in
+their last KiB, a BMP shorter than its header says) and empty files, for one
+extra small read per file; the run then stops before its first step with one
+line naming them. A file that passes and still fails to decode stops training
+with an error that :func:`find_image_problems` (``verify="full"``) turns into
+the file's name.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -57,19 +92,44 @@ def image_paths(entries: Sequence[ListEntry], image_dir: str | os.PathLike[str])
     return [str(root / e.filename) for e in entries]
 
 
+# The end of a complete file of each format is looked for in its last TAIL_BYTES bytes: writers may pad
+# after the end marker (zeros after a JPEG's FFD9 are common), and a file cut short has no marker there.
+TAIL_BYTES = 1024
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC, the last 8 bytes of every PNG
+
+
+def _end_problem(kind: str, head: bytes, tail: bytes, size: int) -> str | None:
+    """Why a file whose first bytes are ``head`` and last bytes ``tail`` is cut short, or None."""
+    if kind == "PNG" and _PNG_END not in tail:
+        return "truncated PNG (no IEND chunk at its end)"
+    if kind == "JPEG" and b"\xff\xd9" not in tail:
+        return "truncated JPEG (no FFD9 end marker at its end)"
+    if kind == "GIF" and not tail.rstrip(b"\x00").endswith(b";"):
+        return "truncated GIF (no trailer byte at its end)"
+    if kind == "BMP" and len(head) >= 6:
+        declared = int.from_bytes(head[2:6], "little")
+        if declared > size:
+            return f"truncated BMP ({size} of the {declared} bytes its header declares)"
+    return None
+
+
 def _header_problem(path: Path) -> str | None:
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
+            if not head:
+                return "empty file"
+            kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+            if kind is None:
+                return "not a PNG, JPEG, BMP or GIF image"
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(max(0, size - TAIL_BYTES))
+            tail = fh.read(TAIL_BYTES)
     except FileNotFoundError:
         return "file does not exist"
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
-    if not head:
-        return "empty file"
-    if not any(head.startswith(magic) for magic in _MAGIC):
-        return "not a PNG, JPEG, BMP or GIF image"
-    return None
+    return _end_problem(kind, head, tail, size)
 
 
 def _decode_problem(path: Path) -> str | None:
@@ -80,29 +140,36 @@ def _decode_problem(path: Path) -> str | None:
     return None
 
 
-def find_image_problems(
-    entries: Sequence[ListEntry], image_dir: str | os.PathLike[str], *, verify: str = "header"
-) -> list[tuple[ListEntry, str]]:
-    """Return ``(entry, reason)`` for every image that is missing or unreadable.
+def _full_problem(path: Path) -> str | None:
+    return _header_problem(path) or _decode_problem(path)
 
-    ``verify``: ``"none"`` checks nothing, ``"header"`` (default) checks that
-    each file exists and starts like an image (one 8-byte read per file, so
-    17,000 images take about a second), ``"full"`` also decodes every image.
+
+def find_image_problems(
+    entries: Sequence[ListEntry], image_dir: str | os.PathLike[str], *, verify: str = "header",
+    workers: int | None = None,
+) -> list[tuple[ListEntry, str]]:
+    """Return ``(entry, reason)`` for every image that is missing, unreadable or cut short, in list order.
+
+    ``verify``: ``"none"`` checks nothing; ``"header"`` (default) checks that
+    each file exists, is not empty, starts like a PNG/JPEG/BMP/GIF image and
+    ends like a complete one (two small reads per file: the first 8 bytes and
+    the last KiB; see the module docstring); ``"full"`` also decodes every
+    image, on ``workers`` threads (default: the CPUs, at most 8; TensorFlow's
+    decoders release the GIL).
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, received {verify!r}")
     if verify == "none":
         return []
     root = Path(image_dir)
-    problems = []
-    for entry in entries:
-        path = root / entry.filename
-        reason = _header_problem(path)
-        if reason is None and verify == "full":
-            reason = _decode_problem(path)
-        if reason is not None:
-            problems.append((entry, reason))
-    return problems
+    paths = [root / entry.filename for entry in entries]
+    if verify == "header":
+        reasons = [_header_problem(path) for path in paths]
+    else:
+        workers = workers or min(8, os.cpu_count() or 1)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            reasons = list(pool.map(_full_problem, paths))
+    return [(entry, reason) for entry, reason in zip(entries, reasons) if reason is not None]
 
 
 def _describe_problems(problems: Sequence[tuple[ListEntry, str]], image_dir: Path, limit: int = 5) -> str:
@@ -206,6 +273,18 @@ def _labels_array(entries: Sequence[ListEntry]) -> np.ndarray:
     return np.array([CLASS_TO_INDEX[e.label] for e in entries], dtype=np.int32)
 
 
+# Stream numbers: independent permutations for the two streams of balanced batches and the unbalanced one.
+STREAM_OTHERS, STREAM_COVID, STREAM_ALL = 0, 1, 2
+
+
+def pass_key(seed: int, stream: int, pass_index: tf.Tensor) -> tf.Tensor:
+    """The stateless key (int64 ``[2]``) of pass ``pass_index`` over ``stream`` of a run seeded ``seed``."""
+    base = tf.constant([seed, stream], tf.int64)
+    folded = tf.random.experimental.stateless_fold_in(base, tf.cast(pass_index, tf.int64))
+    # fold_in keeps its data in the second word; one more draw mixes both words into both.
+    return tf.random.stateless_uniform([2], folded, minval=None, maxval=None, dtype=tf.int64)
+
+
 class FileImages:
     """Images read from the original files of a folder (``DATA_PATH/train`` or ``/test``).
 
@@ -216,10 +295,27 @@ class FileImages:
     def __init__(self, image_dir: str | os.PathLike[str]) -> None:
         self.image_dir = Path(image_dir)
 
-    def refs(self, entries: Sequence[ListEntry], *, seed: int) -> tf.data.Dataset:
-        """``(path, label)`` forever, reshuffled every pass over ``entries``."""
-        ds = tf.data.Dataset.from_tensor_slices((image_paths(entries, self.image_dir), _labels_array(entries)))
-        return ds.shuffle(len(entries), seed=seed, reshuffle_each_iteration=True).repeat()
+    def refs(self, entries: Sequence[ListEntry], *, seed: int, stream: int = STREAM_ALL,
+             start: int = 0) -> tf.data.Dataset:
+        """``(path, label)`` forever from stream position ``start``; each pass over ``entries`` permuted anew.
+
+        Position ``p`` holds entry ``index_shuffle(p % n)`` of the permutation
+        keyed by ``pass_key(seed, stream, p // n)``: a function of the
+        position alone, so a stream started at ``start`` is exactly the tail
+        of one started at 0.
+        """
+        if not entries:
+            raise ValueError("no images to draw training batches from")
+        paths = tf.constant(image_paths(entries, self.image_dir))
+        labels = tf.constant(_labels_array(entries))
+        n = tf.constant(len(entries), tf.int64)
+
+        def at(position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            key = pass_key(seed, stream, position // n)
+            index = tf.random.experimental.index_shuffle(position % n, key, n - 1)
+            return tf.gather(paths, index), tf.gather(labels, index)
+
+        return tf.data.Dataset.counter(start).map(at)
 
     def load(self, ref: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
         """The image a reference points to, float32 in [0, 1]."""
@@ -227,17 +323,21 @@ class FileImages:
 
     def ordered(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
         """``(image, label)`` for each entry once, in list order."""
-        ds = tf.data.Dataset.from_tensor_slices((image_paths(entries, self.image_dir), _labels_array(entries)))
-        return ds.map(lambda p, y: (self.load(p, img_size=img_size, channels=channels), y),
-                      num_parallel_calls=AUTOTUNE, deterministic=True)
+        paths = image_paths(entries, self.image_dir)
+        ds = tf.data.Dataset.from_tensor_slices((paths, _labels_array(entries)))
+        return ds.map(
+            lambda p, y: (self.load(p, img_size=img_size, channels=channels), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
 
 
 class CachedImages:
     """Images read from a preprocessed TFRecord cache (``data.cache``) instead of the originals.
 
-    Shards are read in parallel (interleave) and records shuffled through a
-    buffer of ``shuffle_buffer`` images; each pass over the entries is shuffled
-    anew. Cached images are grayscale at the cache size: they are resized to
+    Shards are read in parallel (interleave) and records shuffled in blocks of
+    ``shuffle_buffer`` images; each pass over the entries is shuffled anew.
+    Cached images are grayscale at the cache size: they are resized to
     the training size when it differs and replicated to 3 channels.
     """
 
@@ -245,15 +345,19 @@ class CachedImages:
         self.cache = cache
         self.shuffle_buffer = shuffle_buffer
 
-    def _records(self, entries: Sequence[ListEntry], *, seed: int | None) -> tf.data.Dataset:
-        from data.cache import read_records
-
+    def _selection(self, entries: Sequence[ListEntry]) -> tuple[list[str], list[str] | None]:
+        """The labels whose shards hold ``entries`` and the file names to keep (None: every record)."""
         if not entries:
             raise ValueError("no images to read from the cache")
         labels = sorted({e.label for e in entries}, key=CLASSES.index)
         wanted = {e.filename for e in entries}
         everything = {e.filename for e in self.cache.entries if e.label in labels}
-        keep = None if wanted >= everything else sorted(wanted)
+        return labels, None if wanted >= everything else sorted(wanted)
+
+    def _records(self, entries: Sequence[ListEntry], *, seed: int | None) -> tf.data.Dataset:
+        from data.cache import read_records
+
+        labels, keep = self._selection(entries)
         return read_records(self.cache, labels, keep_filenames=keep, shuffle_files_seed=seed)
 
     def load(self, ref: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
@@ -268,15 +372,56 @@ class CachedImages:
     def _to_image(self, record: dict, img_size: int, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
         return self.load(record["image"], img_size=img_size, channels=channels), record["label"]
 
-    def refs(self, entries: Sequence[ListEntry], *, seed: int) -> tf.data.Dataset:
-        """``(pixels, label)`` forever, reshuffled every pass over ``entries``.
+    def refs(
+        self, entries: Sequence[ListEntry], *, seed: int, stream: int = STREAM_ALL, start: int = 0
+    ) -> tf.data.Dataset:
+        """``(pixels, label)`` forever from stream position ``start``, reshuffled every pass over ``entries``.
 
         The reference of a cached image is its stored uint8 pixels (reading them
-        is the whole cost; there is nothing left to decode).
+        is the whole cost; there is nothing left to decode). Records can only
+        be read in sequence, so each pass is its own dataset: the shards in an
+        order, and the records in blocks of ``shuffle_buffer`` permuted within,
+        all drawn statelessly from ``pass_key(seed, stream, pass)``. A stream
+        started at ``start`` begins with pass ``start // n`` and skips (reads)
+        the ``start % n`` records before its position.
         """
-        ds = self._records(entries, seed=seed)
-        ds = ds.shuffle(min(self.shuffle_buffer, len(entries)), seed=seed, reshuffle_each_iteration=True)
-        return ds.map(lambda r: (r["image"], r["label"])).repeat()
+        from data.cache import parse_record
+
+        labels, keep = self._selection(entries)
+        n = len(entries)
+        first_pass, offset = divmod(start, n)
+        block = min(self.shuffle_buffer, n)
+        paths = tf.constant(self.cache.shard_paths(labels))
+        cycle = min(8, len(self.cache.shard_paths(labels)))
+        size = self.cache.size
+        table = None
+        if keep is not None:
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(keep or [""], tf.string), tf.ones([max(1, len(keep))], tf.int32)
+                ),
+                default_value=0,
+            )
+
+        def shuffle_block(index: tf.Tensor, key: tf.Tensor, images: tf.Tensor, y: tf.Tensor):
+            block_key = tf.random.experimental.stateless_fold_in(key, index)
+            order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(y)[0]), block_key)
+            return tf.gather(images, order), tf.gather(y, order)
+
+        # Stateless draws, not Dataset.shuffle: its seed cannot be a tensor once a global seed of 0 is set.
+        def one_pass(pass_index: tf.Tensor) -> tf.data.Dataset:
+            key = pass_key(seed, stream, pass_index)
+            files = tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(paths, key))
+            ds = files.interleave(
+                tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=AUTOTUNE, deterministic=True
+            )
+            ds = ds.map(lambda r: parse_record(r, size=size), num_parallel_calls=AUTOTUNE, deterministic=True)
+            if table is not None:
+                ds = ds.filter(lambda r: table.lookup(r["filename"]) > 0)
+            ds = ds.map(lambda r: (r["image"], r["label"])).batch(block).enumerate()
+            return ds.map(lambda i, b: shuffle_block(i, key, *b)).unbatch()
+
+        return tf.data.Dataset.counter(first_pass).flat_map(one_pass).skip(offset)
 
     def _once(self, entries: Sequence[ListEntry]) -> tf.data.Dataset:
         # The count is known: stating it lets Keras size its progress bar and
@@ -286,16 +431,20 @@ class CachedImages:
 
     def ordered(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
         """``(image, label)`` for each entry once, in the cache's order."""
-        return self._once(entries).map(lambda r: self._to_image(r, img_size, channels),
-                                       num_parallel_calls=AUTOTUNE, deterministic=True)
+        return self._once(entries).map(
+            lambda r: self._to_image(r, img_size, channels), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
 
     def named(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
         """``(image, filename)`` for each entry once, in the cache's order (for prediction)."""
-        return self._once(entries).map(lambda r: (self._to_image(r, img_size, channels)[0], r["filename"]),
-                                       num_parallel_calls=AUTOTUNE, deterministic=True)
+        return self._once(entries).map(
+            lambda r: (self._to_image(r, img_size, channels)[0], r["filename"]),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
 
 
-def _as_source(images: "str | os.PathLike[str] | FileImages | CachedImages") -> "FileImages | CachedImages":
+def _as_source(images: str | os.PathLike[str] | FileImages | CachedImages) -> FileImages | CachedImages:
     return images if isinstance(images, (FileImages, CachedImages)) else FileImages(images)
 
 
@@ -311,7 +460,7 @@ class TrainData:
 
 def make_train_dataset(
     entries: Sequence[ListEntry],
-    images: "str | os.PathLike[str] | FileImages | CachedImages",
+    images: str | os.PathLike[str] | FileImages | CachedImages,
     *,
     img_size: int,
     batch_size: int,
@@ -323,6 +472,8 @@ def make_train_dataset(
     mixup_alpha: float = 0.0,
     seed: int = 0,
     start_epoch: int = 0,
+    start_step: int = 0,
+    steps_per_epoch: int | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
     shard_batch_size: int | None = None,
@@ -336,9 +487,14 @@ def make_train_dataset(
     covid_per_batch`` normal/pneumonia images and ``covid_per_batch`` COVID-19
     images, and an epoch is one pass over the normal/pneumonia images;
     otherwise batches are drawn from the shuffled list and an epoch is one pass
-    over it. ``start_epoch`` is the first epoch when a run resumes: shuffling
-    and augmentation draws continue from new values instead of replaying the
-    first epoch's.
+    over it.
+
+    The batches are a function of their position in the run (see the module
+    docstring): the dataset starts with global batch ``start_epoch *
+    steps_per_epoch + start_step``, exactly the batch an uninterrupted run
+    trains on at that (epoch, step). ``steps_per_epoch`` is the epoch length
+    the run uses (default: the natural one returned in
+    :attr:`TrainData.steps_per_epoch`).
 
     ``mixup_alpha`` > 0 applies mixup (:func:`data.augment.mixup_batch`) to
     every output batch after the augmentation: images, one-hot labels and
@@ -361,11 +517,14 @@ def make_train_dataset(
         raise ValueError(f"batch size must be >= 1, received {batch_size}")
     if not mixup_alpha >= 0:
         raise ValueError(f"mixup alpha must be >= 0 (0 turns mixup off), received {mixup_alpha}")
+    if start_epoch < 0 or start_step < 0 or (steps_per_epoch is not None and steps_per_epoch < 1):
+        raise ValueError(
+            f"the start of the training data must be at epoch >= 0, step >= 0 with epochs of "
+            f">= 1 steps; received epoch {start_epoch}, step {start_step}, {steps_per_epoch} steps"
+        )
     source = _as_source(images)
     labels = _labels_array(entries)
     covid = CLASS_TO_INDEX["COVID-19"]
-    # Independent shuffle seeds per stream, different after each resume.
-    stream_seeds = [int(s) for s in np.random.SeedSequence([seed, start_epoch]).generate_state(2)]
     if balance:
         if not 1 <= covid_per_batch < batch_size:
             raise ValueError(
@@ -374,21 +533,32 @@ def make_train_dataset(
             )
         is_covid = labels == covid
         if not is_covid.any():
-            raise ValueError("balanced batches need at least one COVID-19 image in the training list; found none")
+            raise ValueError(
+                "balanced batches need at least one COVID-19 image in the training list; found none"
+            )
         if is_covid.all():
-            raise ValueError("balanced batches need normal or pneumonia images in the training list; found none")
+            raise ValueError(
+                "balanced batches need normal or pneumonia images in the training list; found none"
+            )
         others = [e for e, c in zip(entries, is_covid) if not c]
         covids = [e for e, c in zip(entries, is_covid) if c]
-        streams = [source.refs(others, seed=stream_seeds[0]), source.refs(covids, seed=stream_seeds[1])]
+        steps = math.ceil(len(others) / (batch_size - covid_per_batch))
+        first = start_epoch * (steps_per_epoch or steps) + start_step  # global index of the first batch
+        streams = [
+            source.refs(
+                others, seed=seed, stream=STREAM_OTHERS, start=first * (batch_size - covid_per_batch)
+            ),
+            source.refs(covids, seed=seed, stream=STREAM_COVID, start=first * covid_per_batch),
+        ]
         pattern = tf.data.Dataset.from_tensor_slices(
             tf.constant([0] * (batch_size - covid_per_batch) + [1] * covid_per_batch, tf.int64)
         ).repeat()
         ds = tf.data.Dataset.choose_from_datasets(streams, pattern)
-        steps = math.ceil(len(others) / (batch_size - covid_per_batch))
     else:
         covid_per_batch = 0
-        ds = source.refs(entries, seed=stream_seeds[0])
         steps = math.ceil(len(entries) / batch_size)
+        first = start_epoch * (steps_per_epoch or steps) + start_step
+        ds = source.refs(entries, seed=seed, stream=STREAM_ALL, start=first * batch_size)
 
     if num_shards < 1 or not 0 <= shard_index < num_shards or batch_size % num_shards:
         raise ValueError(
@@ -406,8 +576,11 @@ def make_train_dataset(
     # Cached images are grayscale: the augmentation and mixup treat every channel alike, so they run on
     # one channel and the result is tiled to three afterwards: the same pixels for a third of the work.
     load_channels = 1 if isinstance(source, CachedImages) else channels
-    ds = ds.map(lambda ref, y: (source.load(ref, img_size=img_size, channels=load_channels), y),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda ref, y: (source.load(ref, img_size=img_size, channels=load_channels), y),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     out_batch = shard_batch_size or local
     if local % out_batch:
         raise ValueError(f"per-replica batch {out_batch} does not divide the per-worker batch {local}")
@@ -419,7 +592,8 @@ def make_train_dataset(
 
     ds = ds.batch(out_batch, drop_remainder=True)
     per_step = batch_size // out_batch  # batches of this size in one global batch
-    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter(start=start_epoch * steps * per_step)))
+    # The draws' key counts output batches from the start of the run, so they resume with the data.
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter(start=first * per_step)))
 
     def finish(batch, counter):
         images, y = batch
@@ -435,7 +609,9 @@ def make_train_dataset(
         return images, labels, sample_weights
 
     ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
-    return TrainData(dataset=ds, steps_per_epoch=steps, batch_size=batch_size, covid_per_batch=covid_per_batch)
+    return TrainData(
+        dataset=ds, steps_per_epoch=steps, batch_size=batch_size, covid_per_batch=covid_per_batch
+    )
 
 
 def _augment_channels_once(images: tf.Tensor, key: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
@@ -458,7 +634,7 @@ def _augment_channels_once(images: tf.Tensor, key: tf.Tensor, config: AugmentCon
 
 def make_eval_dataset(
     entries: Sequence[ListEntry],
-    images: "str | os.PathLike[str] | FileImages | CachedImages",
+    images: str | os.PathLike[str] | FileImages | CachedImages,
     *,
     img_size: int,
     batch_size: int,

@@ -33,8 +33,9 @@ collisions, images that fail to decode) are also in ``skipped``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from data.labels import CLASSES
 from data.sources import BY_NAME
@@ -51,10 +52,10 @@ def build_report(
     *,
     split: str,
     out_dir: Path,
-    scans: Sequence["ScanResult"],
-    extra_skips: Mapping[str, Sequence["Skip"]],
-    outcomes: Sequence[tuple["Record", str, "TaskResult"]],
-    adjustments: Sequence["Adjustment"],
+    scans: Sequence[ScanResult],
+    extra_skips: Mapping[str, Sequence[Skip]],
+    outcomes: Sequence[tuple[Record, str, TaskResult]],
+    adjustments: Sequence[Adjustment],
     lists: Mapping[str, str],
 ) -> dict[str, Any]:
     """Assemble the report from what each build step found (see the module docstring)."""
@@ -132,7 +133,8 @@ def format_summary(report: Mapping[str, Any], *, max_reasons: int = 4) -> str:
             f"{s} " + "/".join(str(src["classes"][c][s]) for c in CLASSES) for s in splits
         )
         lines.append(
-            f"  {name:<7} {src['rows_read']:>6} rows, {sum(src['classes'][c][s] for c in CLASSES for s in splits):>6} "
+            f"  {name:<7} {src['rows_read']:>6} rows, "
+            f"{sum(src['classes'][c][s] for c in CLASSES for s in splits):>6} "
             f"images ({per_split}), {src['skipped_count']} skipped"
         )
         reasons = sorted(src["skip_summary"].items(), key=lambda kv: (-kv[1], kv[0]))
@@ -143,16 +145,33 @@ def format_summary(report: Mapping[str, Any], *, max_reasons: int = 4) -> str:
     for s in splits:
         t = report["totals"][s]
         lines.append(
-            f"  {s:<5} {t['total']:>6} images: " + ", ".join(f"{c} {t[c]}" for c in CLASSES)
+            f"  {s:<5} {t['total']:>6} images: "
+            + ", ".join(f"{c} {t[c]}" for c in CLASSES)
             + f"  -> {report['lists'][s]}"
         )
     img = report["images"]
     lines.append(
-        f"  images: {img['written']} written, {img['already_present']} already present, {img['failed']} failed"
+        f"  images: {img['written']} written, {img['already_present']} already present, {img['failed']} "
+        "failed"
     )
     if report["split_adjustments"]:
-        lines.append(f"  {len(report['split_adjustments'])} image(s) moved to test to keep patients on one side")
+        lines.append(
+            f"  {len(report['split_adjustments'])} image(s) moved to test to keep patients on one side"
+        )
     for w in report["warnings"]:
         lines.append(f"  warning: {w}")
     lines.append("  (class counts are normal/pneumonia/COVID-19; details in report.json)")
+    return "\n".join(lines)
+
+
+def format_fingerprints(report: dict[str, Any]) -> str:
+    """The lists' fingerprints as printed after a build (short form; the full ones are in report.json)."""
+    from data.fingerprint import short
+
+    lines = [
+        f"fingerprints ({report.get('list_format', 'covidnet')} lists; full SHA-256 in report.json, "
+        f"image hashes in {report.get('sha256sums', 'SHA256SUMS')}):"
+    ]
+    for name, fingerprint in report.get("fingerprints", {}).items():
+        lines.append(f"  {name:<17} {short(fingerprint)}")
     return "\n".join(lines)

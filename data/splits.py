@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from data.labels import CLASSES
 
@@ -173,8 +174,8 @@ COVIDNET = SplitRules(
     test_patients=COVIDNET_TEST_PATIENTS,
     ricord_test_rule=True,
     allowed_sources=COVIDX_SOURCES,
-    why_sources="COVID-Net's create_COVIDx builds COVIDx from the cohen, Figure1, Actualmed, SIRM, RICORD and "
-    "RSNA datasets",
+    why_sources="COVID-Net's create_COVIDx builds COVIDx from the cohen, Figure1, Actualmed, SIRM, "
+    "RICORD and RSNA datasets",
 )
 SURFSARA = SplitRules(
     name="surfsara",
@@ -197,7 +198,8 @@ RADIOGRAPHY = SplitRules(
     test_patients={},
     ricord_test_rule=False,
     allowed_sources=frozenset({"radiography_db"}),
-    why_sources="the ResNet-18 study used the COVID-19 Radiography Database alone, with a seeded 70/10/20 split",
+    why_sources="the ResNet-18 study used the COVID-19 Radiography Database alone, with a seeded "
+    "70/10/20 split",
     val_list=True,
 )
 RULES: Mapping[str, SplitRules] = {r.name: r for r in (COVIDNET, SURFSARA, RADIOGRAPHY)}
@@ -254,7 +256,9 @@ def assign_splits(records: Sequence[Record], rules: SplitRules) -> SplitAssignme
             taken[rec.patient_id] = {rec.image}
         else:
             if images is not None and rec.image in images:
-                duplicates.append((rec, f"image {rec.image} of patient {rec.patient_id} is already in the dataset"))
+                duplicates.append(
+                    (rec, f"image {rec.image} of patient {rec.patient_id} is already in the dataset")
+                )
                 continue
             taken.setdefault(rec.patient_id, set()).add(rec.image)
         if rec.split is not None:
@@ -269,6 +273,11 @@ def assign_splits(records: Sequence[Record], rules: SplitRules) -> SplitAssignme
         if split == TRAIN and rec.patient_id in in_test:
             assigned[i] = (rec, TEST)
             adjustments.append(
-                Adjustment(rec, f"patient {rec.patient_id} has test images, so this {rec.label} image goes to test too")
+                Adjustment(
+                    rec,
+                    f"patient {rec.patient_id} has test images, so this {rec.label} image goes to test too",
+                )
             )
-    return SplitAssignment(assigned=assigned, duplicates=duplicates, adjustments=adjustments, test_patients=test_ids)
+    return SplitAssignment(
+        assigned=assigned, duplicates=duplicates, adjustments=adjustments, test_patients=test_ids
+    )

@@ -44,8 +44,8 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -114,7 +114,8 @@ def render_cxr(label: str, rng: np.random.Generator, size: int = DEFAULT_IMAGE_S
     for side in (-1.0, 1.0):
         cx, cy, rx, ry = side * 0.36, -0.02, 0.27 * f(0.92, 1.08), 0.58 * f(0.92, 1.08)
         widen = 0.7 + 0.45 * np.clip((v - cy) / ry + 0.6, 0.0, 1.3)  # narrow apex, broad base
-        lungs = np.maximum(lungs, ((((u - cx) / (rx * widen)) ** 2 + ((v - cy) / ry) ** 2) < 1).astype(np.float32))
+        inside = (((u - cx) / (rx * widen)) ** 2 + ((v - cy) / ry) ** 2) < 1
+        lungs = np.maximum(lungs, inside.astype(np.float32))
     lungs = blur(lungs, 4)
     img -= 0.30 * lungs
     img += 0.26 * blur((_ellipse(u, v, 0.12, 0.3, 0.25, 0.24) < 1).astype(np.float32), 5)  # heart
@@ -150,6 +151,7 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
 
 # -- file writers ------------------------------------------------------------------------------
 
+
 def _write_image(path: Path, image: np.ndarray, params: list[int] | None = None) -> None:
     ok, buf = cv2.imencode(path.suffix, image, params or [])
     if not ok:
@@ -180,7 +182,10 @@ def write_xlsx(path: Path, header: list[str], rows: list[list[str]]) -> None:
     book.save(raw)
     # openpyxl stamps the zip entries with the current time: re-pack them with a fixed one.
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(raw.getvalue())) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+    with (
+        zipfile.ZipFile(io.BytesIO(raw.getvalue())) as src,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
         for info in src.infolist():
             data = src.read(info.filename)
             if info.filename == "docProps/core.xml":
@@ -200,8 +205,16 @@ def _uid(seed: int, *parts: object) -> str:
 
 
 def _dicom_dataset(
-    *, rows: int, cols: int, patient_id: str, study_uid: str, series_uid: str, instance_uid: str, view: str,
-    bits_stored: int, photometric: str,
+    *,
+    rows: int,
+    cols: int,
+    patient_id: str,
+    study_uid: str,
+    series_uid: str,
+    instance_uid: str,
+    view: str,
+    bits_stored: int,
+    photometric: str,
 ) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = _CR_SOP_CLASS
@@ -240,8 +253,15 @@ def write_rsna_dicom(path: Path, image: np.ndarray, *, patient_id: str, seed: in
     if not ok:
         raise ValueError("OpenCV cannot encode JPEG")
     ds = _dicom_dataset(
-        rows=image.shape[0], cols=image.shape[1], patient_id=patient_id, study_uid=_uid(seed, "rsna", patient_id, "st"),
-        series_uid=_uid(seed, "rsna", patient_id, "se"), instance_uid=_uid(seed, "rsna", patient_id), view=view, bits_stored=8, photometric="MONOCHROME2",
+        rows=image.shape[0],
+        cols=image.shape[1],
+        patient_id=patient_id,
+        study_uid=_uid(seed, "rsna", patient_id, "st"),
+        series_uid=_uid(seed, "rsna", patient_id, "se"),
+        instance_uid=_uid(seed, "rsna", patient_id),
+        view=view,
+        bits_stored=8,
+        photometric="MONOCHROME2",
     )
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PixelData = encapsulate([jpeg.tobytes()])
@@ -274,8 +294,14 @@ def write_ricord_dicom(
         values = top - values
     pixels = values.astype(np.uint16)
     ds = _dicom_dataset(
-        rows=image.shape[0], cols=image.shape[1], patient_id=patient_id, study_uid=study_uid,
-        series_uid=series_uid, instance_uid=instance_uid, view=view, bits_stored=bits_stored,
+        rows=image.shape[0],
+        cols=image.shape[1],
+        patient_id=patient_id,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        instance_uid=instance_uid,
+        view=view,
+        bits_stored=bits_stored,
         photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2",
     )
     if windowed:
@@ -293,6 +319,7 @@ def write_ricord_dicom(
 
 # -- the plan: who is in which source, with how many images -------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Patient:
     """One synthetic patient: id, class, number of images, whether the rules put it in test."""
@@ -304,8 +331,14 @@ class Patient:
 
 
 def _plan_patients(
-    n_images: int, label: str, test_ids: list[str], make_id: Callable[[int], str], rng: np.random.Generator,
-    *, max_per_patient: int = 3, test_fraction: float = TEST_FRACTION,
+    n_images: int,
+    label: str,
+    test_ids: list[str],
+    make_id: Callable[[int], str],
+    rng: np.random.Generator,
+    *,
+    max_per_patient: int = 3,
+    test_fraction: float = TEST_FRACTION,
 ) -> list[Patient]:
     """Patients for ``n_images`` images: about ``test_fraction`` of them from ``test_ids``."""
     patients: list[Patient] = []
@@ -355,42 +388,100 @@ def plan_sizes(size: int) -> SyntheticPlan:
     fig1 = max(4, round(covid * 0.15))
     actmed = max(4, round(covid * 0.15))
     sirm = max(4, covid - ricord - cohen_covid - fig1 - actmed)
-    return SyntheticPlan(normal, pneumonia - cohen_pneumonia, cohen_pneumonia, cohen_covid, fig1, actmed, sirm, ricord)
+    return SyntheticPlan(
+        normal, pneumonia - cohen_pneumonia, cohen_pneumonia, cohen_covid, fig1, actmed, sirm, ricord
+    )
 
 
 # -- the sources -------------------------------------------------------------------------------
 
 _COHEN_FINDINGS = {
-    "pneumonia": ["Pneumonia/Viral/SARS", "Pneumonia/Bacterial/Streptococcus", "Pneumonia/Bacterial/Klebsiella",
-                  "Pneumonia/Bacterial/Legionella", "Pneumonia/Viral/MERS-CoV/MERS"],
+    "pneumonia": [
+        "Pneumonia/Viral/SARS",
+        "Pneumonia/Bacterial/Streptococcus",
+        "Pneumonia/Bacterial/Klebsiella",
+        "Pneumonia/Bacterial/Legionella",
+        "Pneumonia/Viral/MERS-CoV/MERS",
+    ],
     "COVID-19": ["Pneumonia/Viral/COVID-19"],
 }
-_COHEN_HEADER = ["patientid", "offset", "sex", "age", "finding", "RT_PCR_positive", "survival", "intubated",
-                 "view", "modality", "date", "location", "folder", "filename", "doi", "url", "license",
-                 "clinical_notes", "other_notes"]
+_COHEN_HEADER = [
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "RT_PCR_positive",
+    "survival",
+    "intubated",
+    "view",
+    "modality",
+    "date",
+    "location",
+    "folder",
+    "filename",
+    "doi",
+    "url",
+    "license",
+    "clinical_notes",
+    "other_notes",
+]
 
 
 def _cohen(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> list[str]:
     rng = _rng(seed, 1)
-    pneu = _plan_patients(plan.cohen_pneumonia, "pneumonia", list(COVIDNET_TEST_PATIENTS["pneumonia"]),
-                          lambda i: str(1000 + i), rng, max_per_patient=4)
+    pneu = _plan_patients(
+        plan.cohen_pneumonia,
+        "pneumonia",
+        list(COVIDNET_TEST_PATIENTS["pneumonia"]),
+        lambda i: str(1000 + i),
+        rng,
+        max_per_patient=4,
+    )
     covid_tests = [p for p in COVIDNET_TEST_PATIENTS["COVID-19"] if p.isdigit()]
     covid = _plan_patients(plan.cohen_covid - 1, "COVID-19", covid_tests, lambda i: str(2000 + i), rng)
-    covid.append(Patient("191", "COVID-19", 1, False))  # COVID-Net's '191COVID-00024' quirk: 191 stays in train
+    covid.append(
+        Patient("191", "COVID-19", 1, False)
+    )  # COVID-Net's '191COVID-00024' quirk: 191 stays in train
     rows: list[list[str]] = []
     urls: list[str] = []
     n = 0
 
-    def add(p: Patient, finding: str, view: str, *, url: str | None = None, write: bool = True, label: str = "") -> None:
+    def add(
+        p: Patient, finding: str, view: str, *, url: str | None = None, write: bool = True, label: str = ""
+    ) -> None:
         nonlocal n
         ext = ".jpg" if n % 3 else ".png"
         name = f"synthetic-{p.pid}-{n}{ext}"
         url = url or f"https://radiopaedia.org/cases/synthetic-{p.pid}"
         if write:
             image = render_cxr(label or p.label, _rng(seed, 11, n), image_size)
-            _write_image(root / "images" / name, image, [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else None)
-        rows.append([p.pid, str(n % 7), "M" if n % 2 else "F", str(30 + n % 50), finding, "Y", "", "",
-                     view, "X-ray", "2020", "synthetic", "images", name, "", url, "CC BY", "synthetic image", ""])
+            _write_image(
+                root / "images" / name, image, [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else None
+            )
+        rows.append(
+            [
+                p.pid,
+                str(n % 7),
+                "M" if n % 2 else "F",
+                str(30 + n % 50),
+                finding,
+                "Y",
+                "",
+                "",
+                view,
+                "X-ray",
+                "2020",
+                "synthetic",
+                "images",
+                name,
+                "",
+                url,
+                "CC BY",
+                "synthetic image",
+                "",
+            ]
+        )
         urls.append(url)
         n += 1
 
@@ -403,8 +494,12 @@ def _cohen(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> list[
     add(quirk, "Pneumonia/Viral/COVID-19", "L")  # lateral view: not kept
     add(Patient("3001", "normal", 1, False), "todo", "PA")  # not mapped
     add(Patient("3002", "normal", 1, False), "No Finding", "PA")  # not mapped
-    add(Patient("3003", "COVID-19", 1, False), "Pneumonia/Viral/COVID-19", "PA",
-        url="https://www.eurorad.org/case/99999")  # duplicates SIRM: skipped
+    add(
+        Patient("3003", "COVID-19", 1, False),
+        "Pneumonia/Viral/COVID-19",
+        "PA",
+        url="https://www.eurorad.org/case/99999",
+    )  # duplicates SIRM: skipped
     add(Patient("3004", "COVID-19", 1, False), "Pneumonia/Viral/COVID-19", "AP", write=False)  # image missing
     _write_csv(root / "metadata.csv", _COHEN_HEADER, rows)
     return urls
@@ -413,28 +508,64 @@ def _cohen(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> list[
 def _figure1(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> None:
     rng = _rng(seed, 2)
     tests = [p for p in COVIDNET_TEST_PATIENTS["COVID-19"] if p.startswith("COVID-000")]
-    patients = _plan_patients(plan.fig1 - 1, "COVID-19", tests, lambda i: f"COVID-{100 + i:05d}", rng, max_per_patient=1)
+    patients = _plan_patients(
+        plan.fig1 - 1, "COVID-19", tests, lambda i: f"COVID-{100 + i:05d}", rng, max_per_patient=1
+    )
     patients.append(Patient("COVID-00024", "COVID-19", 1, False))  # the other half of '191COVID-00024'
     rows = []
     for i, p in enumerate(patients):
-        for k in range(p.images):  # Figure1 has one image per patient id
+        for _k in range(p.images):  # Figure1 has one image per patient id
             ext = ".png" if i % 5 == 4 else ".jpg"
             image = render_cxr(p.label, _rng(seed, 21, i), image_size)
-            _write_image(root / "images" / f"{p.pid}{ext}", image, [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else None)
-        rows.append([p.pid, "", "M", "50", "COVID-19", "", "38.5", "92", "AP erect", "X-ray", "",
-                     "Température 38,5 °C, saturation 92 %"])
+            _write_image(
+                root / "images" / f"{p.pid}{ext}",
+                image,
+                [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else None,
+            )
+        rows.append(
+            [
+                p.pid,
+                "",
+                "M",
+                "50",
+                "COVID-19",
+                "",
+                "38.5",
+                "92",
+                "AP erect",
+                "X-ray",
+                "",
+                "Température 38,5 °C, saturation 92 %",
+            ]
+        )
     image = render_cxr("normal", _rng(seed, 22, 0), image_size)
     _write_image(root / "images" / "COVID-00900.jpg", image)
-    rows.append(["COVID-00900", "", "F", "40", "", "", "", "", "PA", "X-ray", "", "finding pending"])  # empty finding
-    header = ["patientid", "offset", "sex", "age", "finding", "survival", "temperature", "pO2 saturation",
-              "view", "modality", "artifacts/distortion", "notes"]
+    rows.append(
+        ["COVID-00900", "", "F", "40", "", "", "", "", "PA", "X-ray", "", "finding pending"]
+    )  # empty finding
+    header = [
+        "patientid",
+        "offset",
+        "sex",
+        "age",
+        "finding",
+        "survival",
+        "temperature",
+        "pO2 saturation",
+        "view",
+        "modality",
+        "artifacts/distortion",
+        "notes",
+    ]
     _write_csv(root / "metadata.csv", header, rows, encoding="ISO-8859-1")
 
 
 def _actualmed(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> None:
     rng = _rng(seed, 3)
     tests = [p for p in COVIDNET_TEST_PATIENTS["COVID-19"] if p.startswith("ANON")]
-    patients = _plan_patients(plan.actmed, "COVID-19", tests, lambda i: f"ANON{500 + i}", rng, max_per_patient=2)
+    patients = _plan_patients(
+        plan.actmed, "COVID-19", tests, lambda i: f"ANON{500 + i}", rng, max_per_patient=2
+    )
     rows = []
     n = 0
     for p in patients:
@@ -446,24 +577,51 @@ def _actualmed(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> N
             n += 1
     for finding, pid in (("No finding", "ANON900"), ("", "ANON901")):
         name = f"CR.1.2.840.113564.{seed}.{n:06d}.png"
-        _write_image(root / "images" / name, render_cxr("normal", _rng(seed, 31, n), image_size).astype(np.uint16) * 257)
+        _write_image(
+            root / "images" / name,
+            render_cxr("normal", _rng(seed, 31, n), image_size).astype(np.uint16) * 257,
+        )
         rows.append([pid, "", "", "", finding, "", "", "", "PA", "X-ray", name, "", ""])
         n += 1
-    header = ["patientid", "offset", "sex", "age", "finding", "survival", "temperature", "pO2 saturation",
-              "view", "modality", "imagename", "artifacts/distortion", "notes"]
+    header = [
+        "patientid",
+        "offset",
+        "sex",
+        "age",
+        "finding",
+        "survival",
+        "temperature",
+        "pO2 saturation",
+        "view",
+        "modality",
+        "imagename",
+        "artifacts/distortion",
+        "notes",
+    ]
     _write_csv(root / "metadata.csv", header, rows)
 
 
 def _sirm(root: Path, plan: SyntheticPlan, seed: int, image_size: int, cohen_urls: list[str]) -> None:
     rng = _rng(seed, 4)
     tests = [p for p in COVIDNET_TEST_PATIENTS["COVID-19"] if p.startswith("COVID ")]
-    patients = _plan_patients(plan.sirm, "COVID-19", tests, lambda i: f"COVID {300 + i}", rng, max_per_patient=1)
+    patients = _plan_patients(
+        plan.sirm, "COVID-19", tests, lambda i: f"COVID {300 + i}", rng, max_per_patient=1
+    )
     rows = []
     for i, p in enumerate(patients):
         gray = render_cxr(p.label, _rng(seed, 41, i), image_size)
-        color = cv2.merge([gray, gray, np.clip(gray.astype(np.int16) + 3, 0, 255).astype(np.uint8)])  # BGR, faint tint
+        color = cv2.merge(
+            [gray, gray, np.clip(gray.astype(np.int16) + 3, 0, 255).astype(np.uint8)]
+        )  # BGR, faint tint
         _write_image(root / "COVID" / f"{p.pid}.png", color)
-        rows.append([p.pid, "PNG", f"{image_size}*{image_size}", f"https://www.sirm.org/synthetic/{p.pid.split()[-1]}"])
+        rows.append(
+            [
+                p.pid,
+                "PNG",
+                f"{image_size}*{image_size}",
+                f"https://www.sirm.org/synthetic/{p.pid.split()[-1]}",
+            ]
+        )
     # A SIRM row whose URL is a cohen URL: COVID-Net drops it as a duplicate.
     _write_image(root / "COVID" / "COVID 999.png", render_cxr("COVID-19", _rng(seed, 42, 0), image_size))
     rows.append(["COVID 999", "PNG", f"{image_size}*{image_size}", cohen_urls[-3]])
@@ -500,10 +658,17 @@ def _rsna(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> None:
             label_rows.append([pid, "", "", "", "", "0"])
         if label != "other":
             image = render_cxr(label, _rng(seed, 51, i), image_size)
-            write_rsna_dicom(root / "stage_2_train_images" / f"{pid}.dcm", image, patient_id=pid, seed=seed,
-                             view="PA" if i % 2 else "AP")
+            write_rsna_dicom(
+                root / "stage_2_train_images" / f"{pid}.dcm",
+                image,
+                patient_id=pid,
+                seed=seed,
+                view="PA" if i % 2 else "AP",
+            )
     _write_csv(root / "stage_2_detailed_class_info.csv", ["patientId", "class"], info_rows)
-    _write_csv(root / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], label_rows)
+    _write_csv(
+        root / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], label_rows
+    )
 
 
 def _ricord(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> None:
@@ -526,7 +691,11 @@ def _ricord(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> None
     n = 0
     for p_index, p in enumerate(patients):
         study_uid = _uid(seed, "ricord", p.pid, "study")
-        study = root / f"MIDRC-RICORD-1C-{p.pid}" / f"01-{1 + p_index % 28:02d}-2020-NA-XR CHEST AP PORTABLE-{study_uid[-5:]}"
+        study = (
+            root
+            / f"MIDRC-RICORD-1C-{p.pid}"
+            / f"01-{1 + p_index % 28:02d}-2020-NA-XR CHEST AP PORTABLE-{study_uid[-5:]}"
+        )
         views = ["AP" if k % 2 == 0 else "PA" for k in range(p.images)]
         if not p.test and p_index % 4 == 1:
             views.append("LL")  # a lateral image: counted by COVID-Net's index, not kept
@@ -549,8 +718,14 @@ def _ricord(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> None
             n += 1
 
 
-# Folder of the 2021+ release -> label rendered (None: Lung_Opacity, a class the ResNet-18 study did not have).
-RADIOGRAPHY_CLASSES = {"COVID": "COVID-19", "Normal": "normal", "Viral Pneumonia": "pneumonia", "Lung_Opacity": None}
+# Folder of the 2021+ release -> label rendered (None: Lung_Opacity, a class the ResNet-18 study did not
+# have).
+RADIOGRAPHY_CLASSES = {
+    "COVID": "COVID-19",
+    "Normal": "normal",
+    "Viral Pneumonia": "pneumonia",
+    "Lung_Opacity": None,
+}
 
 
 def make_synthetic_radiography_db(
@@ -581,8 +756,11 @@ def make_synthetic_radiography_db(
                 _write_image(root / folder / "masks" / f"{name}.png", (gray > 128).astype(np.uint8) * 255)
             rows.append([name, "PNG", f"{image_size}*{image_size}", f"https://example.org/synthetic/{name}"])
         write_xlsx(root / f"{folder}.metadata.xlsx", ["FILE NAME", "FORMAT", "SIZE", "URL"], rows)
-    atomic_write_text(root / "README.md.txt", "Synthetic COVID-19 Radiography Database (2021+ layout) written by "
-                      f"create_covidx.py --synthetic (size {size}, seed {seed}). Not medical data.\n")
+    atomic_write_text(
+        root / "README.md.txt",
+        "Synthetic COVID-19 Radiography Database (2021+ layout) written by "
+        f"create_covidx.py --synthetic (size {size}, seed {seed}). Not medical data.\n",
+    )
     return root
 
 

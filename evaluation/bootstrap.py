@@ -24,11 +24,12 @@ resample that holds images.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from data.labels import CLASSES, NUM_CLASSES
+from evaluation.calibration import CALIBRATION_METRICS, calibration_metrics
 from evaluation.metrics import flat_metrics, metric_names, point_metrics, weighted_roc_auc
 
 DEFAULT_N_BOOTSTRAP = 2000
@@ -135,6 +136,7 @@ def metrics_with_ci(
     seed: int = DEFAULT_SEED,
     confidence: float = DEFAULT_CONFIDENCE,
     include_auc: bool = True,
+    include_calibration: bool = True,
 ) -> dict[str, dict[str, float | int | None]]:
     """Point value and patient-bootstrap percentile interval of every metric.
 
@@ -147,10 +149,13 @@ def metrics_with_ci(
         seed: seed of the resampling.
         confidence: e.g. 0.95 for a 95% interval.
         include_auc: also ROC AUC per class and its macro mean.
+        include_calibration: also :data:`evaluation.calibration.CALIBRATION_METRICS`
+            (Brier score, ECE, average precision per class and their mean).
 
     Returns:
         ``{metric name: {"value", "ci_low", "ci_high", "n_resamples"}}`` in
-        :func:`evaluation.metrics.metric_names` order; undefined values are ``None``.
+        :func:`evaluation.metrics.metric_names` order, then the calibration
+        metrics; undefined values are ``None``.
     """
     check_bootstrap_settings(n_bootstrap=n_bootstrap, confidence=confidence)
     labels = np.asarray(labels)
@@ -160,4 +165,18 @@ def metrics_with_ci(
     reps = replicate_metrics(
         labels=labels, probabilities=probabilities, counts=counts, include_auc=include_auc
     )
+    if include_calibration:
+        point.update({k: float(v[0]) for k, v in
+                      calibration_metrics(labels, probabilities, np.ones((1, len(labels)))).items()})
+        reps.update(_calibration_replicates(labels, probabilities, counts))
     return {name: estimate(point[name], reps[name], confidence=confidence) for name in point}
+
+
+def _calibration_replicates(labels: np.ndarray, probabilities: np.ndarray, counts: np.ndarray
+                            ) -> dict[str, np.ndarray]:
+    out = {name: np.empty(len(counts)) for name in CALIBRATION_METRICS}
+    for start in range(0, len(counts), _BLOCK):
+        block = calibration_metrics(labels, probabilities, counts[start : start + _BLOCK])
+        for name in CALIBRATION_METRICS:
+            out[name][start : start + len(block[name])] = block[name]
+    return out

@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,10 @@ METRIC_LABELS: dict[str, str] = {
     **{f"precision_{c}": f"precision {c}" for c in CLASSES},
     **{f"recall_{c}": f"recall {c}" for c in CLASSES},
     **{f"f1_{c}": f"F1 {c}" for c in CLASSES},
+    "brier": "Brier score (lower is better)",
+    "ece": "ECE, 15 bins (lower is better)",
+    **{f"ap_{c}": f"average precision {c}" for c in CLASSES},
+    "macro_ap": "macro average precision",
 }
 TABLE_METRICS: tuple[str, ...] = tuple(METRIC_LABELS)
 

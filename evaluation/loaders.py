@@ -19,7 +19,9 @@ kind                 what the path is
 ``onnx``             an ONNX model, run with onnxruntime on the CPU
 ===================  ===========================================================
 
-Keras files load in safe mode with ``compile=False``. An ONNX input may be
+Keras files load in safe mode with ``compile=False``: a model that stores
+Python code (a ``Lambda`` layer) or needs classes that are not part of Keras is
+refused with the reason, never run. An ONNX input may be
 channels-last ``[N, H, W, C]`` or channels-first ``[N, C, H, W]`` (PyTorch's
 layout; recognised by a channel dimension of 1 or 3 and transposed), with a
 dynamic or a fixed batch size (``torch.onnx.export`` without ``dynamic_axes``
@@ -30,12 +32,16 @@ first batch is not a probability vector (values in [0, 1] summing to 1 within
 :data:`PROBABILITY_TOLERANCE`), the model is taken to output logits and a
 softmax is applied to every batch from then on.
 
-Every failure to load (not a model, a truncated file, weights with no
-architecture to put them in, an unsupported input) is a ``ValueError`` (or
+Every failure to load (not a model, a truncated file, weights of another
+architecture or with no architecture to put them in, an ONNX model whose
+external data file is missing, an unsupported input) is a ``ValueError`` (or
 ``FileNotFoundError``) whose one line names the file and the reason.
 
-:func:`load_image` reads one PNG, JPEG, BMP, GIF or DICOM file for
-``predict.py``, with the same preprocessing as the evaluation pipeline.
+:func:`load_image` / :func:`read_image` read one PNG, JPEG, BMP, GIF or DICOM
+file for ``predict.py``, with the same preprocessing as the evaluation
+pipeline; :func:`check_radiograph_shape` refuses images whose size cannot be a
+chest radiograph and warns about odd ones (rule: :data:`MIN_SIDE`,
+:data:`MAX_ASPECT`, :data:`WARN_MIN_SIDE`, :data:`WARN_ASPECT`).
 """
 from __future__ import annotations
 
@@ -44,12 +50,19 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from data.labels import NUM_CLASSES
+from data.labels import CLASSES, NUM_CLASSES
+from evaluation.onnx_metadata import CLASS_ORDER as ONNX_CLASS_ORDER
+from evaluation.onnx_metadata import LAYOUT as ONNX_LAYOUT
+from evaluation.onnx_metadata import NORMALIZATION as ONNX_NORMALIZATION
+from evaluation.onnx_metadata import OUTPUT as ONNX_OUTPUT
+from evaluation.onnx_metadata import PIXEL_RANGE as ONNX_PIXEL_RANGE
+from evaluation.onnx_metadata import OnnxConventions, conventions_from, read_onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +81,20 @@ DEFAULT_CHANNELS = 3
 PROBABILITY_TOLERANCE = 1e-3
 SERVING_SIGNATURE = "serving_default"
 
+# Image sizes (original pixels, before resizing) that can be a chest radiograph. The public sources
+# range from ~150-300 px a side (figures cut from papers, the COVID-19 Radiography Database's 256/299 px)
+# to 4,000+ px (DICOM, Actualmed); the 203 real samples in ../shared/realdata have a shorter side of
+# 157-4,000+ px and aspect ratios (long side / short side) of 1.0-1.76. Below MIN_SIDE or beyond
+# MAX_ASPECT there is no radiograph to classify (an icon, a 1-pixel strip, a banner): refused. Below
+# WARN_MIN_SIDE or beyond WARN_ASPECT it is odd but possible (a thumbnail, a crop, two films side by
+# side): predicted with a warning.
+MIN_SIDE = 32
+MAX_ASPECT = 4.0
+WARN_MIN_SIDE = 128
+WARN_ASPECT = 2.0
+
 _HDF5_SUFFIXES = (".h5", ".hdf5")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -89,6 +115,15 @@ def _first_line(exc: BaseException, text: str, limit: int = 300) -> str:
 def _reason(exc: BaseException) -> str:
     """First line of an exception message, with its type, kept short (for one-line errors)."""
     return _first_line(exc, str(exc))
+
+
+def _tf_reason(exc: BaseException) -> str:
+    """A TensorFlow op error's message without its ``{{function_node ...}}`` and ``[Op:...]`` decorations."""
+    text = getattr(exc, "message", None) or str(exc)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:\w+\](\s*name:\s*\S*)?", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _ort_reason(exc: BaseException) -> str:
@@ -225,7 +260,10 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
     if name.endswith(_HDF5_SUFFIXES):
         from training.checkpoints import describe_hdf5
 
-        content = describe_hdf5(path)  # ValueError naming the file when it is not a Keras HDF5 file
+        try:
+            content = describe_hdf5(path)
+        except ValueError as exc:
+            raise ValueError(_hdf5_problem(path, exc)) from None
         return "keras-h5" if content == "model" else "keras-weights"
     raise ValueError(
         f"checkpoint {path}: unknown kind of model file; expected a .hdf5/.h5 Keras file, a .keras archive, "
@@ -233,21 +271,47 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
     )
 
 
+def _hdf5_problem(path: Path, exc: ValueError) -> str:
+    """Why an ``.hdf5``/``.h5`` checkpoint cannot be opened, in words a user can act on."""
+    text = str(exc)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        head = b""
+    prefix = f"checkpoint {path} is not a readable HDF5 file"
+    if not head:
+        return f"{prefix}: it is empty (0 bytes)"
+    if not head.startswith(_HDF5_SIGNATURE):
+        return (f"{prefix}: it does not start with the HDF5 signature (its first bytes are {head!r}), "
+                f"so it is another kind of file under an HDF5 name")
+    truncated = re.search(r"truncated file: eof = (\d+).*?stored_eof = (\d+)", text)
+    if truncated:
+        return (f"{prefix}: it is truncated, {int(truncated[1]):,} of its {int(truncated[2]):,} bytes are "
+                f"there (an interrupted copy or download; copy it again)")
+    return f"checkpoint {text}"  # describe_hdf5's message starts with the path
+
+
 # ---------------------------------------------------------------------------
 # Keras
 
 
-def _square_size(path: Path, shape: Sequence[Any], img_size: int | None, *, layout: str = "NHWC") -> tuple[int, int]:
+def _square_size(
+    path: Path, shape: Sequence[Any], img_size: int | None, *, layout: str = "NHWC"
+) -> tuple[int, int]:
     """``(img_size, channels)`` from a model input shape, checked against a requested ``img_size``."""
     if len(shape) != 4:
-        raise ValueError(f"checkpoint {path}: the model input has shape {list(shape)}; expected a batch of images")
+        raise ValueError(
+            f"checkpoint {path}: the model input has shape {list(shape)}; expected a batch of images"
+        )
     if layout == "NHWC":
         height, width, channels = shape[1], shape[2], shape[3]
     else:
         channels, height, width = shape[1], shape[2], shape[3]
     if channels not in (1, 3):
         raise ValueError(
-            f"checkpoint {path}: the model input has {channels} channels (shape {list(shape)}); 1 or 3 expected"
+            f"checkpoint {path}: the model input has {channels} channels (shape {list(shape)}); 1 or 3 "
+            "expected"
         )
     fixed = [d for d in (height, width) if isinstance(d, int)]
     if len(fixed) == 2 and height != width:
@@ -277,13 +341,52 @@ def _keras_predictor(path: Path, kind: str, model: Any, img_size: int | None, de
     output_shape = tuple(model.output_shape)
     if len(output_shape) != 2 or output_shape[-1] != NUM_CLASSES:
         raise ValueError(
-            f"checkpoint {path}: the model output has shape {list(output_shape)}; expected [n, {NUM_CLASSES}] "
+            f"checkpoint {path}: the model output has shape {list(output_shape)}; expected [n, "
+            f"{NUM_CLASSES}] "
             f"(normal, pneumonia, COVID-19)"
         )
     size, channels = _square_size(path, tuple(model.input_shape), img_size)
     description = f"{KIND_NAMES[kind]}, {detail or model.name}, input {size}x{size}x{channels}"
-    return Predictor(path=path, kind=kind, img_size=size, channels=channels, description=description,
-                     run=model.predict_on_batch, keras_model=model)
+    return Predictor(
+        path=path,
+        kind=kind,
+        img_size=size,
+        channels=channels,
+        description=description,
+        run=model.predict_on_batch,
+        keras_model=model,
+    )
+
+
+def _exception_chain_text(exc: BaseException) -> str:
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(texts)
+
+
+def _keras_load_problem(path: Path, kind: str, exc: BaseException) -> str:
+    """One line on why Keras refused ``path``; safe-mode refusals say so and why."""
+    text = _exception_chain_text(exc)
+    if "safe_mode" in text or "arbitrary code execution" in text:
+        what = "a Lambda layer" if "Lambda" in text else "Python code (a serialized function)"
+        return (
+            f"checkpoint {path} holds {what}: Python code stored in the model file, which would run on "
+            f"this machine when the model is loaded; it is not loaded, for safety (Keras safe mode). Save "
+            f"the model without Lambda layers, or save its weights (model.save_weights) and evaluate those "
+            f"with --model if it is a registry architecture"
+        )
+    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
+    if unknown:
+        return (
+            f"checkpoint {path} cannot be loaded as {with_article(KIND_NAMES[kind])}: it uses "
+            f"{unknown[1]!r}, which is neither part of Keras nor of this project's models (code from a model "
+            f"file is never imported); save its weights and evaluate those with --model if it is a registry "
+            f"architecture"
+        )
+    return f"checkpoint {path} cannot be loaded as a {KIND_NAMES[kind]} ({_reason(exc)})"
 
 
 def _load_keras_file(path: Path, kind: str, img_size: int | None) -> Predictor:
@@ -292,9 +395,10 @@ def _load_keras_file(path: Path, kind: str, img_size: int | None) -> Predictor:
     if kind == "keras" and not zipfile.is_zipfile(path):
         raise ValueError(f"checkpoint {path} is not a .keras archive (not a zip file, or a truncated one)")
     try:
-        model = keras.models.load_model(str(path), compile=False)
+        # safe_mode=True is Keras's default; spelled out because a model file must never run code here.
+        model = keras.models.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types on foreign or damaged files
-        raise ValueError(f"checkpoint {path} cannot be loaded as a {KIND_NAMES[kind]} ({_reason(exc)})") from exc
+        raise ValueError(_keras_load_problem(path, kind, exc)) from exc
     if not isinstance(model, keras.Model):
         raise ValueError(f"checkpoint {path} holds a {type(model).__name__}, not a Keras model")
     return _keras_predictor(path, kind, model, img_size, detail="")
@@ -312,8 +416,9 @@ def _spec_for_weights(
         try:
             spec = ModelSpec.from_dict(read_run_config(config_path).model)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"run configuration {config_path} (for checkpoint {path}) is unusable: {_reason(exc)}") \
-                from exc
+            raise ValueError(
+                f"run configuration {config_path} (for checkpoint {path}) is unusable: {_reason(exc)}"
+            ) from exc
         given = {
             "--model": (model, spec.name, resolve_model_name),
             "--img_size": (img_size, spec.input_shape[0], lambda v: v),
@@ -329,7 +434,8 @@ def _spec_for_weights(
                 raise ValueError(f"{flag} {value} (for checkpoint {path}): {exc}") from None
             if value_norm != recorded:
                 raise ValueError(
-                    f"{flag} {value} disagrees with {config_path}, which says {recorded} for checkpoint {path}; "
+                    f"{flag} {value} disagrees with {config_path}, which says {recorded} for checkpoint "
+                    f"{path}; "
                     f"leave {flag} out to use the run configuration"
                 )
         return spec, f"architecture from {config_path}"
@@ -356,7 +462,14 @@ def _load_keras_weights(
 
     spec, source = _spec_for_weights(path, model=model, img_size=img_size, head=head, channels=channels)
     keras_model = build_model_from_spec(spec, weights=None)
-    load_weights_file(keras_model, path)  # ValueError naming the file when the weights do not fit
+    try:
+        load_weights_file(keras_model, path)  # ValueError naming the file when the weights do not fit
+    except ValueError as exc:
+        size, _, nch = spec.input_shape
+        raise ValueError(
+            f"{exc} (tried {spec.name} at {size}x{size}x{nch} with the {spec.head} head, {source}; the "
+            f"weights belong to another architecture, size or head)"
+        ) from None
     detail = f"{spec.name} ({spec.head} head; {source})"
     return _keras_predictor(path, "keras-weights", keras_model, spec.input_shape[0], detail)
 
@@ -372,6 +485,11 @@ def _load_saved_model(path: Path, img_size: int | None) -> Predictor:
     try:
         loaded = tf.saved_model.load(str(folder))
     except Exception as exc:  # TensorFlow raises OpError, ValueError, protobuf errors...
+        if "0 MetaGraphs" in str(exc):
+            raise ValueError(
+                f"checkpoint {folder} cannot be loaded as a SavedModel: its saved_model.pb "
+                f"holds no graph (an empty or damaged file)"
+            ) from exc
         raise ValueError(f"checkpoint {folder} cannot be loaded as a SavedModel ({_reason(exc)})") from exc
     signatures = getattr(loaded, "signatures", {})
     if SERVING_SIGNATURE not in signatures:
@@ -386,7 +504,7 @@ def _load_saved_model(path: Path, img_size: int | None) -> Predictor:
             f"checkpoint {folder}: {SERVING_SIGNATURE} takes {len(inputs)} inputs ({', '.join(inputs)}); "
             f"one image batch is expected"
         )
-    (input_name, spec), = inputs.items()
+    ((input_name, spec),) = inputs.items()
     if not spec.dtype.is_floating:
         raise ValueError(
             f"checkpoint {folder}: {SERVING_SIGNATURE} takes {spec.dtype.name} input {input_name!r}; "
@@ -403,10 +521,13 @@ def _load_saved_model(path: Path, img_size: int | None) -> Predictor:
     def run(images: np.ndarray) -> np.ndarray:
         return fn(**{input_name: tf.constant(images, dtype=dtype)})[output_name].numpy()
 
-    description = (f"{KIND_NAMES['savedmodel']}, signature {SERVING_SIGNATURE}({input_name}) -> {output_name}, "
-                   f"input {size}x{size}x{channels}")
-    return Predictor(path=folder, kind="savedmodel", img_size=size, channels=channels, description=description,
-                     run=run)
+    description = (
+        f"{KIND_NAMES['savedmodel']}, signature {SERVING_SIGNATURE}({input_name}) -> {output_name}, "
+        f"input {size}x{size}x{channels}"
+    )
+    return Predictor(
+        path=folder, kind="savedmodel", img_size=size, channels=channels, description=description, run=run
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -438,11 +559,113 @@ def onnx_layout(shape: Sequence[Any]) -> str:
     )
 
 
-def _load_onnx(path: Path, img_size: int | None) -> Predictor:
+def _onnx_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor of an ONNX graph: initializers and constant attributes, also in sub-graphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _onnx_tensors(attribute.g)
+            for sub in attribute.graphs:
+                yield from _onnx_tensors(sub)
+
+
+def _onnx_external_data_problem(path: Path) -> str | None:
+    """Why the external data files an ONNX model refers to are unusable (missing, too short), or None.
+
+    torch.onnx.export writes models over 2 GB, and onnx.save(save_as_external_data=True) any model, as
+    ``model.onnx`` plus a data file beside it; copying only the .onnx is an easy mistake.
+    """
+    try:
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure: onnxruntime then reports why
+        return None
+    missing: dict[str, Path] = {}
+    short: dict[str, Path] = {}
+    for tensor in _onnx_tensors(proto.graph):
+        if not uses_external_data(tensor):
+            continue
+        try:
+            info = ExternalDataInfo(tensor)
+        except ValueError:  # a malformed entry: onnxruntime reports it
+            continue
+        data = path.parent / info.location
+        if not data.is_file():
+            missing[info.location] = data
+        elif info.length and data.stat().st_size < (info.offset or 0) + info.length:
+            short[info.location] = data
+    if missing:
+        names = ", ".join(missing)
+        looked = ", ".join(map(str, missing.values()))
+        return (
+            f"checkpoint {path}: the ONNX model keeps its weights in the external data file {names}, "
+            f"which is missing (looked for {looked}); copy it beside the .onnx file"
+        )
+    if short:
+        return (
+            f"checkpoint {path}: the external data file {', '.join(map(str, short.values()))} is shorter "
+            f"than the model says (truncated; copy it again)"
+        )
+    return None
+
+
+def _onnx_conventions(path: Path, given: Mapping[str, str] | None) -> OnnxConventions:
+    """The model's ``covidx.*`` metadata, then the caller's values for the keys it lacks."""
+    try:
+        stored = read_onnx_metadata(path)
+    except Exception:  # noqa: BLE001 - an unreadable model: onnxruntime then says why
+        stored = {}
+    conventions = conventions_from(stored, what=f"checkpoint {path}: ONNX metadata")
+    if given:
+        conventions = conventions.merged(conventions_from(given, what="--onnx"))
+    return conventions
+
+
+def _warn_guesses(path: Path, conventions: OnnxConventions, layout: str) -> None:
+    missing = conventions.missing()
+    if not missing:
+        return
+    guesses = {
+        ONNX_CLASS_ORDER: f"class order {','.join(CLASSES)}",
+        ONNX_LAYOUT: f"layout {layout} (from the input shape)",
+        ONNX_PIXEL_RANGE: "pixels in 0-1",
+        ONNX_NORMALIZATION: "no normalisation outside the model",
+        ONNX_OUTPUT: "logits or probabilities decided from the first batch",
+    }
+    log.warning(
+        "%s: the ONNX model does not say %s; assumed %s (docs/evaluation.md: ONNX metadata)",
+        path,
+        ", ".join(missing),
+        "; ".join(guesses[key] for key in missing),
+    )
+
+
+def _onnx_preprocess(conventions: OnnxConventions) -> Callable[[np.ndarray], np.ndarray]:
+    """0-1 NHWC float32 images -> what the model takes (before the layout transpose)."""
+    if conventions.mean is not None:
+        mean = np.asarray(conventions.mean, np.float32)
+        std = np.asarray(conventions.std, np.float32)
+        return lambda images: (images - mean) / std
+    if conventions.pixel_range == "0-255":
+        return lambda images: images * np.float32(255.0)
+    return lambda images: images
+
+
+def _load_onnx(path: Path, img_size: int | None, given: Mapping[str, str] | None = None) -> Predictor:
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - onnxruntime is in requirements.txt
         raise ValueError(f"checkpoint {path}: evaluating ONNX models needs onnxruntime ({exc})") from None
+    problem = _onnx_external_data_problem(path)
+    if problem:
+        raise ValueError(problem)
+    conventions = _onnx_conventions(path, given)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
     try:
@@ -463,18 +686,23 @@ def _load_onnx(path: Path, img_size: int | None) -> Predictor:
     dtype = _ONNX_FLOAT_TYPES[inp.type]
     shape = list(inp.shape)
     try:
-        layout = onnx_layout(shape)
+        layout = conventions.layout or onnx_layout(shape)
     except ValueError as exc:
         raise ValueError(f"checkpoint {path}: ONNX input {inp.name!r}: {exc}") from None
     size, channels = _square_size(path, shape, img_size, layout=layout)
     batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
     output_name = session.get_outputs()[0].name
+    _warn_guesses(path, conventions, layout)
+    preprocess = _onnx_preprocess(conventions)
+    # Output columns in the model's class order -> CLASSES order.
+    columns = [conventions.class_order.index(c) for c in CLASSES] if conventions.class_order else None
 
     def forward(images: np.ndarray) -> np.ndarray:
-        x = images.astype(dtype, copy=False)
+        x = preprocess(images).astype(dtype, copy=False)
         if layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return np.asarray(session.run([output_name], {inp.name: x})[0])
+        out = np.asarray(session.run([output_name], {inp.name: x})[0])
+        return out[:, columns] if columns is not None and out.ndim == 2 else out
 
     def run(images: np.ndarray) -> np.ndarray:
         if batch is None or len(images) == batch:
@@ -482,7 +710,7 @@ def _load_onnx(path: Path, img_size: int | None) -> Predictor:
         # A fixed batch size: feed chunks of exactly that size, padding the last one.
         outs = []
         for start in range(0, len(images), batch):
-            chunk = images[start:start + batch]
+            chunk = images[start : start + batch]
             n = len(chunk)
             if n < batch:
                 chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
@@ -490,9 +718,24 @@ def _load_onnx(path: Path, img_size: int | None) -> Predictor:
         return np.concatenate(outs) if outs else np.zeros((0, NUM_CLASSES))
 
     batch_text = f"fixed batch {batch}" if batch else "any batch size"
-    description = (f"{KIND_NAMES['onnx']} (onnxruntime CPU), input {inp.name!r} {layout} {size}x{size}x{channels} "
-                   f"{inp.type}, {batch_text}, output {output_name!r}")
-    return Predictor(path=path, kind="onnx", img_size=size, channels=channels, description=description, run=run)
+    said = [
+        f"classes {','.join(conventions.class_order)}" if conventions.class_order else "",
+        f"pixels {conventions.pixel_range}" if conventions.pixel_range else "",
+        f"normalisation {conventions.normalization}" if conventions.normalization else "",
+    ]
+    description = (
+        f"{KIND_NAMES['onnx']} (onnxruntime CPU), input {inp.name!r} {layout} {size}x{size}x{channels} "
+        f"{inp.type}, {batch_text}, output {output_name!r}" + "".join(f", {text}" for text in said if text)
+    )
+    return Predictor(
+        path=path,
+        kind="onnx",
+        img_size=size,
+        channels=channels,
+        description=description,
+        run=run,
+        output=conventions.output or "unknown",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -505,6 +748,7 @@ def load_predictor(
     img_size: int | None = None,
     head: str | None = None,
     channels: int | None = None,
+    onnx_conventions: Mapping[str, str] | None = None,
 ) -> Predictor:
     """Load the model at ``path`` (any of :data:`KINDS`) behind a :class:`Predictor`.
 
@@ -518,6 +762,9 @@ def load_predictor(
             must agree with it (or be None); for models that accept any size it
             is required; for a weights-only file without run configuration it
             defaults to 512 (SURFsara's).
+        onnx_conventions: for ONNX models, ``covidx.*`` metadata values
+            (:mod:`evaluation.onnx_metadata`) to use where the model's own
+            metadata lacks them; what neither says is guessed, with a warning.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -527,6 +774,11 @@ def load_predictor(
     if img_size is not None and img_size < 1:
         raise ValueError(f"--img_size must be >= 1, received {img_size}")
     kind = detect_kind(path)
+    if onnx_conventions and kind != "onnx":
+        raise ValueError(
+            f"{', '.join(sorted(onnx_conventions))}: only for ONNX models; checkpoint {path} is "
+            f"{with_article(KIND_NAMES[kind])}"
+        )
     if kind != "keras-weights":
         extra = {"--model": model, "--head": head, "--channels": channels}
         given = [flag for flag, value in extra.items() if value is not None]
@@ -541,7 +793,7 @@ def load_predictor(
         return _load_keras_weights(path, model=model, img_size=img_size, head=head, channels=channels)
     if kind == "savedmodel":
         return _load_saved_model(path, img_size)
-    return _load_onnx(path, img_size)
+    return _load_onnx(path, img_size, onnx_conventions)
 
 
 # ---------------------------------------------------------------------------
@@ -558,18 +810,78 @@ def is_dicom_file(path: str | os.PathLike[str]) -> bool:
     return head[128:132] == b"DICM"
 
 
-def load_image(path: str | os.PathLike[str], *, img_size: int, channels: int) -> np.ndarray:
-    """One image file as float32 ``[img_size, img_size, channels]`` in [0, 1].
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedImage:
+    """One image ready for a model, with the size it had before resizing.
 
-    PNG, JPEG, BMP and GIF are decoded, resized and scaled exactly as the
-    evaluation pipeline does (``data.pipeline.decode_resize``). A DICOM file is
-    first converted to 8-bit grayscale by ``data.dicom.dicom_to_uint8``, as
-    ``create_covidx.py`` does before writing its PNG, then goes through the same
-    steps. Raises ``FileNotFoundError``/``ValueError`` with the reason.
+    Attributes:
+        pixels: float32 ``[img_size, img_size, channels]`` in [0, 1].
+        height, width: the original size in pixels (after the DICOM conversion or EXIF rotation).
+    """
+
+    pixels: np.ndarray
+    height: int
+    width: int
+
+
+def check_radiograph_shape(height: int, width: int) -> str | None:
+    """Refuse an image size that cannot be a chest radiograph; return a warning for an odd one, else None.
+
+    Refused (``ValueError``): shorter side below :data:`MIN_SIDE` px or aspect
+    ratio (long side / short side) beyond :data:`MAX_ASPECT`. Warned: shorter
+    side below :data:`WARN_MIN_SIDE` px or aspect ratio beyond
+    :data:`WARN_ASPECT`. See the constants for where the limits come from.
+    """
+    short, long = min(height, width), max(height, width)
+    aspect = long / short if short > 0 else float("inf")
+    size = f"{width}x{height} px (width x height)"
+    if short < MIN_SIDE or aspect > MAX_ASPECT:
+        raise ValueError(
+            f"image is {size}: cannot be a chest radiograph (allowed: shorter side at least {MIN_SIDE} px "
+            f"and aspect ratio at most 1:{MAX_ASPECT:g}; real chest X-rays are 150-4,000+ px, about 1:1 to "
+            f"1:1.8)"
+        )
+    odd = []
+    if short < WARN_MIN_SIDE:
+        odd.append(f"shorter side below {WARN_MIN_SIDE} px, smaller than public chest X-rays")
+    if aspect > WARN_ASPECT:
+        odd.append(f"aspect ratio 1:{aspect:.3g}, beyond the 1:{WARN_ASPECT:g} of public chest X-rays")
+    if odd:
+        return f"image is {size} ({'; '.join(odd)}); predicted anyway, check that it is a chest radiograph"
+    return None
+
+
+def _not_an_image(data: bytes) -> str:
+    """Why bytes that match no image signature are refused, naming common look-alikes."""
+    if data.startswith(b"%PDF-"):
+        return (
+            "a PDF document, not an image (it starts with %PDF-); export the radiograph from it as PNG "
+            "or JPEG, or give the DICOM file"
+        )
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "a TIFF image, which is not supported; convert it to PNG (lossless)"
+    return "not a PNG, JPEG, BMP, GIF or DICOM image"
+
+
+def load_image(path: str | os.PathLike[str], *, img_size: int, channels: int) -> np.ndarray:
+    """One image file as float32 ``[img_size, img_size, channels]`` in [0, 1] (see :func:`read_image`)."""
+    return read_image(path, img_size=img_size, channels=channels).pixels
+
+
+def read_image(path: str | os.PathLike[str], *, img_size: int, channels: int) -> LoadedImage:
+    """Read, convert and resize one image file as the evaluation pipeline does.
+
+    PNG, JPEG, BMP and GIF are decoded, resized and scaled exactly as
+    ``data.pipeline.decode_resize`` does: 16-bit PNGs become 8 bit as
+    cv2.imread makes them (the high byte), an alpha channel is dropped, gray and
+    colour images get ``channels`` channels. A DICOM file is first converted to
+    8-bit grayscale by ``data.dicom.dicom_to_uint8``, as ``create_covidx.py``
+    does before writing its PNG, then goes through the same steps. A JPEG with
+    an EXIF orientation is turned upright first, as ``create_covidx.py`` writes
+    it. Raises ``FileNotFoundError``/``ValueError`` with the reason (the size is
+    not checked here: :func:`check_radiograph_shape`).
     """
     import tensorflow as tf
-
-    from training.export import decode_for_serving
 
     path = Path(path)
     if not path.exists():
@@ -592,16 +904,22 @@ def load_image(path: str | os.PathLike[str], *, img_size: int, channels: int) ->
     else:
         data = path.read_bytes()
         if not data:
-            raise ValueError("empty file")
+            raise ValueError("empty file (0 bytes)")
         if not data.startswith(_IMAGE_MAGIC):
-            raise ValueError("not a PNG, JPEG, BMP, GIF or DICOM image")
+            raise ValueError(_not_an_image(data))
         from data.build import exif_orientation, upright_jpeg
 
         if exif_orientation(data) != 1:
             # create_covidx.py writes such JPEGs upright; a user's own file gets the same treatment.
             data = upright_jpeg(data)
     try:
-        image = decode_for_serving(tf.constant(data), img_size=img_size, channels=channels)
+        decoded = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
     except tf.errors.OpError as exc:
-        raise ValueError(f"cannot be decoded ({_reason(exc)})") from None
-    return image.numpy().astype(np.float32)
+        raise ValueError(f"cannot be decoded ({_tf_reason(exc)}); the file is damaged or truncated") from None
+    # The same ops as data.pipeline.decode_resize and training.export.decode_for_serving, after the decode
+    # (kept here so the original size can be checked); tests compare the three.
+    image = tf.image.resize(decoded, [img_size, img_size], method="bilinear", antialias=False)
+    image = tf.ensure_shape(image, [img_size, img_size, channels]) / 255.0
+    return LoadedImage(
+        pixels=image.numpy().astype(np.float32), height=int(decoded.shape[0]), width=int(decoded.shape[1])
+    )

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,7 +70,7 @@ class Predictions:
         """Predicted class indices (argmax; ties go to the earlier class, as ``np.argmax``)."""
         return np.argmax(self.probabilities, axis=1)
 
-    def reorder(self, filenames: Sequence[str]) -> "Predictions":
+    def reorder(self, filenames: Sequence[str]) -> Predictions:
         """The same predictions in the order of ``filenames`` (which must be exactly this set)."""
         position = {name: i for i, name in enumerate(self.filenames)}
         missing = [name for name in filenames if name not in position]
@@ -273,8 +273,16 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
     """
     path = Path(path)
     context = f"predictions file {path}"
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{context} is a folder, not a CSV file (give a file, e.g. {path / 'predictions.csv'})"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{context} does not exist")
+    if path.stat().st_size == 0:
+        # pandas would say "No columns to parse from file"; an interrupted copy is the usual cause.
+        raise ValueError(f"{context}: cannot be read as CSV: it is empty (0 bytes); expected the header "
+                         f"{','.join(REQUIRED_COLUMNS)} and one row per image")
     try:
         # Everything as text and no NA guessing: a patient id "NA" stays "NA",
         # and probabilities are parsed below so bad cells can be named.
@@ -286,8 +294,8 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(
-            f"{context}: missing column(s) {', '.join(missing)}; required columns are "
-            f"{','.join(REQUIRED_COLUMNS)} (any order; optional: {', '.join(IGNORED_COLUMNS)}); "
+            f"{context}: missing column(s) {', '.join(missing)} in the header (line 1); required columns "
+            f"are {','.join(REQUIRED_COLUMNS)} (any order; optional: {', '.join(IGNORED_COLUMNS)}); "
             f"found {','.join(frame.columns)}"
         )
     unknown = [c for c in frame.columns if c not in REQUIRED_COLUMNS + IGNORED_COLUMNS]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from evaluation.bootstrap import (
     DEFAULT_SEED,
     metrics_with_ci,
 )
+from evaluation.calibration import CALIBRATION_METHOD, CALIBRATION_METRICS, ECE_BINS
 from evaluation.metrics import confusion_matrix, metric_names, sensitivity_ppv
 from evaluation.predictions import Predictions, as_label_indices, save_predictions
 
@@ -43,12 +45,18 @@ METRIC_LABELS: dict[str, str] = {
     **{f"recall_{c}": f"recall (sensitivity) {c}" for c in CLASSES},
     **{f"f1_{c}": f"F1 {c}" for c in CLASSES},
     **{f"auc_{c}": f"ROC AUC {c} (one vs rest)" for c in CLASSES},
+    "brier": "Brier score (multi-class, 0-2, lower is better)",
+    "ece": f"ECE (top-label, {ECE_BINS} bins, lower is better)",
+    **{f"ap_{c}": f"average precision {c} (one vs rest)" for c in CLASSES},
+    "macro_ap": "macro average precision",
 }
 
 METRICS_JSON = "metrics.json"
 PREDICTIONS_CSV = "predictions.csv"
 CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc_curves.png"
+RELIABILITY_PNG = "reliability_diagram.png"
+PR_PNG = "pr_curves.png"
 
 
 def surfsara_lines(confusion: np.ndarray) -> tuple[str, str]:
@@ -58,8 +66,8 @@ def surfsara_lines(confusion: np.ndarray) -> tuple[str, str]:
     """
     sens, ppv = sensitivity_ppv(confusion)
     return (
-        "Sens Normal: {0:.3f}, Pneumonia: {1:.3f}, COVID-19: {2:.3f}".format(*sens),
-        "PPV Normal: {0:.3f}, Pneumonia {1:.3f}, COVID-19: {2:.3f}".format(*ppv),
+        "Sens Normal: {:.3f}, Pneumonia: {:.3f}, COVID-19: {:.3f}".format(*sens),
+        "PPV Normal: {:.3f}, Pneumonia {:.3f}, COVID-19: {:.3f}".format(*ppv),
     )
 
 
@@ -119,6 +127,7 @@ def evaluate_predictions(
         "sensitivity": {c: float(v) for c, v in zip(CLASSES, sens)},
         "ppv": {c: float(v) for c, v in zip(CLASSES, ppv)},
         "metrics": with_ci,
+        "calibration": CALIBRATION_METHOD,
         "bootstrap": {
             "unit": "patient",
             "interval": "percentile",
@@ -147,7 +156,7 @@ def _fmt(value: float | None) -> str:
 
 def format_ci_table(metrics: dict[str, dict[str, Any]], *, confidence: float) -> str:
     """One line per metric: value, interval and the number of resamples used."""
-    names = [n for n in metric_names(include_auc=True) if n in metrics]
+    names = [n for n in (*metric_names(include_auc=True), *CALIBRATION_METRICS) if n in metrics]
     width = max(len(METRIC_LABELS.get(n, n)) for n in names)
     pct = f"{confidence:.0%}"
     lines = [f"{'metric':<{width}}  value  {pct + ' CI':<14}  resamples"]
@@ -192,13 +201,18 @@ def write_metrics_json(path: str | os.PathLike[str], metrics: dict[str, Any]) ->
 def write_evaluation_files(
     out_dir: str | os.PathLike[str], *, predictions: Predictions, metrics: dict[str, Any]
 ) -> dict[str, Path]:
-    """Write ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png`` and ``roc_curves.png``.
+    """Write ``metrics.json``, ``predictions.csv`` and the figures (confusion matrix, ROC, reliability, PR).
 
     Each file is written atomically into ``out_dir`` (created if needed).
     Returns ``{file name: path}``.
     """
     # Imported here so computing metrics never pays for (or depends on) matplotlib.
-    from evaluation.plots import write_confusion_matrix_png, write_roc_png
+    from evaluation.plots import (
+        write_confusion_matrix_png,
+        write_pr_png,
+        write_reliability_png,
+        write_roc_png,
+    )
 
     out = Path(out_dir)
     return {
@@ -209,5 +223,11 @@ def write_evaluation_files(
         ),
         ROC_PNG: write_roc_png(
             out / ROC_PNG, labels=predictions.labels, probabilities=predictions.probabilities
+        ),
+        RELIABILITY_PNG: write_reliability_png(
+            out / RELIABILITY_PNG, labels=predictions.labels, probabilities=predictions.probabilities
+        ),
+        PR_PNG: write_pr_png(
+            out / PR_PNG, labels=predictions.labels, probabilities=predictions.probabilities
         ),
     }

@@ -23,8 +23,9 @@ import dataclasses
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,9 @@ def baseline_read(path: str, *, img_size: int, channels: int = 3) -> np.ndarray:
 
 
 def keras_single_predict(model: Any, call: str = "predict") -> Callable[[np.ndarray], np.ndarray]:
-    """One-image prediction the way the loop calls it: ``model.predict`` (the baseline) or ``predict_on_batch``."""
+    """One-image prediction the way the loop calls it: ``model.predict`` (the baseline) or
+    ``predict_on_batch``.
+    """
     if call == "predict":
         return lambda x: model.predict(x, verbose=0)
     if call == "predict_on_batch":
@@ -127,8 +130,9 @@ def time_batched(
     for _ in range(_check_repeats(repeats)):
         start = time.perf_counter()
         n = 0
-        for batch in make_predict_dataset(list(paths), img_size=img_size, batch_size=batch_size,
-                                          channels=channels):
+        for batch in make_predict_dataset(
+            list(paths), img_size=img_size, batch_size=batch_size, channels=channels
+        ):
             n += len(predict_batch(batch.numpy()))
         times.append(time.perf_counter() - start)
     return Throughput(method=method, n_images=n, seconds=min(times), all_seconds=tuple(times))
@@ -148,19 +152,33 @@ def compare_throughput(
 
     Returns ``{"batched": Throughput, "loops": {call: Throughput}, "speedup": {call: ratio}}``.
     """
-    batched = time_batched(model.predict_on_batch, paths, img_size=img_size, channels=channels,
-                           batch_size=batch_size, method=f"batched tf.data, predict_on_batch, batch {batch_size}",
-                           repeats=repeats)
+    batched = time_batched(
+        model.predict_on_batch,
+        paths,
+        img_size=img_size,
+        channels=channels,
+        batch_size=batch_size,
+        method=f"batched tf.data, predict_on_batch, batch {batch_size}",
+        repeats=repeats,
+    )
     loops = {
-        call: time_per_image_loop(keras_single_predict(model, call), paths, img_size=img_size, channels=channels,
-                                  method=f"per-image loop, cv2 + model.{call}", repeats=repeats)
+        call: time_per_image_loop(
+            keras_single_predict(model, call),
+            paths,
+            img_size=img_size,
+            channels=channels,
+            method=f"per-image loop, cv2 + model.{call}",
+            repeats=repeats,
+        )
         for call in loop_calls
     }
     speedup = {call: batched.images_per_second / t.images_per_second for call, t in loops.items()}
     return {"batched": batched, "loops": loops, "speedup": speedup}
 
 
-def write_synthetic_images(folder: str | os.PathLike[str], n: int, *, size: int = 512, seed: int = 0) -> list[str]:
+def write_synthetic_images(
+    folder: str | os.PathLike[str], n: int, *, size: int = 512, seed: int = 0
+) -> list[str]:
     """``n`` grayscale PNGs of ``size`` x ``size`` px with X-ray-like noise; returns their paths."""
     import cv2
 
@@ -193,8 +211,10 @@ def machine_description() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpus = len(tf.config.list_physical_devices("GPU"))
-    return (f"{cpu}, {cores} cores available, {gpus} GPU(s), Python {platform.python_version()}, "
-            f"TensorFlow {tf.__version__}")
+    return (
+        f"{cpu}, {cores} cores available, {gpus} GPU(s), Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}"
+    )
 
 
 def synthetic_benchmark(
@@ -225,15 +245,23 @@ def synthetic_benchmark(
         for size in img_sizes:
             keras.utils.set_random_seed(0)
             model = build_model(name, input_shape=(size, size, 3), weights=None, head=head)
-            result = compare_throughput(model, paths, img_size=size, batch_size=batch_size, loop_calls=loop_calls,
-                                        repeats=repeats)
-            rows.append({
-                "model": name, "img_size": size, "head": head, "n_images": n_images, "image_px": image_px,
-                "batch_size": batch_size, "repeats": repeats,
-                "batched": result["batched"].to_dict(),
-                "loops": {call: t.to_dict() for call, t in result["loops"].items()},
-                "speedup": result["speedup"],
-            })
+            result = compare_throughput(
+                model, paths, img_size=size, batch_size=batch_size, loop_calls=loop_calls, repeats=repeats
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "img_size": size,
+                    "head": head,
+                    "n_images": n_images,
+                    "image_px": image_px,
+                    "batch_size": batch_size,
+                    "repeats": repeats,
+                    "batched": result["batched"].to_dict(),
+                    "loops": {call: t.to_dict() for call, t in result["loops"].items()},
+                    "speedup": result["speedup"],
+                }
+            )
             del model
             keras.backend.clear_session()
     return rows

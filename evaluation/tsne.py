@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,9 @@ class FeatureCollector:
             raise ValueError(f"cannot read the penultimate features of {model.name!r}: {exc}") from exc
         self._batches: list[np.ndarray] = []
 
-    def wrap(self, to_probabilities: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    def wrap(
+        self, to_probabilities: Callable[[np.ndarray], np.ndarray]
+    ) -> Callable[[np.ndarray], np.ndarray]:
         """A ``predict_batch`` function that also records the features of every batch."""
 
         def predict_batch(images: np.ndarray) -> np.ndarray:
@@ -93,8 +96,14 @@ def tsne_embedding(
 
     x = np.asarray(features, dtype=np.float64)
     perplexity = effective_perplexity(len(x), perplexity)
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
-                max_iter=max_iter)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        learning_rate="auto",
+        random_state=seed,
+        max_iter=max_iter,
+    )
     return tsne.fit_transform(x)
 
 
@@ -112,8 +121,15 @@ def tsne_figure(coords: np.ndarray, labels: Sequence[int], predicted: Sequence[i
         for mask, marker, suffix in ((~wrong, "o", ""), (wrong, "x", " (misclassified)")):
             sel = (labels == k) & mask
             if sel.any():
-                ax.scatter(coords[sel, 0], coords[sel, 1], s=14, marker=marker, c=CLASS_COLOURS[name],
-                           alpha=0.8, label=f"{name}{suffix} ({int(sel.sum())})")
+                ax.scatter(
+                    coords[sel, 0],
+                    coords[sel, 1],
+                    s=14,
+                    marker=marker,
+                    c=CLASS_COLOURS[name],
+                    alpha=0.8,
+                    label=f"{name}{suffix} ({int(sel.sum())})",
+                )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
@@ -160,16 +176,21 @@ def write_tsne(
     used = effective_perplexity(n, perplexity)
     coords = tsne_embedding(features, perplexity=used, seed=seed)
     out = Path(out_dir)
-    frame = pd.DataFrame({
-        "patient_id": list(patient_ids),
-        "filename": list(filenames),
-        "label": [CLASSES[int(k)] for k in labels],
-        "predicted": [CLASSES[int(k)] for k in predicted],
-        "tsne_x": coords[:, 0],
-        "tsne_y": coords[:, 1],
-    })
-    csv_path = atomic_write_text(out / TSNE_CSV, frame.to_csv(index=False, float_format="%.6g",
-                                                              lineterminator="\n"))
-    title = f"t-SNE of penultimate-layer features ({n} images, {features.shape[1]} features, perplexity {used:g})"
+    frame = pd.DataFrame(
+        {
+            "patient_id": list(patient_ids),
+            "filename": list(filenames),
+            "label": [CLASSES[int(k)] for k in labels],
+            "predicted": [CLASSES[int(k)] for k in predicted],
+            "tsne_x": coords[:, 0],
+            "tsne_y": coords[:, 1],
+        }
+    )
+    csv_path = atomic_write_text(
+        out / TSNE_CSV, frame.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    )
+    title = (
+        f"t-SNE of penultimate-layer features ({n} images, {features.shape[1]} features, perplexity {used:g})"
+    )
     png_path = save_figure(tsne_figure(coords, labels, predicted, title=title), out / TSNE_PNG)
     return TsneResult(png=png_path, csv=csv_path, perplexity=used, n_features=int(features.shape[1]))

@@ -25,6 +25,12 @@ from models.weights import ImageNetWeights, find_imagenet_weights, keras_models_
 
 # Imported for their registration side effect; keep after the registry import.
 from models import applications, covidnet, resnet18, smallcnn  # noqa: E402,F401  isort: skip
+from models.torch_weights import (  # noqa: E402  isort: skip
+    TorchLoadReport,
+    convert_to_safetensors,
+    load_torchvision_weights,
+    read_state_dict,
+)
 
 __all__ = [
     "DTYPE_POLICIES",
@@ -33,15 +39,19 @@ __all__ = [
     "ImageNetWeights",
     "ModelInfo",
     "ModelSpec",
+    "TorchLoadReport",
     "backbone_kernel_layers",
     "build_model",
     "build_model_from_spec",
+    "convert_to_safetensors",
     "find_imagenet_weights",
     "get_model_info",
     "head_layer_names",
     "keras_models_dir",
     "list_models",
+    "load_torchvision_weights",
     "output_layer_name",
+    "read_state_dict",
     "register_model",
     "resolve_model_name",
 ]

@@ -8,7 +8,8 @@ the backbone afterwards (see :mod:`models.weights`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np

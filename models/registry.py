@@ -12,6 +12,10 @@ same fixed layer names::
       -> flatten | global_average_pooling2d | global_max_pooling2d
       -> dense (1024, relu, L2) -> dense_1 (256, relu, L2) -> FC_<num_classes> (softmax, float32)
 
+or, with ``head="linear"`` (torchvision's ``avgpool`` + ``fc``/``classifier``)::
+
+      -> global_average_pooling2d -> FC_<num_classes> (softmax, float32)
+
 The architecture depends only on :class:`ModelSpec`, never on ``weights``: a
 model trained from ImageNet weights is rebuilt for evaluation with
 ``weights=None`` and the checkpoint loads into it unchanged. Only standard
@@ -26,14 +30,15 @@ import difflib
 import math
 import numbers
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import keras
 
-from models.weights import ImageNetWeights, resolve_weights
+from models.weights import ImageNetWeights, is_torch_weights_file, resolve_weights
 
-HEADS: tuple[str, ...] = ("flatten", "avg", "max")
+HEADS: tuple[str, ...] = ("flatten", "avg", "max", "linear")
 INPUT_NORMS: tuple[str, ...] = ("none", "imagenet")
 DTYPE_POLICIES: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -44,6 +49,8 @@ POOL_LAYER_NAMES: dict[str, str] = {
     # Keras 2's default names for these layers.
     "avg": "global_average_pooling2d",
     "max": "global_max_pooling2d",
+    # torchvision's adaptive average pool before its single linear layer.
+    "linear": "global_average_pooling2d",
 }
 HEAD_DENSE_NAMES: tuple[str, ...] = ("dense", "dense_1")
 HEAD_UNITS: tuple[int, ...] = (1024, 256)
@@ -72,6 +79,12 @@ class ModelInfo:
     default_input_norm: str
     input_norms: tuple[str, ...]
     post_load: Callable[[keras.Model], None] | None = None
+    input_preprocessing: str | None = None
+
+    @property
+    def preprocessing(self) -> str | None:
+        """The ImageNet input scaling ``input_norm="imagenet"`` applies (None: the model has none)."""
+        return self.imagenet.preprocessing if self.imagenet is not None else self.input_preprocessing
 
     @property
     def description(self) -> str:
@@ -97,6 +110,7 @@ def register_model(
     imagenet: ImageNetWeights | None = None,
     default_input_norm: str | None = None,
     post_load: Callable[[keras.Model], None] | None = None,
+    input_preprocessing: str | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator that registers a backbone builder under ``name`` (and ``aliases``).
 
@@ -105,11 +119,18 @@ def register_model(
     accepts; ``imagenet`` describes its keras.applications ImageNet weights (None
     for models without); ``default_input_norm`` defaults to ``"imagenet"`` when
     there are ImageNet weights, else ``"none"``; ``post_load`` runs on the
-    backbone after a weights file was loaded into it.
+    backbone after a weights file was loaded into it; ``input_preprocessing`` gives a
+    model without keras.applications weights an ImageNet input scaling (``"torch"``: the
+    per-channel mean/std torchvision models are trained with), so that
+    ``input_norm="imagenet"`` is allowed for it.
     """
-    if imagenet is None:
+    if imagenet is not None and input_preprocessing is not None:
+        raise ValueError(f"register_model({name!r}): input_preprocessing is for models without imagenet "
+                         f"weights (whose preprocessing it would contradict); received both")
+    preprocessing = imagenet.preprocessing if imagenet is not None else input_preprocessing
+    if preprocessing is None:
         input_norms: tuple[str, ...] = ("none",)
-    elif imagenet.preprocessing == "x255":
+    elif preprocessing == "x255":
         input_norms = ("imagenet",)
     else:
         input_norms = INPUT_NORMS
@@ -135,6 +156,7 @@ def register_model(
             default_input_norm=default_input_norm,
             input_norms=input_norms,
             post_load=post_load,
+            input_preprocessing=input_preprocessing,
         )
         for key in keys:
             _LOOKUP[key.lower()] = name
@@ -242,12 +264,18 @@ class ModelSpec:
                     " (keras.applications EfficientNet rescales by 1/255 and normalises inside the "
                     "network, so its [0, 1] input is always multiplied by 255 first)"
                 )
-            elif info.imagenet is None:
+            elif info.preprocessing is None:
                 why = " (it has no ImageNet weights, so there is no ImageNet preprocessing to apply)"
             raise ValueError(
                 f"input_norm for model {info.name!r} must be None (default: "
                 f"{info.default_input_norm!r}) or one of {', '.join(info.input_norms)}{why}; "
                 f"received {self.input_norm!r}"
+            )
+        if norm == "imagenet" and shape[2] == 1 and not info.rgb_backbone:
+            raise ValueError(
+                f"input_norm='imagenet' for model {info.name!r} needs 3 channels (the ImageNet mean and std "
+                f"are per RGB channel, and this model takes 1 channel directly); "
+                f"received input_shape {shape!r}"
             )
         set_(self, "input_norm", norm)
 
@@ -258,7 +286,7 @@ class ModelSpec:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         """Inverse of :meth:`to_dict`; missing fields take their defaults, unknown ones are an error."""
         if not isinstance(data, Mapping):
             raise ValueError(f"model spec must be a mapping; received {type(data).__name__}")
@@ -305,8 +333,31 @@ def _input_norm_layer(preprocessing: str) -> keras.layers.Layer:
     raise ValueError(f"unknown ImageNet preprocessing {preprocessing!r}; expected tf, torch or x255")
 
 
+def _linear_head(features: Any, spec: ModelSpec) -> Any:
+    """torchvision's head: average pool -> one Dense, initialised as torch's ``nn.Linear``.
+
+    ``nn.Linear(in, n)`` draws weight and bias from U(-1/sqrt(in), 1/sqrt(in))
+    (kaiming_uniform with a=sqrt(5)), which is what ``model.fc = nn.Linear(512, 3)``
+    gives the studies. The softmax is part of the layer, as for the other heads:
+    every tool of the project reads probabilities.
+    """
+    x = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER_NAMES["linear"])(features)
+    bound = 1.0 / math.sqrt(int(x.shape[-1]))
+    return keras.layers.Dense(
+        spec.num_classes,
+        activation="softmax",
+        dtype="float32",
+        # U(-sqrt(3 * scale / fan_in), +...) with scale 1/3 = U(-1/sqrt(in), 1/sqrt(in)).
+        kernel_initializer=keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform"),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+        name=output_layer_name(spec.num_classes),
+    )(x)
+
+
 def _add_head(features: Any, spec: ModelSpec) -> Any:
-    """SURFsara's head: pool/flatten -> Dense 1024 -> Dense 256 -> softmax (float32)."""
+    """SURFsara's head: pool/flatten -> Dense 1024 -> Dense 256 -> softmax (float32); or the linear one."""
+    if spec.head == "linear":
+        return _linear_head(features, spec)
     pool_name = POOL_LAYER_NAMES[spec.head]
     if spec.head == "flatten":
         x = keras.layers.Flatten(name=pool_name)(features)
@@ -323,8 +374,10 @@ def _add_head(features: Any, spec: ModelSpec) -> Any:
     )(x)
 
 
-def head_layer_names(num_classes: int = 3) -> tuple[str, ...]:
-    """Names of the head's Dense layers, last one the softmax output."""
+def head_layer_names(num_classes: int = 3, head: str = "flatten") -> tuple[str, ...]:
+    """Names of the head's Dense layers, last one the softmax output (only ``FC_<n>`` for ``"linear"``)."""
+    if head == "linear":
+        return (output_layer_name(num_classes),)
     return (*HEAD_DENSE_NAMES, output_layer_name(num_classes))
 
 
@@ -395,7 +448,10 @@ def build_model_from_spec(
     ``weights``: ``None``/``"none"`` = random init; ``"imagenet"`` = the
     keras.applications notop file, which must already be in the Keras cache
     folder (never downloaded; ``FileNotFoundError`` says where to put it); a
-    path = backbone weights from that local file. ``dtype_policy``: ``None`` =
+    ``.h5``/``.hdf5`` path = backbone weights from that local file; a ``.pth``/``.pt``/
+    ``.safetensors`` path = a torchvision state dict for ``resnet18``/``densenet121``
+    (:func:`models.torch_weights.load_torchvision_weights`: the backbone, and
+    ``fc``/``classifier`` too with ``head="linear"``). ``dtype_policy``: ``None`` =
     the current global policy, else one of :data:`DTYPE_POLICIES`, used for this
     build only.
     """
@@ -407,19 +463,29 @@ def build_model_from_spec(
         )
     info = _REGISTRY[spec.name]
     weights_path = resolve_weights(spec.name, weights, info.imagenet, spec.input_shape)
+    torch_file = weights_path is not None and is_torch_weights_file(weights_path)
+    if torch_file:
+        from models.torch_weights import check_supported
+
+        check_supported(spec.name)  # before the (slow) build
 
     with _dtype_policy_scope(dtype_policy):
         inputs = keras.Input(shape=spec.input_shape, dtype="float32", name=INPUT_LAYER_NAME)
         x = inputs
         if info.rgb_backbone and spec.input_shape[-1] == 1:
             x = keras.layers.Concatenate(axis=-1, name="channel_repeat")([x, x, x])
-        if spec.input_norm == "imagenet" and info.imagenet is not None:  # ModelSpec allows no other case
-            x = _input_norm_layer(info.imagenet.preprocessing)(x)
+        if spec.input_norm == "imagenet" and info.preprocessing is not None:  # ModelSpec allows no other case
+            x = _input_norm_layer(info.preprocessing)(x)
         features = info.builder(x)
-        if weights_path is not None:
+        if weights_path is not None and not torch_file:
             _load_backbone_weights(info, inputs, features, weights_path)
         outputs = _add_head(features, spec)
         model = keras.Model(inputs, outputs, name=spec.name)
+        if torch_file:
+            # After the head exists: a linear head takes torchvision's fc/classifier too.
+            from models.torch_weights import load_torchvision_weights
+
+            load_torchvision_weights(model, weights_path, architecture=spec.name)
         if spec.backbone_l2 > 0:
             _regularize_backbone(model, spec.backbone_l2, spec.num_classes)
     return model

@@ -23,7 +23,12 @@ registry adds the pooling and the head)::
   ``mode="fan_out"`` (torchvision's ``kaiming_normal_(mode="fan_out",
   nonlinearity="relu")``), BN scale 1 and offset 0; the study's ImageNet
   weights are not available to Keras, so ``imagenet=None`` and the model
-  starts from these random weights unless ``weights`` names a file.
+  starts from these random weights unless ``weights`` names a file: a Keras
+  backbone file or a torchvision state dict (``.pth``/``.pt``/``.safetensors``,
+  converted by models/torch_weights.py; with ``head="linear"`` its ``fc`` too).
+- **Input**: ``[0, 1]`` by default (the study's ``ToTensor()`` without
+  ``Normalize``); ``input_norm="imagenet"`` adds torchvision's ImageNet
+  ``Normalize(mean, std)`` as the ``input_norm`` layer (3 channels only).
 - **Layer names are torchvision's state-dict keys** with ``.`` replaced by
   ``_`` (``conv1``, ``bn1``, ``layer2_0_conv1``, ``layer2_0_downsample_0``,
   ``layer2_0_downsample_1``...), so a converted torchvision checkpoint maps
@@ -90,7 +95,8 @@ def basic_block(x: Any, filters: int, name: str, *, strides: int = 1) -> Any:
     return keras.layers.Activation("relu", name=f"{name}_relu2")(y)
 
 
-@register_model("resnet18")
+# input_norm="imagenet": torchvision's Normalize(mean, std) as a layer, for studies that used it.
+@register_model("resnet18", input_preprocessing="torch")
 def resnet18(x: Any) -> Any:
     """torchvision's ResNet-18 (the radiography study's backbone); no ImageNet weights in Keras."""
     x = _conv(x, 64, 7, 2, "conv1")

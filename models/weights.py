@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # Folder URLs keras.applications downloads the notop files from (checked
 # against Keras's own constants in tests/test_models.py).
 KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 EFFICIENTNET_URL = "https://storage.googleapis.com/keras-applications/"
+
+KERAS_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")
+# torchvision state dicts (models/torch_weights.py): torch.save files and safetensors.
+TORCH_SUFFIXES: tuple[str, ...] = (".pth", ".pt")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def is_torch_weights_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` names a torchvision state dict (``.pth``, ``.pt`` or ``.safetensors``)."""
+    return Path(path).suffix.lower() in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +95,8 @@ def resolve_weights(
     """Turn the ``weights`` argument into a local file to load, or ``None`` for random init.
 
     ``None``/``"none"`` -> ``None``; ``"imagenet"`` -> the cached Keras file
-    (:func:`find_imagenet_weights`); anything else is a path that must exist.
+    (:func:`find_imagenet_weights`); anything else is a path that must exist: Keras
+    HDF5 (``.h5``/``.hdf5``) or a torchvision state dict (``.pth``/``.pt``/``.safetensors``).
     """
     if weights is None:
         return None
@@ -108,10 +119,11 @@ def resolve_weights(
         raise FileNotFoundError(f"weights file {str(path)!r} (for model {model_name!r}) does not exist")
     if not path.is_file():
         raise IsADirectoryError(f"weights={str(path)!r} (for model {model_name!r}) is not a file")
-    if path.suffix.lower() not in (".h5", ".hdf5"):
+    if path.suffix.lower() not in KERAS_SUFFIXES and not is_torch_weights_file(path):
         raise ValueError(
             f"weights file {str(path)!r}: expected a Keras HDF5 weights file ending in .h5/.hdf5 "
-            f"(the keras.applications notop layout or a .weights.h5 of the backbone); "
+            f"(the keras.applications notop layout or a .weights.h5 of the backbone) or a torchvision "
+            f"state dict ending in .pth/.pt/.safetensors (resnet18, densenet121); "
             f"received suffix {path.suffix!r}"
         )
     return path

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from common.cli import DefaultsHelpFormatter, handle_errors, setup_logging
 

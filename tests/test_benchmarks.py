@@ -49,10 +49,17 @@ def test_rotation_and_shift_match_the_tensorflow_augmentation() -> None:
     image = np.random.default_rng(0).random((h, w, 1)).astype(np.float32)
     ours = apply_affine_transform(image, theta=theta, tx=tx, ty=ty)[..., 0]
     assert not np.allclose(ours, image[..., 0])
-    transforms = affine_transforms(tf.constant([theta]), tf.constant([tx]), tf.constant([ty]), height=h, width=w)
+    transforms = affine_transforms(
+        tf.constant([theta]), tf.constant([tx]), tf.constant([ty]), height=h, width=w
+    )
     theirs = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=tf.cast(transforms, tf.float32), output_shape=[h, w], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT").numpy()[0, :, :, 0]
+        images=image[None],
+        transforms=tf.cast(transforms, tf.float32),
+        output_shape=[h, w],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    ).numpy()[0, :, :, 0]
     inside = apply_affine_transform(np.ones((h, w, 1)), theta=theta, tx=tx, ty=ty)[..., 0] > 0.999
     interior = ndi.binary_erosion(inside, iterations=1)
     assert interior.mean() > 0.6
@@ -121,6 +128,7 @@ def test_sequence_gives_balanced_weighted_batches(tmp_path) -> None:
 
 # -- timing and report ------------------------------------------------------------------------
 
+
 def test_time_stream_reports_best_and_every_window() -> None:
     result = time_stream(lambda: 3, warmup=2, min_batches=4, min_seconds=0.0, windows=3)
     assert len(result["windows"]) == 3
@@ -134,19 +142,26 @@ def test_ratios_mark_targets_met_not_met_and_not_applicable() -> None:
     def rec(**result):
         return {"result": result}
 
-    measured = {"files": rec(images_per_second=20.0), "cache": rec(images_per_second=150.0),
-                "baseline": rec(images_per_second=10.0),
-                "eval": rec(batched={"images_per_second": 40.0}, loop={"images_per_second": 10.0}),
-                "fed": rec(images_per_second=500.0, input_bound_fraction=0.05)}
+    measured = {
+        "files": rec(images_per_second=20.0),
+        "cache": rec(images_per_second=150.0),
+        "baseline": rec(images_per_second=10.0),
+        "eval": rec(batched={"images_per_second": 40.0}, loop={"images_per_second": 10.0}),
+        "fed": rec(images_per_second=500.0, input_bound_fraction=0.05),
+    }
     rows = {r["name"].split(" (")[0]: r for r in report.ratios(measured, gpu=False, fed_config={})}
     assert rows["cache pipeline / baseline loader"]["value"] == pytest.approx(15.0)
     assert rows["cache pipeline / baseline loader"]["status"] == "met"
     assert rows["original-file pipeline / baseline loader"]["status"] == "not met"
     assert rows["batched evaluation / per-image loop"]["status"] == "not met"
     assert rows["training images/s per GPU fed from the cache"]["status"] == "n/a: no GPU"
-    on_gpu = report.ratios(measured, gpu=True, fed_config={"size": 512, "policy": "mixed_float16", "xla": True})
+    on_gpu = report.ratios(
+        measured, gpu=True, fed_config={"size": 512, "policy": "mixed_float16", "xla": True}
+    )
     assert [r["status"] for r in on_gpu[3:]] == ["met", "met"]
-    small = report.ratios(measured, gpu=True, fed_config={"size": 224, "policy": "mixed_float16", "xla": True})
+    small = report.ratios(
+        measured, gpu=True, fed_config={"size": 224, "policy": "mixed_float16", "xla": True}
+    )
     assert small[3]["status"].startswith("n/a: needs 512 px")
     missing = report.ratios({"cache": rec(error="boom")}, gpu=False, fed_config={})
     assert {r["status"] for r in missing} == {"not measured"}
@@ -154,20 +169,39 @@ def test_ratios_mark_targets_met_not_met_and_not_applicable() -> None:
 
 # -- the command ------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_quick_run_measures_everything(tmp_path, capsys) -> None:
     from benchmarks.run import main
 
     out = tmp_path / "bench.json"
     # XLA compilation alone takes ~10 s per model on 2 cores: the quick run in CI measures it, this test not.
-    code = main(["--quick", "--xla", "off", "--originals", "10", "--work-dir", str(tmp_path / "work"),
-                 "--out", str(out)])
+    code = main(
+        [
+            "--quick",
+            "--xla",
+            "off",
+            "--originals",
+            "10",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     doc = json.loads(out.read_text())
     results = {m["id"]: m["result"] for m in doc["measurements"]}
-    assert set(results) == {"files", "cache", "baseline", "step-float32-xlaoff", "step-mixed_bfloat16-xlaoff",
-                            "eval", "fed"}
+    assert set(results) == {
+        "files",
+        "cache",
+        "baseline",
+        "step-float32-xlaoff",
+        "step-mixed_bfloat16-xlaoff",
+        "eval",
+        "fed",
+    }
     for name, result in results.items():
         assert "error" not in result, name
         assert result["images_per_second"] > 0, name
@@ -175,7 +209,10 @@ def test_quick_run_measures_everything(tmp_path, capsys) -> None:
         # Linux caches RSS counters per thread (up to 64 pages each, synced lazily), so VmHWM read after
         # a reset can trail an earlier VmRSS reading by a fraction of a MiB with TensorFlow's threads.
         assert result["peak_rss_mib"] >= result["rss_before_mib"] - 4 > 0, name
-    assert results["eval"]["batched"]["images_per_second"] > 0 and results["eval"]["loop"]["images_per_second"] > 0
+    assert (
+        results["eval"]["batched"]["images_per_second"] > 0
+        and results["eval"]["loop"]["images_per_second"] > 0
+    )
     assert results["fed"]["memory"]["images_per_second"] > 0
     assert 0.0 <= results["fed"]["input_bound_fraction"] < 1.0
     assert len(results["baseline"]["windows"]) == 2
@@ -187,18 +224,42 @@ def test_quick_run_measures_everything(tmp_path, capsys) -> None:
     assert {t["status"] for t in doc["targets"][:3]} <= {"met", "not met"}
 
     assert "| # | measurement | configuration | images/s | peak RSS MiB |" in printed
-    for number, text in [("1", "original files"), ("2", "cache"), ("3", "baseline-style loader"),
-                         ("4", "train step"), ("5", "per-image loop"), ("6", "fed from memory")]:
+    for number, text in [
+        ("1", "original files"),
+        ("2", "cache"),
+        ("3", "baseline-style loader"),
+        ("4", "train step"),
+        ("5", "per-image loop"),
+        ("6", "fed from memory"),
+    ]:
         assert any(line.startswith(f"| {number} |") and text in line for line in printed.splitlines()), number
     assert "| cache pipeline / baseline loader (2)/(3) |" in printed
-    assert f"{results['cache']['images_per_second']:.0f}" in printed or \
-        f"{results['cache']['images_per_second']:.1f}" in printed
+    assert (
+        f"{results['cache']['images_per_second']:.0f}" in printed
+        or f"{results['cache']['images_per_second']:.1f}" in printed
+    )
 
     # Second run in the same work folder, baseline only, in a worker process: files are reused and
     # the worker (which never imports TensorFlow) reports its own, much smaller, peak.
     out2 = tmp_path / "bench2.json"
-    assert main(["--quick", "--only", "baseline", "--isolate", "process", "--originals", "10",
-                 "--work-dir", str(tmp_path / "work"), "--out", str(out2)]) == 0
+    assert (
+        main(
+            [
+                "--quick",
+                "--only",
+                "baseline",
+                "--isolate",
+                "process",
+                "--originals",
+                "10",
+                "--work-dir",
+                str(tmp_path / "work"),
+                "--out",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     doc2 = json.loads(out2.read_text())
     assert doc2["workload"]["originals"]["written_now"] == 0
     (only,) = doc2["measurements"]

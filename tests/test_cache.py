@@ -46,7 +46,9 @@ LABELS = ["normal"] * 7 + ["pneumonia"] * 5 + ["COVID-19"] * 3
 @pytest.fixture()
 def cached(tmp_path: Path) -> tuple[Path, list[ListEntry], Path]:
     entries = _make_images(tmp_path / "train", LABELS)
-    root = build_cache(tmp_path / "cache", lists={"train": (entries, tmp_path / "train")}, size=24, shard_images=3)
+    root = build_cache(
+        tmp_path / "cache", lists={"train": (entries, tmp_path / "train")}, size=24, shard_images=3
+    )
     return root, entries, tmp_path / "train"
 
 
@@ -58,7 +60,9 @@ def test_cache_round_trips_images_and_labels(cached) -> None:
     assert sum(s["count"] for s in shards.values()) == len(entries)
     cache = open_cache(root, "train", entries=entries)
     seen = {}
-    for images, labels in make_eval_dataset(entries, CachedImages(cache), img_size=24, batch_size=4, channels=1):
+    for images, labels in make_eval_dataset(
+        entries, CachedImages(cache), img_size=24, batch_size=4, channels=1
+    ):
         for img, y in zip(images.numpy(), labels.numpy()):
             seen[_tag(img)] = (img, int(y.argmax()))
     assert len(seen) == len(entries)
@@ -122,7 +126,7 @@ def test_balanced_batches_from_cache_match_files(cached) -> None:
         data = make_train_dataset(subset, source, img_size=24, batch_size=4, augment=None, seed=1)
         assert data.steps_per_epoch == 4  # 11 normal/pneumonia images, 3 per batch
         tags = []
-        for images, y, w in data.dataset.take(data.steps_per_epoch):
+        for images, y, _w in data.dataset.take(data.steps_per_epoch):
             assert int((y.numpy().argmax(axis=1) == 2).sum()) == 1
             assert images.shape == (4, 24, 24, 3)
             tags += [_tag(img) for img, c in zip(images.numpy(), y.numpy().argmax(1)) if c != 2]
@@ -131,7 +135,8 @@ def test_balanced_batches_from_cache_match_files(cached) -> None:
 
 
 def test_cached_batches_are_augmented_in_gray_then_tiled(cached) -> None:
-    """Augmenting the one cached channel and tiling it gives the pixels of tiling first (a third of the work)."""
+    """Augmenting the one cached channel and tiling it gives the pixels of tiling first (a third of the work).
+    """
     from data.augment import AugmentConfig, augment_batch
 
     gray = tf.random.stateless_uniform([3, 24, 24, 1], seed=[0, 1])
@@ -143,7 +148,9 @@ def test_cached_batches_are_augmented_in_gray_then_tiled(cached) -> None:
     root, entries, _ = cached
     source = CachedImages(open_cache(root, "train", entries=entries))
     one = make_train_dataset(entries, source, img_size=24, batch_size=4, channels=1, seed=3, mixup_alpha=0.4)
-    three = make_train_dataset(entries, source, img_size=24, batch_size=4, channels=3, seed=3, mixup_alpha=0.4)
+    three = make_train_dataset(
+        entries, source, img_size=24, batch_size=4, channels=3, seed=3, mixup_alpha=0.4
+    )
     for (x1, y1, w1), (x3, y3, w3) in zip(one.dataset.take(3), three.dataset.take(3)):
         assert x3.shape == (4, 24, 24, 3) and float(tf.reduce_max(x3)) <= 1.0
         assert float(tf.math.reduce_std(x3)) > 0.01  # real, augmented pixels

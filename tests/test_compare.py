@@ -11,7 +11,7 @@ import compare
 from common.disclaimer import DISCLAIMER
 from evaluation import ensemble
 from evaluation.bootstrap import metrics_with_ci
-from evaluation.compare import default_names, mcnemar_test
+from evaluation.compare import TABLE_METRICS, default_names, mcnemar_test
 from evaluation.predictions import read_predictions, write_predictions
 
 N_BOOT = ["--n-bootstrap", "100"]
@@ -133,7 +133,7 @@ def test_compare_main_weights_come_from_validation_only(
     assert (row.value, row.ci_low, row.ci_high, row.n_resamples) == pytest.approx(
         (f1["value"], f1["ci_low"], f1["ci_high"], 100)
     )
-    assert len(table) == 4 * 11
+    assert len(table) == 4 * len(TABLE_METRICS) == 4 * 17  # 11 classification + 6 calibration metrics
 
     # McNemar A vs B: A right on 45, B right on all 90 -> b = 0, c = 45.
     mcnemar = pd.read_csv(out / "mcnemar.csv")

@@ -36,8 +36,16 @@ def test_help_lists_groups_and_defaults(capsys: pytest.CaptureFixture[str]) -> N
         create_covidx.parse_args(["--help"])
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
-    for needle in ("sources (at least one, or --synthetic)", "--ricord-list", "performance", "covidnet, the default",
-                   "(default: 400)", "synthetic sources (no download)", "--radiography-db DIR", "--cache SIZE"):
+    for needle in (
+        "sources (at least one, or --synthetic)",
+        "--ricord-list",
+        "performance",
+        "covidnet, the default",
+        "(default: 400)",
+        "synthetic sources (no download)",
+        "--radiography-db DIR",
+        "--cache SIZE",
+    ):
         assert needle in text
 
 
@@ -48,15 +56,19 @@ def test_help_lists_groups_and_defaults(capsys: pytest.CaptureFixture[str]) -> N
         (["--cohen", "{tmp}"], "--out is required"),
         (["--cohen", "{tmp}/absent", "--out", "{tmp}/o"], "--cohen: folder {tmp}/absent does not exist"),
         (["--cohen", "{tmp}", "--out", "{tmp}/o"], "--cohen: {tmp}/metadata.csv not found"),
-        (["--cohen", "{tmp}", "--figure1", "{tmp}", "--split", "surfsara", "--out", "{tmp}/o"],
-         "--figure1 cannot be used with --split surfsara"),
+        (
+            ["--cohen", "{tmp}", "--figure1", "{tmp}", "--split", "surfsara", "--out", "{tmp}/o"],
+            "--figure1 cannot be used with --split surfsara",
+        ),
         (["--synthetic", "{tmp}/s", "--cohen", "{tmp}"], "do not combine it with --cohen"),
         (["--cohen", "{tmp}", "--out", "{tmp}/o", "--workers", "0"], "--workers must be at least 1"),
         (["--cohen", "{tmp}", "--out", "{tmp}/o", "--ricord-list", "x.txt"], "--ricord-list needs --ricord"),
         (["--synthetic", "{tmp}/s", "--synthetic-size", "5"], "--synthetic-size must be at least"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv, message) -> None:
+def test_usage_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv, message
+) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert create_covidx.main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -68,7 +80,9 @@ def test_nothing_usable_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[st
     root = tmp_path / "cohen"
     (root / "images").mkdir(parents=True)
     with open(root / "metadata.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([["patientid", "finding", "view", "filename"], ["1", "COVID-19", "PA", "gone.png"]])
+        csv.writer(fh).writerows(
+            [["patientid", "finding", "view", "filename"], ["1", "COVID-19", "PA", "gone.png"]]
+        )
     assert create_covidx.main(["--cohen", str(root), "--out", str(tmp_path / "out"), "--workers", "1"]) == 1
     captured = capsys.readouterr()
     assert "no usable image" in captured.err and "missing image: 1" in captured.out
@@ -76,8 +90,18 @@ def test_nothing_usable_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_synthetic_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--synthetic", str(tmp_path / "sources"), "--out", str(tmp_path / "covidx"),
-            "--synthetic-size", "60", "--synthetic-image-size", "32", "--workers", "1"]
+    argv = [
+        "--synthetic",
+        str(tmp_path / "sources"),
+        "--out",
+        str(tmp_path / "covidx"),
+        "--synthetic-size",
+        "60",
+        "--synthetic-image-size",
+        "32",
+        "--workers",
+        "1",
+    ]
     assert create_covidx.main(argv) == 0
     out = capsys.readouterr().out
     assert "COVIDx (covidnet split)" in out and "rsna" in out and "report:" in out
@@ -89,8 +113,12 @@ def test_synthetic_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     # SURFsara's recipe on the same synthetic sources: cohen and RSNA only
     argv_s = argv[:3] + [str(tmp_path / "surf")] + argv[4:] + ["--split", "surfsara"]
     assert create_covidx.main(argv_s) == 0
-    sources = {line.split()[-1] for line in (tmp_path / "surf" / "train_COVIDx.txt").read_text().splitlines()}
-    assert sources == {"cohen", "rsna"}
+    surf = json.loads((tmp_path / "surf" / "report.json").read_text())
+    assert set(surf["sources"]) == {"cohen", "rsna"} and surf["list_format"] == "surfsara"
+    # SURFsara's data.py form: three fields, the label last
+    lines = (tmp_path / "surf" / "train_COVIDx.txt").read_text().splitlines()
+    assert {len(line.split()) for line in lines} == {3}
+    assert {line.split()[-1] for line in lines} == {"normal", "pneumonia", "COVID-19"}
 
 
 def test_synthetic_only_writes_sources(tmp_path: Path) -> None:
@@ -102,8 +130,14 @@ def test_synthetic_only_writes_sources(tmp_path: Path) -> None:
 
 def test_script_runs_and_import_has_no_side_effects(tmp_path: Path) -> None:
     code = "import sys, create_covidx; print('data.build' in sys.modules, 'tensorflow' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
     assert done.stdout.split() == ["False", "False"]
-    done = subprocess.run([sys.executable, "create_covidx.py", "--out", str(tmp_path)], cwd=REPO_ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "create_covidx.py", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and done.stderr.startswith("error: no source given")

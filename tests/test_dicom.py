@@ -92,7 +92,9 @@ def test_window_uses_its_output_range_and_mono1_is_inverted(tmp_path: Path, grad
 
 def test_window_with_rescale(tmp_path: Path) -> None:
     raw = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)
-    ds = make_ds(raw, bits_stored=12, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    ds = make_ds(
+        raw, bits_stored=12, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400
+    )
     out = dicom_to_uint8(save(ds, tmp_path / "ct.dcm"))
     hu = raw.astype(float) - 1024  # -1024, -24, 976, 3071
     y = np.clip((hu - 39.5) / 399 + 0.5, 0, 1)
@@ -126,7 +128,9 @@ def test_voi_lut_sequence(tmp_path: Path, vr: str) -> None:
 def test_lossless_compression_matches_native(tmp_path: Path, syntax, plugin, bits: int) -> None:
     rng = np.random.default_rng(bits)
     raw = rng.integers(0, 2**bits, (48, 40)).astype(np.uint16)
-    native = dicom_to_uint8(save(make_ds(raw, photometric="MONOCHROME1", bits_stored=bits), tmp_path / "n.dcm"))
+    native = dicom_to_uint8(
+        save(make_ds(raw, photometric="MONOCHROME1", bits_stored=bits), tmp_path / "n.dcm")
+    )
     ds = make_ds(raw, photometric="MONOCHROME1", bits_stored=bits)
     ds.compress(syntax, raw, encoding_plugin=plugin)
     path = save(ds, tmp_path / "c.dcm")
@@ -169,7 +173,9 @@ def test_rejections_say_why(tmp_path: Path, kind: str, message: str) -> None:
         del ds.PixelData
         save(ds, path)
     elif kind == "truncated_native":
-        full = save(make_ds(np.zeros((64, 64), np.uint16), bits_stored=12), tmp_path / "full.dcm").read_bytes()
+        full = save(
+            make_ds(np.zeros((64, 64), np.uint16), bits_stored=12), tmp_path / "full.dcm"
+        ).read_bytes()
         path.write_bytes(full[:-1000])
     elif kind == "truncated_encapsulated":
         image = np.full((64, 64), 128, np.uint8)
@@ -181,7 +187,9 @@ def test_rejections_say_why(tmp_path: Path, kind: str, message: str) -> None:
         path.write_bytes(full[:-20])
     elif kind == "not_dicom":
         path.write_bytes(cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes())
-    warns = pytest.warns(UserWarning, match="End of file") if kind == "truncated_encapsulated" else nullcontext()
+    warns = (
+        pytest.warns(UserWarning, match="End of file") if kind == "truncated_encapsulated" else nullcontext()
+    )
     with warns, pytest.raises(DicomError, match=re.escape(message)):
         dicom_to_uint8(path)
 
@@ -200,6 +208,7 @@ def test_header_only_read_skips_pixels(tmp_path: Path) -> None:
 
 # -- the real public samples -------------------------------------------------------------------
 
+
 @pytest.mark.realdata
 def test_real_rsna_pair(realdata_dir: Path) -> None:
     folder = realdata_dir / "dicom"
@@ -208,7 +217,9 @@ def test_real_rsna_pair(realdata_dir: Path) -> None:
     assert mono2.shape == (1024, 1024) and mono2.dtype == np.uint8
     np.testing.assert_array_equal(mono1, 255 - mono2)
     # COVID-Net wrote ds.pixel_array as is: the same bytes here
-    np.testing.assert_array_equal(mono2, pydicom.dcmread(folder / "rsna_cr_chest_mono2_jpeg_baseline.dcm").pixel_array)
+    np.testing.assert_array_equal(
+        mono2, pydicom.dcmread(folder / "rsna_cr_chest_mono2_jpeg_baseline.dcm").pixel_array
+    )
     png1 = cv2.imdecode(cv2.imencode(".png", mono1)[1], cv2.IMREAD_UNCHANGED)
     png2 = cv2.imdecode(cv2.imencode(".png", mono2)[1], cv2.IMREAD_UNCHANGED)
     assert (png1.astype(int) + png2 == 255).all()

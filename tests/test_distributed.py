@@ -141,7 +141,8 @@ def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
     # Only the chief wrote into the run folder; the other worker's scratch folder is gone.
     run_dir = dataset / "output" / "two-lr0.001"
     assert [e for e, _ in list_checkpoints(run_dir)] == [1]
-    assert (run_dir / "final_model.hdf5").is_file() and (run_dir / "test_evaluation" / "metrics.json").is_file()
+    assert (run_dir / "final_model.hdf5").is_file()
+    assert (run_dir / "test_evaluation" / "metrics.json").is_file()
     assert list(scratch.iterdir()) == []
     assert "worker 1 finished" in logs[1] and "Sens Normal" not in logs[1]
     config = json.loads((run_dir / "run_config.json").read_text())
@@ -150,7 +151,11 @@ def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
     # One worker, same global batch, same data: the same loss up to float summation order.
     single = subprocess.run(
         [sys.executable, str(REPO_ROOT / "train_keras.py"), *_args(dataset, "one-", "--no_augment")],
-        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert single.returncode == 0, single.stderr[-2000:]
     two, one = _first_loss(run_dir), _first_loss(dataset / "output" / "one-lr0.001")
@@ -161,8 +166,9 @@ def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
 def test_sigterm_saves_the_step_and_a_restart_finishes_every_epoch(dataset: Path) -> None:
     cmd = [sys.executable, str(REPO_ROOT / "train_keras.py"), *_args(dataset, "term-", epochs=5)]
     run_dir = dataset / "output" / "term-lr0.001"
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + TIMEOUT
         while time.time() < deadline and not (run_dir / "resume" / "epoch-0001" / "state.json").is_file():
@@ -190,8 +196,15 @@ def _start_workers(cmd: list[str], job: int, logs: list[Path], scratch: Path) ->
     procs = []
     for rank, log in enumerate(logs):
         with open(log, "w") as fh:  # a file, not a pipe: nobody reads while the workers run
-            procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                                          env=_srun_env(job, rank, len(logs), TMPDIR=str(scratch))))
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=REPO_ROOT,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    env=_srun_env(job, rank, len(logs), TMPDIR=str(scratch)),
+                )
+            )
     return procs
 
 
@@ -210,9 +223,11 @@ def test_sigkill_of_a_worker_stops_the_job_and_a_restart_resumes(dataset: Path, 
     training/strategy.py's SLURM code: node list, job port, CPU-only workers.
     """
     timeout = 8  # --collective_timeout: seconds without a finished step before the watchdog ends a worker
-    cmd = [sys.executable, str(REPO_ROOT / "train_keras.py"),
-           *_args(dataset, "kill-", "--collective_timeout", str(timeout), "--steps_per_epoch", "12",
-                  epochs=3)]
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "train_keras.py"),
+        *_args(dataset, "kill-", "--collective_timeout", str(timeout), "--steps_per_epoch", "12", epochs=3),
+    ]
     run_dir = dataset / "output" / "kill-lr0.001"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -271,7 +286,8 @@ def test_watchdog_deadlines() -> None:
         assert dog.stall_message(start + 99) == ""
         assert dog.stall_message(time.monotonic() + 101).startswith(
             "error: the first training step did not finish within 100 s of the start of training: another "
-            "worker has stopped or lost contact; ending this worker")
+            "worker has stopped or lost contact; ending this worker"
+        )
         dog.on_train_batch_end(0)
         assert dog.stall_message(time.monotonic() + 9) == ""
         assert "no training step finished for 10 s" in dog.stall_message(time.monotonic() + 11)
@@ -285,7 +301,8 @@ def test_watchdog_deadlines() -> None:
         assert dog.stall_message(time.monotonic() + 1e6) == ""
         dog.on_epoch_begin(1)
         assert "no training step finished within 10 s of the start of epoch 2" in dog.stall_message(
-            time.monotonic() + 11)
+            time.monotonic() + 11
+        )
         dog.on_test_begin()
         assert "no validation step finished for 10 s" in dog.stall_message(time.monotonic() + 11)
     finally:
@@ -294,16 +311,25 @@ def test_watchdog_deadlines() -> None:
 
 
 def test_watchdog_ends_a_process_stuck_before_its_first_step() -> None:
-    code = ("import time; from training.watchdog import StallWatchdog; "
-            "StallWatchdog(0.5, first_step_timeout=1, poll=0.1).on_train_begin(); time.sleep(60)")
+    code = (
+        "import time; from training.watchdog import StallWatchdog; "
+        "StallWatchdog(0.5, first_step_timeout=1, poll=0.1).on_train_begin(); time.sleep(60)"
+    )
     started = time.time()
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(PYTHONPATH=str(REPO_ROOT)),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=_env(PYTHONPATH=str(REPO_ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == EXIT_STALLED == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: the first training step did not finish within 1 s of the start of training: another worker "
         "has stopped or lost contact; ending this worker - re-run the job to resume from the last saved "
-        "epoch")
+        "epoch"
+    )
     assert time.time() - started < 50
 
 
@@ -334,9 +360,22 @@ def test_watcher_turns_sigterm_into_a_flag() -> None:
     "env, expected",
     [
         ({}, ""),
-        ({"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}})}, ""),
-        ({"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}})},
-         "tf_config"),
+        (
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+                )
+            },
+            "",
+        ),
+        (
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
+                )
+            },
+            "tf_config",
+        ),
         ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}, ""),
         ({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "8"}, "slurm"),
     ],

@@ -73,21 +73,41 @@ def run_config(model_spec: dict, root: Path):
     from training.config import RunConfig
 
     return RunConfig(
-        trainfile="train.txt", testfile="test.txt", data_path=str(root / "data"), val_split=0.1,
-        verify_images="header", balance=True, covid_per_batch=1, class_weights=(1.0, 1.0, 25.0), augment=True,
-        model=model_spec, weights="none", checkpoint="", lr=1e-3, batch_size=4, epochs=1, steps_per_epoch=None,
-        seed=0, mixed_precision=False, xla=False, output=str(root), name="run-", run_dir=str(root / "run"),
-        keep_checkpoints=0, full_checkpoints=False,
+        trainfile="train.txt",
+        testfile="test.txt",
+        data_path=str(root / "data"),
+        val_split=0.1,
+        verify_images="header",
+        balance=True,
+        covid_per_batch=1,
+        class_weights=(1.0, 1.0, 25.0),
+        augment=True,
+        model=model_spec,
+        weights="none",
+        checkpoint="",
+        lr=1e-3,
+        batch_size=4,
+        epochs=1,
+        steps_per_epoch=None,
+        seed=0,
+        mixed_precision=False,
+        xla=False,
+        output=str(root),
+        name="run-",
+        run_dir=str(root / "run"),
+        keep_checkpoints=0,
+        full_checkpoints=False,
     )
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One smallcnn with non-trivial weights saved as every kind, the test images and their expected outputs."""
+    """One smallcnn with non-trivial weights saved as every kind, the test images and their expected outputs.
+    """
     import keras
 
-    from data.pipeline import image_paths, make_predict_dataset
     from data.lists import read_list
+    from data.pipeline import image_paths, make_predict_dataset
     from models import ModelSpec, build_model_from_spec
     from training.checkpoints import write_weights_hdf5
     from training.config import write_run_config
@@ -127,9 +147,21 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _args(zoo: dict, checkpoint: Path | str, out: Path, *extra: str) -> list[str]:
     root = zoo["root"]
-    return ["--checkpoint", str(checkpoint), "--testfile", str(root / "test.txt"),
-            "--data_path", str(root / "data"), "--out", str(out), "--n_bootstrap", "20", "--batch_size", "5",
-            *extra]
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--testfile",
+        str(root / "test.txt"),
+        "--data_path",
+        str(root / "data"),
+        "--out",
+        str(out),
+        "--n_bootstrap",
+        "20",
+        "--batch_size",
+        "5",
+        *extra,
+    ]
 
 
 KINDS = {
@@ -184,7 +216,8 @@ def test_time_loop_writes_both_throughputs(zoo: dict, tmp_path: Path, capsys: py
     assert timing["batched"]["n_images"] == 6 and timing["per_image_loop"]["n_images"] == 6
     assert timing["batched"]["images_per_second"] > 0 and timing["per_image_loop"]["images_per_second"] > 0
     assert timing["speedup"] == pytest.approx(
-        timing["batched"]["images_per_second"] / timing["per_image_loop"]["images_per_second"])
+        timing["batched"]["images_per_second"] / timing["per_image_loop"]["images_per_second"]
+    )
     assert "Timing on 6 images" in capsys.readouterr().out
 
 
@@ -212,23 +245,40 @@ def _bad_checkpoints(root: Path, zoo: dict) -> dict[str, tuple[Path, tuple[str, 
         "truncated hdf5": (root / "truncated.hdf5", (), "truncated.hdf5"),
         "truncated keras": (root / "truncated.keras", (), "not a .keras archive"),
         "random onnx": (root / "random.onnx", (), "cannot be loaded as an ONNX model"),
-        "truncated onnx": (root / "truncated.onnx", ("--img_size", "32"), "cannot be loaded as an ONNX model"),
+        "truncated onnx": (
+            root / "truncated.onnx",
+            ("--img_size", "32"),
+            "cannot be loaded as an ONNX model",
+        ),
         "unknown extension": (root / "notes.txt", (), "unknown kind of model file"),
         "folder": (root / "folder", (), "not a SavedModel"),
         "missing": (root / "missing.hdf5", (), "does not exist"),
         "weights without architecture": (zoo["root"] / "bare" / "cp-01-0.50.hdf5", (), "no run_config.json"),
-        "weights of another shape": (zoo["root"] / "bare" / "cp-01-0.50.hdf5",
-                                     ("--model", "smallcnn", "--img_size", "64"), "does not fit"),
+        "weights of another shape": (
+            zoo["root"] / "bare" / "cp-01-0.50.hdf5",
+            ("--model", "smallcnn", "--img_size", "64"),
+            "does not fit",
+        ),
         "img_size disagrees": (zoo["root"] / "model.keras", ("--img_size", "64"), "does not match"),
-        "img_size vs run_config": (zoo["root"] / "run" / "cp-01-0.50.hdf5", ("--img_size", "64"), "disagrees"),
+        "img_size vs run_config": (
+            zoo["root"] / "run" / "cp-01-0.50.hdf5",
+            ("--img_size", "64"),
+            "disagrees",
+        ),
         "dynamic onnx without size": (zoo["root"] / "nhwc_dynamic.onnx", (), "give --img_size"),
         "gradcam on onnx": (zoo["root"] / "nchw_batch1_logits.onnx", ("--gradcam", "1"), "--gradcam"),
         "tsne on savedmodel": (zoo["root"] / "saved_model", ("--tsne",), "--tsne"),
-        "model flag on full model": (zoo["root"] / "full.hdf5", ("--model", "smallcnn"), "only for weights-only"),
+        "model flag on full model": (
+            zoo["root"] / "full.hdf5",
+            ("--model", "smallcnn"),
+            "only for weights-only",
+        ),
     }
 
 
-def test_bad_checkpoints_exit_2_with_one_line(zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_checkpoints_exit_2_with_one_line(
+    zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     for case, (path, extra, message) in _bad_checkpoints(tmp_path, zoo).items():
         code = eval_keras.main(_args(zoo, path, tmp_path / "out", *extra))
         line = _single_error(capsys)
@@ -251,8 +301,16 @@ def test_bad_lists_exit_2_with_one_line(zoo: dict, tmp_path: Path, capsys: pytes
         tmp_path / "absent.txt": "does not exist",
     }
     for testfile, message in cases.items():
-        args = ["--checkpoint", str(root / "model.keras"), "--testfile", str(testfile),
-                "--data_path", str(root / "data"), "--out", str(tmp_path / "out")]
+        args = [
+            "--checkpoint",
+            str(root / "model.keras"),
+            "--testfile",
+            str(testfile),
+            "--data_path",
+            str(root / "data"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
         assert eval_keras.main(args) == 2
         line = _single_error(capsys)
         assert str(testfile) in line and message in line, line
@@ -266,24 +324,37 @@ def test_help_is_fast_and_names_the_default_out(capsys: pytest.CaptureFixture) -
     assert "_eval/" in text and "--gradcam" in text and "(default: 2000)" in text
 
 
-def test_corrupt_image_that_passes_the_header_check(zoo: dict, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_corrupt_image_that_passes_the_header_check(
+    zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     root = zoo["root"]
     (tmp_path / "data" / "test").mkdir(parents=True)
     for path in (root / "data" / "test").glob("*.png"):
-        data = path.read_bytes()
-        (tmp_path / "data" / "test" / path.name).write_bytes(data[:60] if path.name == "img03.png" else data)
-    args = ["--checkpoint", str(root / "model.keras"), "--testfile", str(root / "test.txt"),
-            "--data_path", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+        data = bytearray(path.read_bytes())
+        if path.name == "img03.png":
+            data[60:90] = bytes(30)  # damaged inside the IDAT chunk; the IEND end marker is intact
+        (tmp_path / "data" / "test" / path.name).write_bytes(bytes(data))
+    args = [
+        "--checkpoint",
+        str(root / "model.keras"),
+        "--testfile",
+        str(root / "test.txt"),
+        "--data_path",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert eval_keras.main(args) == 2
     line = _single_error(capsys)
     assert "could not be read or decoded (Invalid PNG data" in line and "function_node" not in line
+    assert f"{tmp_path / 'data' / 'test' / 'img03.png'}: cannot be decoded (Invalid PNG data" in line
     assert eval_keras.main([*args, "--verify_images", "full"]) == 2
     assert "img03.png: cannot be decoded" in _single_error(capsys)
 
 
 def test_image_dir_evaluates_a_validation_list_for_the_weighted_ensemble(
-        zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """--image_dir: a val_COVIDx.txt whose images are in DATA_PATH/train, then compare.py --weights-from."""
     import compare
 
@@ -300,9 +371,21 @@ def test_image_dir_evaluates_a_validation_list_for_the_weighted_ensemble(
     val_list.write_text("".join(lines))
 
     def evaluate(checkpoint: str, out: str, *extra: str) -> int:
-        return eval_keras.main(["--checkpoint", str(root / checkpoint), "--data_path", str(tmp_path / "data"),
-                                "--out", str(tmp_path / out), "--n_bootstrap", "20", "--batch_size", "4",
-                                *extra])
+        return eval_keras.main(
+            [
+                "--checkpoint",
+                str(root / checkpoint),
+                "--data_path",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / out),
+                "--n_bootstrap",
+                "20",
+                "--batch_size",
+                "4",
+                *extra,
+            ]
+        )
 
     # The default image folder is DATA_PATH/test, where the validation images are not.
     assert evaluate("model.keras", "wrong", "--testfile", str(val_list)) == 2
@@ -330,11 +413,29 @@ def test_image_dir_evaluates_a_validation_list_for_the_weighted_ensemble(
     assert evaluate("model.keras", "keras_test", *test) == 0
     assert evaluate(*onnx, "onnx_test", *test) == 0
     capsys.readouterr()
-    csv = {name: str(tmp_path / name / "predictions.csv") for name in ("keras_test", "onnx_test", "keras_val",
-                                                                       "onnx_val")}
-    assert compare.main([csv["keras_test"], csv["onnx_test"], "--names", "keras", "onnx",
-                         "--weights-from", csv["keras_val"], csv["onnx_val"], "--n-bootstrap", "20",
-                         "--out", str(tmp_path / "cmp")]) == 0
+    csv = {
+        name: str(tmp_path / name / "predictions.csv")
+        for name in ("keras_test", "onnx_test", "keras_val", "onnx_val")
+    }
+    assert (
+        compare.main(
+            [
+                csv["keras_test"],
+                csv["onnx_test"],
+                "--names",
+                "keras",
+                "onnx",
+                "--weights-from",
+                csv["keras_val"],
+                csv["onnx_val"],
+                "--n-bootstrap",
+                "20",
+                "--out",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == 0
+    )
     assert "weighted ensemble" in capsys.readouterr().out
     weights = pd.read_csv(tmp_path / "cmp" / "ensemble_weights.csv")
     assert len(weights) == 2 and weights.select_dtypes("number").sum().max() == pytest.approx(1.0)

@@ -89,7 +89,9 @@ def test_overlay_name_size_and_selection() -> None:
     assert select_per_class(entries, 2) == [0, 1, 2, 3, 4, 5]
 
 
-def test_eval_writes_one_overlay_per_class(covidx: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_writes_one_overlay_per_class(
+    covidx: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert eval_keras.main(_args(covidx, tmp_path, "--gradcam", "1")) == 0
     files = sorted((tmp_path / "gradcam").glob("*.png"))
     assert len(files) == 3
@@ -103,7 +105,9 @@ def test_eval_writes_one_overlay_per_class(covidx: dict, tmp_path: Path, capsys:
     assert "layer block5_relu" in capsys.readouterr().out
 
 
-def test_gradcam_layer_by_name_and_bad_name(covidx: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_gradcam_layer_by_name_and_bad_name(
+    covidx: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert eval_keras.main(_args(covidx, tmp_path, "--gradcam", "2", "--gradcam_layer", "block4_relu")) == 0
     assert len(list((tmp_path / "gradcam").glob("*.png"))) == 6
     assert "layer block4_relu" in capsys.readouterr().out
@@ -124,8 +128,11 @@ def test_eval_writes_tsne_plot_and_coordinates(covidx: dict, tmp_path: Path) -> 
     # The t-SNE pass records features without changing the predictions.
     plain = tmp_path / "plain"
     assert eval_keras.main(_args(covidx, plain)) == 0
-    np.testing.assert_allclose(pd.read_csv(plain / "predictions.csv").iloc[:, 3:].to_numpy(),
-                               predictions.iloc[:, 3:].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        pd.read_csv(plain / "predictions.csv").iloc[:, 3:].to_numpy(),
+        predictions.iloc[:, 3:].to_numpy(),
+        atol=1e-6,
+    )
 
 
 def test_feature_collector_reads_the_layer_before_fc3(covidx: dict) -> None:

@@ -103,8 +103,9 @@ def test_export_is_float32_with_surfsara_layer_names(exported: dict) -> None:
 @pytest.mark.slow
 def test_keras3_loads_every_kind_without_project_code(exported: dict) -> None:
     folder = exported["folder"]
-    script = textwrap.dedent(
-        """
+    script = (
+        textwrap.dedent(
+            """
         import numpy as np
         import keras
         batch = np.load("x.npy")
@@ -113,17 +114,23 @@ def test_keras3_loads_every_kind_without_project_code(exported: dict) -> None:
         RESULT["names"] = [full.layers[0].name, full.layers[-1].name]
         IMG_SIZE, CHECKPOINT = 32, "cp-01-0.50.hdf5"
         """
-    ) + _snippet("baseline-rebuild") + textwrap.dedent(
-        """
+        )
+        + _snippet("baseline-rebuild")
+        + textwrap.dedent(
+            """
         RESULT["weights"] = model.predict(batch, verbose=0).tolist()
         SAVED_MODEL, IMAGE = "saved_model", "xray.png"
         """
-    ) + _snippet("savedmodel-example") + textwrap.dedent(
-        """
+        )
+        + _snippet("savedmodel-example")
+        + textwrap.dedent(
+            """
         RESULT["bytes"] = probabilities.numpy().tolist()
-        RESULT["serving"] = loaded.signatures["serving_default"](images=tf.constant(batch))["probabilities"].numpy().tolist()
+        serving = loaded.signatures["serving_default"](images=tf.constant(batch))
+        RESULT["serving"] = serving["probabilities"].numpy().tolist()
         RESULT["zeros_shape"] = list(same_shape.shape)
         """
+        )
     )
     result = _run_isolated(script, folder)
     expected = np.array(exported["expected"])
@@ -138,10 +145,12 @@ def test_keras3_loads_every_kind_without_project_code(exported: dict) -> None:
 @pytest.mark.slow
 def test_tf_keras_loads_full_model_and_weights(exported: dict) -> None:
     folder = exported["folder"]
-    rebuild = _snippet("baseline-rebuild").replace("import keras  # or: import tf_keras as keras",
-                                                   "import tf_keras as keras")
-    script = textwrap.dedent(
-        """
+    rebuild = _snippet("baseline-rebuild").replace(
+        "import keras  # or: import tf_keras as keras", "import tf_keras as keras"
+    )
+    script = (
+        textwrap.dedent(
+            """
         import numpy as np
         import tf_keras
         batch = np.load("x.npy")
@@ -150,11 +159,14 @@ def test_tf_keras_loads_full_model_and_weights(exported: dict) -> None:
         RESULT["dtype"] = full.layers[-1].dtype
         IMG_SIZE, CHECKPOINT = 32, "cp-01-0.50.hdf5"
         """
-    ) + rebuild + textwrap.dedent(
-        """
+        )
+        + rebuild
+        + textwrap.dedent(
+            """
         RESULT["weights"] = model.predict(batch, verbose=0).tolist()
         RESULT["keras_module"] = keras.__name__
         """
+        )
     )
     result = _run_isolated(script, folder)
     expected = np.array(exported["expected"])

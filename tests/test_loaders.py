@@ -38,8 +38,14 @@ def write_onnx(path: Path, dims: list, *, axes: tuple[int, int], softmax_out: bo
     if extra_input:
         inputs.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, [1]))
     graph = helper.make_graph(
-        nodes, "g", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [dims[0], 3])],
-        initializer=[numpy_helper.from_array(np.array(axes, np.int64), "axes"), numpy_helper.from_array(W, "W")],
+        nodes,
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [dims[0], 3])],
+        initializer=[
+            numpy_helper.from_array(np.array(axes, np.int64), "axes"),
+            numpy_helper.from_array(W, "W"),
+        ],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
     return path
@@ -122,10 +128,16 @@ def test_onnx_layout(shape: list, layout: str | None) -> None:
         ("nhwc_batch3_logits", [3, IMG, IMG, 3], (1, 2), {"softmax_out": False}),
     ],
 )
-def test_onnx_matches_numpy_reference(tmp_path: Path, images: np.ndarray, name: str, dims: list, axes: tuple,
-                                      kwargs: dict) -> None:
+def test_onnx_matches_numpy_reference(
+    tmp_path: Path, images: np.ndarray, name: str, dims: list, axes: tuple, kwargs: dict
+) -> None:
     predictor = load_predictor(write_onnx(tmp_path / f"{name}.onnx", dims, axes=axes, **kwargs))
-    assert (predictor.kind, predictor.img_size, predictor.channels, predictor.keras_model) == ("onnx", IMG, 3, None)
+    assert (predictor.kind, predictor.img_size, predictor.channels, predictor.keras_model) == (
+        "onnx",
+        IMG,
+        3,
+        None,
+    )
     # 7 images: fixed batch sizes 1 and 3 are fed in chunks, the last one padded.
     probabilities = predictor.predict_batch(images)
     np.testing.assert_allclose(probabilities, reference(images), atol=1e-6)
@@ -165,8 +177,9 @@ def test_probability_detection_and_consistency() -> None:
     np.testing.assert_allclose(softmax(np.array([[0.0, 0.0, np.log(2.0)]])), [[0.25, 0.25, 0.5]])
 
     outputs = iter([np.array([[0.1, 0.2, 0.7]]), np.array([[2.0, 1.0, 0.0]])])
-    predictor = Predictor(path=Path("m.onnx"), kind="onnx", img_size=4, channels=3, description="",
-                          run=lambda x: next(outputs))
+    predictor = Predictor(
+        path=Path("m.onnx"), kind="onnx", img_size=4, channels=3, description="", run=lambda x: next(outputs)
+    )
     x = np.zeros((1, 4, 4, 3), np.float32)
     np.testing.assert_allclose(predictor.predict_batch(x), [[0.1, 0.2, 0.7]])
     with pytest.raises(ValueError, match="not probabilities for a later one"):
@@ -178,15 +191,19 @@ def test_probability_detection_and_consistency() -> None:
 def test_keras_kinds_and_logits_model(tiny_keras: dict, images: np.ndarray) -> None:
     folder = tiny_keras["folder"]
     expected = tiny_keras["model"].predict(images, verbose=0)
-    for name, kwargs in (("full.h5", {}), ("m.keras", {}), ("cp-01-0.10.hdf5", {"model": "SmallCNN",
-                                                                               "img_size": IMG})):
+    for name, kwargs in (
+        ("full.h5", {}),
+        ("m.keras", {}),
+        ("cp-01-0.10.hdf5", {"model": "SmallCNN", "img_size": IMG}),
+    ):
         predictor = load_predictor(folder / name, **kwargs)
         assert predictor.keras_model is not None and predictor.img_size == IMG
         np.testing.assert_allclose(predictor.predict_batch(images), expected, atol=1e-5)
     logits = load_predictor(folder / "logits.keras")
     gray = images[..., :1]
-    np.testing.assert_allclose(logits.predict_batch(gray),
-                               softmax(tiny_keras["logits_model"].predict(gray, verbose=0)), atol=1e-5)
+    np.testing.assert_allclose(
+        logits.predict_batch(gray), softmax(tiny_keras["logits_model"].predict(gray, verbose=0)), atol=1e-5
+    )
     assert logits.output == "logits" and logits.channels == 1
 
 
@@ -238,8 +255,12 @@ def test_load_image_formats_and_dicom_matches_png(tmp_path: Path) -> None:
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "broken.png").write_bytes((tmp_path / "a.png").read_bytes()[:40])
     (tmp_path / "bad.dcm").write_bytes(b"\x00" * 200)
-    for name, message in (("text.png", "not a PNG, JPEG"), ("empty.jpg", "empty file"),
-                          ("broken.png", "cannot be decoded"), ("bad.dcm", "DICOM")):
+    for name, message in (
+        ("text.png", "not a PNG, JPEG"),
+        ("empty.jpg", "empty file"),
+        ("broken.png", "cannot be decoded"),
+        ("bad.dcm", "DICOM"),
+    ):
         with pytest.raises(ValueError, match=message):
             load_image(tmp_path / name, img_size=IMG, channels=3)
     with pytest.raises(FileNotFoundError):
@@ -252,5 +273,7 @@ def test_keras_model_with_wrong_output_is_refused(tmp_path: Path) -> None:
     inputs = keras.Input((8, 8, 3))
     two_classes = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
     two_classes.save(str(tmp_path / "two.keras"))
-    with pytest.raises(ValueError, match=r"two.keras: the model output has shape \[None, 2\]; expected \[n, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"two.keras: the model output has shape \[None, 2\]; expected \[n, 3\]"
+    ):
         load_predictor(tmp_path / "two.keras")

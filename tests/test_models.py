@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import keras
@@ -324,6 +324,46 @@ def test_resnet18_one_channel_and_weights_file(tmp_path: Path, no_download) -> N
         build_model("resnet18", input_shape=(64, 64, 3), weights="imagenet")
 
 
+def test_linear_head_is_torchvisions_avgpool_and_fc() -> None:
+    """head="linear": GlobalAveragePooling -> FC_<n> (softmax), initialised as torch's nn.Linear."""
+    model = build_model("resnet18", input_shape=(64, 64, 3), head="linear", num_classes=4)
+    names = [layer.name for layer in model.layers[-3:]]
+    assert names == ["layer4_1_relu2", "global_average_pooling2d", "FC_4"]
+    fc = model.get_layer("FC_4")
+    assert fc.activation.__name__ == "softmax" and fc.dtype == "float32" and fc.kernel_regularizer is None
+    # nn.Linear(512, n): weight and bias ~ U(-1/sqrt(512), 1/sqrt(512)).
+    bound = 1 / np.sqrt(512)
+    kernel, bias = fc.kernel.numpy(), fc.bias.numpy()
+    assert kernel.shape == (512, 4) and np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+    assert np.abs(kernel).max() > 0.9 * bound and kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.1)
+    assert np.all(bias != 0)
+    # torchvision's resnet18 with fc = Linear(512, 4): its parameters, plus the 9,600 BN statistics.
+    assert model.count_params() == 11_689_512 - 513_000 + 512 * 4 + 4 + 9_600
+    assert models.head_layer_names(4, "linear") == ("FC_4",)
+    assert models.head_layer_names(4) == ("dense", "dense_1", "FC_4")
+    probs = model(_images(2, (64, 64, 3))).numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), np.ones(2), atol=1e-5)
+    dense = build_model("densenet121", input_shape=(32, 32, 1), head="linear")
+    assert [layer.name for layer in dense.layers[-3:]] == ["relu", "global_average_pooling2d", "FC_3"]
+    assert dense.get_layer("FC_3").kernel.shape == (1024, 3)  # torchvision's classifier: Linear(1024, n)
+    assert dense.count_params() == 7_037_504 + 1024 * 3 + 3
+
+
+def test_linear_head_saves_loads_and_trains_only_fc_when_frozen(tmp_path: Path) -> None:
+    from training.recipes import set_backbone_frozen
+
+    model = build_model("resnet18", input_shape=(32, 32, 3), head="linear", backbone_l2=1e-3)
+    # backbone_l2 covers the 20 convolutions, not FC_3 (the head has no penalty).
+    assert len(model.losses) == 20
+    path = tmp_path / "linear.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    images = _images(2, (32, 32, 3))
+    np.testing.assert_allclose(loaded(images).numpy(), model(images).numpy(), atol=1e-6)
+    set_backbone_frozen(model, True, train_bn=False)
+    assert [v.path for v in model.trainable_weights] == ["FC_3/kernel", "FC_3/bias"]
+
+
 # ---------------------------------------------------------------- input normalisation
 
 
@@ -360,6 +400,25 @@ def test_input_norm_layers_compute_imagenet_preprocessing(cached_model) -> None:
     np.testing.assert_allclose(_norm_output(effnet, gray), 255 * np.repeat(gray, 3, axis=-1), rtol=1e-6)
     expected = (np.repeat(gray, 3, axis=-1) - np.array(IMAGENET_MEAN_RGB)) / np.array(IMAGENET_STD_RGB)
     np.testing.assert_allclose(_norm_output(cached_model("densenet121", 1), gray), expected, atol=1e-5)
+
+
+def test_resnet18_imagenet_input_norm_is_torchvisions_normalize() -> None:
+    assert models.get_model_info("resnet18").input_norms == ("none", "imagenet")
+    model = build_model("resnet18", input_shape=(32, 32, 3), input_norm="imagenet", head="linear")
+    assert [layer.name for layer in model.layers[:3]] == ["input_1", "input_norm", "conv1_pad"]
+    rgb = _images(2, (32, 32, 3), seed=5)
+    expected = (rgb - np.array(IMAGENET_MEAN_RGB)) / np.array(IMAGENET_STD_RGB)
+    np.testing.assert_allclose(_norm_output(model, rgb), expected, atol=1e-5)
+    spec = ModelSpec(name="resnet18", input_shape=(32, 32, 3), head="linear", input_norm="imagenet")
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.to_dict()["head"] == "linear" and spec.to_dict()["input_norm"] == "imagenet"
+    # Per-RGB-channel statistics on a model that takes 1 channel directly: refused.
+    with pytest.raises(
+        ValueError,
+        match=r"input_norm='imagenet' for model 'resnet18' needs 3 channels.*"
+        r"received input_shape \(32, 32, 1\)",
+    ):
+        ModelSpec(name="resnet18", input_shape=(32, 32, 1), input_norm="imagenet")
 
 
 @pytest.mark.parametrize(
@@ -550,7 +609,9 @@ def test_surfsara_multi_gpu_checkpoint_loads(tmp_path: Path) -> None:
     # multi_gpu_model's graph: slices of the input batch -> the template on each -> concatenation named
     # after the template's output.
     inputs = tf_keras.Input((32, 32, 3), name="input_1")
-    halves = [tf_keras.layers.Lambda(lambda t, i=i: t[i::2], name=f"lambda_{i + 1}")(inputs) for i in range(2)]
+    halves = [
+        tf_keras.layers.Lambda(lambda t, i=i: t[i::2], name=f"lambda_{i + 1}")(inputs) for i in range(2)
+    ]
     merged = tf_keras.layers.Concatenate(axis=0, name="FC_3")([template(h) for h in halves])
     wrapper = tf_keras.Model(inputs, merged)
     # Non-zero batch-norm statistics, so loading them in the wrong place would show.
@@ -575,8 +636,13 @@ def test_weights_argument_errors(resnet_notop_file, tmp_path: Path) -> None:
         build_model("resnet50v2", input_shape=(32, 32, 3), weights=tmp_path / "missing.h5")
     with pytest.raises(IsADirectoryError, match="is not a file"):
         build_model("resnet50v2", input_shape=(32, 32, 3), weights=tmp_path)
+    (tmp_path / "w.bin").write_bytes(b"x")
+    suffixes = r"ending in \.h5/\.hdf5.*\.pth/\.pt/\.safetensors.*received suffix '\.bin'"
+    with pytest.raises(ValueError, match=suffixes):
+        build_model("resnet50v2", input_shape=(32, 32, 3), weights=tmp_path / "w.bin")
+    # A torchvision state dict only fits the two models with a converter (tests/test_torch_weights.py).
     (tmp_path / "w.pt").write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"ending in \.h5/\.hdf5.*received suffix '\.pt'"):
+    with pytest.raises(ValueError, match=r"loaded into densenet121 or resnet18; received model 'resnet50v2'"):
         build_model("resnet50v2", input_shape=(32, 32, 3), weights=tmp_path / "w.pt")
     with pytest.raises(ValueError, match="'smallcnn' has no ImageNet weights"):
         build_model("smallcnn", input_shape=(32, 32, 3), weights="imagenet")
@@ -787,7 +853,7 @@ def test_model_spec_round_trip_and_rebuild() -> None:
         ({"num_classes": 1}, r"num_classes must be an integer >= 2; received 1"),
         ({"num_classes": 2.5}, r"num_classes must be an integer >= 2; received 2.5"),
         ({"input_shape": (64, 64)}, r"input_shape must be \(height, width, channels\)"),
-        ({"head": "gap"}, r"head must be one of flatten, avg, max; received 'gap'"),
+        ({"head": "gap"}, r"head must be one of flatten, avg, max, linear; received 'gap'"),
         ({"head_l2": -1.0}, r"head_l2 must be a finite number >= 0; received -1.0"),
         ({"backbone_l2": float("nan")}, r"backbone_l2 must be a finite number >= 0; received nan"),
     ],

@@ -82,18 +82,43 @@ def test_load_entries_is_strict(tmp_path: Path) -> None:
 def test_unreadable_images_are_named(tmp_path: Path) -> None:
     images = tmp_path / "train"
     entries = _write_constant_images(images, ["normal", "pneumonia"])
-    (images / "notes.png").write_text("this is not an image")
-    (images / "empty.png").write_bytes(b"")
-    png = (images / "img000.png").read_bytes()
-    (images / "cut.png").write_bytes(png[: len(png) // 2])
-    entries += [ListEntry("n", "notes.png", "normal"), ListEntry("e", "empty.png", "normal"),
-                ListEntry("c", "cut.png", "normal")]
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 256, (64, 64), dtype=np.uint8)  # incompressible: files of several KiB
+    cv2.imwrite(str(images / "big.png"), noisy)
+    cv2.imwrite(str(images / "big.jpg"), noisy)
+    cv2.imwrite(str(images / "big.bmp"), noisy)
+    png, jpg, bmp = ((images / f"big.{x}").read_bytes() for x in ("png", "jpg", "bmp"))
+    files = {
+        "notes.png": b"this is not an image",
+        "empty.png": b"",
+        "cut.png": png[: len(png) // 2],  # a valid header, cut mid-IDAT (what a killed copy leaves)
+        "cut.jpg": jpg[: len(jpg) - 300],
+        "cut.bmp": bmp[:-10],
+        "padded.jpg": jpg + b"\x00" * 100,  # zeros after FFD9: complete, decodes
+        "trailer.png": png + b"junk after IEND",  # complete, decodes
+        # Starts and ends like a complete PNG, but the middle is gone: only a decode finds it.
+        "hollow.png": png[:200] + png[-12:],
+    }
+    for name, data in files.items():
+        (images / name).write_bytes(data)
+    entries += [ListEntry(name.split(".")[0], name, "normal") for name in ["big.png", "big.jpg", *files]]
     header = dict((e.filename, r) for e, r in find_image_problems(entries, images, verify="header"))
-    assert header == {"notes.png": "not a PNG, JPEG, BMP or GIF image", "empty.png": "empty file"}
-    full = dict((e.filename, r) for e, r in find_image_problems(entries, images, verify="full"))
-    assert set(full) == {"notes.png", "empty.png", "cut.png"}
-    assert full["cut.png"].startswith("cannot be decoded")
+    assert header == {
+        "notes.png": "not a PNG, JPEG, BMP or GIF image",
+        "empty.png": "empty file",
+        "cut.png": "truncated PNG (no IEND chunk at its end)",
+        "cut.jpg": "truncated JPEG (no FFD9 end marker at its end)",
+        "cut.bmp": f"truncated BMP ({len(bmp) - 10} of the {len(bmp)} bytes its header declares)",
+    }
+    full = dict((e.filename, r) for e, r in find_image_problems(entries, images, verify="full", workers=2))
+    assert set(full) == set(header) | {"hollow.png"}
+    assert full["hollow.png"].startswith("cannot be decoded")
+    assert {k: v for k, v in full.items() if k != "hollow.png"} == header  # the header reasons come first
     assert find_image_problems(entries, images, verify="none") == []
+    # The list names them all, before any training, in one error.
+    listed = write_list(tmp_path / "list.txt", entries)
+    with pytest.raises(ValueError, match=r"5 of 12 images are missing or unreadable: .*notes.png: not a PNG"):
+        load_entries(listed, images)
 
 
 def test_patient_split_keeps_patients_whole_and_every_class() -> None:
@@ -120,7 +145,13 @@ def test_balanced_batches_have_one_covid_and_cover_the_others_once(tmp_path: Pat
     labels = ["normal"] * 8 + ["pneumonia"] * 6 + ["COVID-19"] * 3
     entries = _write_constant_images(tmp_path, labels)
     data = make_train_dataset(
-        entries, tmp_path, img_size=8, batch_size=8, class_weights={0: 1.0, 1: 1.0, 2: 25.0}, augment=None, seed=3
+        entries,
+        tmp_path,
+        img_size=8,
+        batch_size=8,
+        class_weights={0: 1.0, 1: 1.0, 2: 25.0},
+        augment=None,
+        seed=3,
     )
     assert data.steps_per_epoch == 2  # 14 normal/pneumonia images, 7 per batch
     seen = Counter()
@@ -173,7 +204,9 @@ def test_same_seed_same_batches(tmp_path: Path) -> None:
     entries = _write_constant_images(tmp_path, ["normal"] * 9 + ["pneumonia"] * 6 + ["COVID-19"] * 3, size=32)
 
     def first_batches(seed: int, start_epoch: int = 0) -> np.ndarray:
-        data = make_train_dataset(entries, tmp_path, img_size=16, batch_size=4, seed=seed, start_epoch=start_epoch)
+        data = make_train_dataset(
+            entries, tmp_path, img_size=16, batch_size=4, seed=seed, start_epoch=start_epoch
+        )
         return np.stack([b[0].numpy() for b in data.dataset.take(5)])
 
     a, b = first_batches(7), first_batches(7)
@@ -181,6 +214,53 @@ def test_same_seed_same_batches(tmp_path: Path) -> None:
     assert np.abs(a - first_batches(8)).mean() > 0.01
     # A resumed run (start_epoch > 0) does not replay the first epoch's shuffles and draws.
     assert np.abs(a - first_batches(7, start_epoch=3)).mean() > 0.01
+
+
+@pytest.mark.parametrize("source", ["files", "cache"])
+@pytest.mark.parametrize("balance", [True, False])
+def test_a_resumed_stream_is_the_tail_of_an_uninterrupted_one(
+    tmp_path: Path, source: str, balance: bool
+) -> None:
+    """Starting at (epoch, step) gives exactly the batches an uninterrupted stream has there, draws too."""
+    from data.cache import build_cache, open_cache
+    from data.pipeline import CachedImages
+
+    labels = ["normal"] * 6 + ["pneumonia"] * 5 + ["COVID-19"] * 3  # 11 others: passes, epochs unaligned
+    entries = _write_constant_images(tmp_path / "img", labels, size=16)
+    images = tmp_path / "img"
+    if source == "cache":
+        root = build_cache(tmp_path / "cache", lists={"train": (entries, images)}, size=16, shard_images=4)
+        images = CachedImages(open_cache(root, "train", entries=entries), shuffle_buffer=4)
+    kwargs = dict(img_size=16, batch_size=4, balance=balance, mixup_alpha=0.4, seed=5, steps_per_epoch=5)
+
+    def batches(n: int, **start) -> list[np.ndarray]:
+        data = make_train_dataset(entries, images, **kwargs, **start)
+        return [
+            np.concatenate([x.numpy().ravel(), y.numpy().ravel(), w.numpy()])
+            for x, y, w in data.dataset.take(n)
+        ]
+
+    whole = batches(14)
+    for epoch, step in ((0, 3), (1, 0), (2, 1)):
+        tail = batches(14 - (epoch * 5 + step), start_epoch=epoch, start_step=step)
+        for got, want in zip(tail, whole[epoch * 5 + step :], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_every_pass_over_a_stream_is_a_permutation(tmp_path: Path) -> None:
+    """11 non-COVID images, 3 per batch: each run of 11 consecutive non-COVID rows holds every image once."""
+    labels = ["normal"] * 6 + ["pneumonia"] * 5 + ["COVID-19"] * 2
+    entries = _write_constant_images(tmp_path, labels)
+    data = make_train_dataset(entries, tmp_path, img_size=8, batch_size=4, augment=None, seed=2)
+    assert data.steps_per_epoch == 4
+    others, covid = [], []
+    for images, y, _ in data.dataset.take(22):  # 66 non-COVID rows: 6 passes
+        for img, c in zip(images.numpy(), y.numpy().argmax(axis=1)):
+            (covid if c == 2 else others).append(_level(img))
+    passes = [others[i : i + 11] for i in range(0, 66, 11)]
+    assert all(sorted(p) == list(range(11)) for p in passes)
+    assert len({tuple(p) for p in passes}) == 6  # a new order every pass
+    assert [sorted(covid[i : i + 2]) for i in range(0, 22, 2)] == [[11, 12]] * 11
 
 
 def test_shards_split_each_global_batch_exactly(tmp_path: Path) -> None:
@@ -214,8 +294,10 @@ def test_grey_batches_are_augmented_on_one_channel_with_the_same_pixels() -> Non
 
     key = tf.constant([3, 9], tf.int64)
     grey = tf.tile(tf.random.stateless_uniform([4, 32, 32, 1], seed=[1, 2]), [1, 1, 1, 3])
-    np.testing.assert_array_equal(_augment_channels_once(grey, key, AugmentConfig()).numpy(),
-                                  augment_batch(grey, key, AugmentConfig()).numpy())
+    np.testing.assert_array_equal(
+        _augment_channels_once(grey, key, AugmentConfig()).numpy(),
+        augment_batch(grey, key, AugmentConfig()).numpy(),
+    )
     colour = tf.random.stateless_uniform([4, 32, 32, 3], seed=[1, 3])
     out = _augment_channels_once(colour, key, AugmentConfig()).numpy()
     np.testing.assert_array_equal(out, augment_batch(colour, key, AugmentConfig()).numpy())

@@ -69,7 +69,8 @@ def test_write_evaluation_files(tmp_path: Path) -> None:
                                    patient_ids=preds.patient_ids, n_bootstrap=50, seed=1)
     written = write_evaluation_files(tmp_path / "eval", predictions=preds, metrics=metrics)
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
-        "confusion_matrix.png", "metrics.json", "predictions.csv", "roc_curves.png"
+        "confusion_matrix.png", "metrics.json", "pr_curves.png", "predictions.csv",
+        "reliability_diagram.png", "roc_curves.png",
     ]
     saved = json.loads(written["metrics.json"].read_text())
     assert saved["confusion_matrix"] == [[2, 1, 0], [1, 2, 0], [0, 1, 2]]

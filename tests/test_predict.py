@@ -106,7 +106,14 @@ def test_bad_images_are_reported_and_the_rest_predicted(setup: dict, tmp_path: P
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(setup["paths"]["dicom"].read_bytes()[:300])
     missing = tmp_path / "missing.jpg"
-    args = ["--checkpoint", str(setup["model"]), str(notes), str(setup["paths"]["png"]), str(broken), str(missing)]
+    args = [
+        "--checkpoint",
+        str(setup["model"]),
+        str(notes),
+        str(setup["paths"]["png"]),
+        str(broken),
+        str(missing),
+    ]
     assert predict.main(args) == 2
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
@@ -122,10 +129,13 @@ def test_bad_images_are_reported_and_the_rest_predicted(setup: dict, tmp_path: P
     assert [("error" in r) for r in document["results"]] == [True, False, True, True]
 
 
-@pytest.mark.parametrize("content, message", [(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100, "not a readable HDF5 file"),
-                                              (None, "does not exist")])
-def test_bad_checkpoint_exits_2_with_one_line(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                              content: bytes | None, message: str) -> None:
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100, "not a readable HDF5 file"), (None, "does not exist")],
+)
+def test_bad_checkpoint_exits_2_with_one_line(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes | None, message: str
+) -> None:
     checkpoint = tmp_path / "model.hdf5"
     if content is not None:
         checkpoint.write_bytes(content)

@@ -1,4 +1,5 @@
-"""--radiography-db (the ResNet-18 study's dataset and its seeded 70/10/20 split) and --cache on the command line."""
+"""--radiography-db (the ResNet-18 study's dataset, its seeded 70/10/20 split) and --cache from the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ from data.synthetic import make_synthetic_radiography_db
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2021+ layout: 25 COVID, 37 Normal, 38 Viral Pneumonia, 4 Lung_Opacity images of 32 px."""
-    return make_synthetic_radiography_db(tmp_path_factory.mktemp("rdb") / "db", size=100, image_size=32, seed=1)
+    return make_synthetic_radiography_db(
+        tmp_path_factory.mktemp("rdb") / "db", size=100, image_size=32, seed=1
+    )
 
 
 def _scan(root: Path, seed: int = 0, fractions=(0.7, 0.1, 0.2)):
@@ -43,7 +46,9 @@ def test_scan_reads_the_2021_layout_per_class_and_skips_lung_opacity(db: Path) -
     assert [s.reason for s in result.skipped] == ["class not used"] * 4
     assert all("Lung_Opacity" in s.detail for s in result.skipped)
     covid = [r.out_name for r in result.records if r.label == "COVID-19"]
-    assert covid[:3] == ["COVID-1.png", "COVID-2.png", "COVID-3.png"] and covid[9] == "COVID-10.png"  # natural order
+    assert (
+        covid[:3] == ["COVID-1.png", "COVID-2.png", "COVID-3.png"] and covid[9] == "COVID-10.png"
+    )  # natural order
     assert all(r.patient_id == Path(r.out_name).stem for r in result.records)
     for label, n in (("COVID-19", 25), ("normal", 37), ("pneumonia", 38)):
         splits = [r.split for r in result.records if r.label == label]
@@ -60,10 +65,16 @@ def test_the_split_is_a_function_of_the_seed(db: Path) -> None:
 
 def test_first_release_layout_and_names_with_spaces(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    for folder, prefix, n in (("COVID-19", "COVID-19", 5), ("NORMAL", "NORMAL", 6), ("Viral Pneumonia", "Viral Pneumonia", 6)):
+    for folder, prefix, n in (
+        ("COVID-19", "COVID-19", 5),
+        ("NORMAL", "NORMAL", 6),
+        ("Viral Pneumonia", "Viral Pneumonia", 6),
+    ):
         (tmp_path / folder).mkdir()
         for i in range(1, n + 1):
-            cv2.imwrite(str(tmp_path / folder / f"{prefix} ({i}).png"), rng.integers(0, 255, (16, 16), np.uint8))
+            cv2.imwrite(
+                str(tmp_path / folder / f"{prefix} ({i}).png"), rng.integers(0, 255, (16, 16), np.uint8)
+            )
     (tmp_path / "COVID-19.metadata.xlsx").write_bytes(b"not read")
     result = _scan(tmp_path)
     assert len(result.records) == 17 and not result.skipped
@@ -74,9 +85,13 @@ def test_first_release_layout_and_names_with_spaces(tmp_path: Path) -> None:
 
 def test_bad_folder_and_fractions_name_the_flag(tmp_path: Path, db: Path) -> None:
     (tmp_path / "masks").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"--radiography-db: .* has none of the class folders .*found: masks"):
+    with pytest.raises(
+        FileNotFoundError, match=r"--radiography-db: .* has none of the class folders .*found: masks"
+    ):
         radiography.check(tmp_path)
-    with pytest.raises(ValueError, match=r"--radiography-split must be three fractions .* received 0.8,0.1,0.2"):
+    with pytest.raises(
+        ValueError, match=r"--radiography-split must be three fractions .* received 0.8,0.1,0.2"
+    ):
         _scan(db, fractions=(0.8, 0.1, 0.2))
 
 
@@ -84,8 +99,12 @@ def test_command_line_build_writes_three_lists_and_is_deterministic(tmp_path: Pa
     outs = []
     for workers in ("1", "2"):
         out = tmp_path / f"out{workers}"
-        assert create_covidx.main(["--radiography-db", str(db), "--out", str(out), "--workers", workers,
-                                   "--no-progress"]) == 0
+        assert (
+            create_covidx.main(
+                ["--radiography-db", str(db), "--out", str(out), "--workers", workers, "--no-progress"]
+            )
+            == 0
+        )
         outs.append(out)
     for name in ("train_COVIDx.txt", "val_COVIDx.txt", "test_COVIDx.txt", "report.json"):
         a, b = ((o / name).read_text() for o in outs)
@@ -115,7 +134,13 @@ def test_command_line_build_writes_three_lists_and_is_deterministic(tmp_path: Pa
     ],
 )
 def test_command_line_errors(tmp_path: Path, db: Path, capsys: pytest.CaptureFixture, extra, message) -> None:
-    argv = ["--radiography-db", str(db), "--out", str(tmp_path / "o"), *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
+    argv = [
+        "--radiography-db",
+        str(db),
+        "--out",
+        str(tmp_path / "o"),
+        *[a.replace("{tmp}", str(tmp_path)) for a in extra],
+    ]
     assert create_covidx.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err
@@ -124,26 +149,45 @@ def test_command_line_errors(tmp_path: Path, db: Path, capsys: pytest.CaptureFix
 def test_radiography_split_flag_is_refused_for_covidx(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["--cohen", str(tmp_path), "--out", str(tmp_path / "o"), "--radiography-split", "0.6,0.2,0.2"]
     assert create_covidx.main(argv) == 2
-    assert "--radiography-split applies to --split radiography, not to --split covidnet" in capsys.readouterr().err
+    assert (
+        "--radiography-split applies to --split radiography, not to --split covidnet"
+        in capsys.readouterr().err
+    )
 
 
 def test_cache_after_the_build_and_from_existing_lists(tmp_path: Path, db: Path) -> None:
     out = tmp_path / "out"
-    assert create_covidx.main(["--radiography-db", str(db), "--out", str(out), "--cache", "24", "--no-progress"]) == 0
+    assert (
+        create_covidx.main(["--radiography-db", str(db), "--out", str(out), "--cache", "24", "--no-progress"])
+        == 0
+    )
     for split, n in (("train", 69), ("val", 11), ("test", 20)):
         entries = read_list(out / f"{split}_COVIDx.txt").entries
         cached = open_cache(out / "cache-24", split, entries=entries)
         assert len(cached.entries) == n
     # The cached pixels are the originals resized: compare one test image.
     first = read_list(out / "test_COVIDx.txt").entries[0]
-    record = next(iter(read_records(open_cache(out / "cache-24", "test", entries=[first]), ["normal", "pneumonia", "COVID-19"],
-                                    keep_filenames=[first.filename])))
-    original = tf.image.resize(tf.io.decode_png(tf.io.read_file(str(out / "test" / first.filename)), channels=1), (24, 24))
+    record = next(
+        iter(
+            read_records(
+                open_cache(out / "cache-24", "test", entries=[first]),
+                ["normal", "pneumonia", "COVID-19"],
+                keep_filenames=[first.filename],
+            )
+        )
+    )
+    original = tf.image.resize(
+        tf.io.decode_png(tf.io.read_file(str(out / "test" / first.filename)), channels=1), (24, 24)
+    )
     assert np.abs(record["image"].numpy().astype(float) - np.rint(original.numpy())).max() <= 1
 
     # Cache-only mode: an existing dataset, another size, another folder.
-    assert create_covidx.main(["--out", str(out), "--cache", "16", "--cache-dir", str(tmp_path / "c16"),
-                               "--no-progress"]) == 0
+    assert (
+        create_covidx.main(
+            ["--out", str(out), "--cache", "16", "--cache-dir", str(tmp_path / "c16"), "--no-progress"]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "c16" / "manifest.json").read_text())["size"] == 16
 
 

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from scipy import stats
+from test_distributed import TIMEOUT, _env, _fingerprint, _free_ports
+from test_pipeline import _level, _write_constant_images
+from test_train import _args, _log_epochs
 
 import train_keras
 from conftest import REPO_ROOT
 from data.augment import mixup_batch, mixup_draws
 from data.labels import NUM_CLASSES
 from data.pipeline import load_entries, make_train_dataset, patient_split
-from test_distributed import TIMEOUT, _env, _fingerprint, _free_ports
-from test_pipeline import _level, _write_constant_images
-from test_train import _args, _log_epochs
 from training.checkpoints import find_resume_state, list_checkpoints
 from training.config import RunConfig
 from training.preemption import EXIT_PREEMPTED, PreemptionWatcher
@@ -92,7 +92,9 @@ def test_mixup_rows_are_the_mixed_images_labels_and_weights() -> None:
 
 @pytest.mark.parametrize("alpha", [0.2, 0.4, 1.0])
 def test_mixup_lambda_follows_the_folded_beta(alpha: float) -> None:
-    lam = np.concatenate([mixup_draws(4000, tf.constant([i, 1], tf.int64), alpha)[0].numpy() for i in range(5)])
+    lam = np.concatenate(
+        [mixup_draws(4000, tf.constant([i, 1], tf.int64), alpha)[0].numpy() for i in range(5)]
+    )
     reference = np.random.default_rng(0).beta(alpha, alpha, 20000)
     # float32 like the draws: for small alpha a few percent of max(B, 1-B) round to exactly 1.
     reference = np.maximum(reference, 1 - reference).astype(np.float32)
@@ -134,7 +136,9 @@ def _rates(schedule: PhasedSchedule, steps) -> np.ndarray:
 
 def test_onecycle_peaks_at_pct_start_and_ends_at_lr_over_div_final() -> None:
     lr, total = 1e-3, 200
-    schedule = PhasedSchedule("onecycle", lr=lr, boundaries=(0, total), pct_start=0.25, div=25.0, div_final=1e5)
+    schedule = PhasedSchedule(
+        "onecycle", lr=lr, boundaries=(0, total), pct_start=0.25, div=25.0, div_final=1e5
+    )
     rates = _rates(schedule, range(total + 1))
     assert rates[0] == pytest.approx(lr / 25, rel=1e-5)
     assert rates.argmax() == 50 and rates[50] == pytest.approx(lr, rel=1e-6)
@@ -150,7 +154,10 @@ def test_onecycle_peaks_at_pct_start_and_ends_at_lr_over_div_final() -> None:
 def test_step_schedules_restart_at_every_phase() -> None:
     phases = training_phases(epochs=5, img_size=48, progressive=((32, 2), (48, 3)), freeze_epochs=1)
     assert [(p.first_epoch, p.end_epoch, p.img_size, p.frozen) for p in phases] == [
-        (0, 1, 32, True), (1, 2, 32, False), (2, 5, 48, False)]
+        (0, 1, 32, True),
+        (1, 2, 32, False),
+        (2, 5, 48, False),
+    ]
     bounds = phase_step_boundaries(phases, 10)
     assert bounds == (0, 10, 20, 50)
     onecycle = PhasedSchedule("onecycle", lr=0.01, boundaries=bounds, pct_start=0.3)
@@ -240,8 +247,10 @@ def test_frozen_backbone_does_not_change_until_unfrozen(train_bn: bool, policy: 
     conv = model.get_layer("block2_conv").kernel
     bn = model.get_layer("block2_bn")
     head = model.get_layer("dense").kernel
-    start = {k: v.numpy().copy() for k, v in
-             {"conv": conv, "gamma": bn.gamma, "mean": bn.moving_mean, "head": head}.items()}
+    start = {
+        k: v.numpy().copy()
+        for k, v in {"conv": conv, "gamma": bn.gamma, "mean": bn.moving_mean, "head": head}.items()
+    }
     for _ in range(5):  # a few, as mixed precision's loss scaling may skip the first
         model.train_on_batch(x, y)
     np.testing.assert_array_equal(conv.numpy(), start["conv"])
@@ -266,8 +275,10 @@ def test_progressive_flags_are_checked(tiny_covidx: Path, capsys: pytest.Capture
         (["--progressive", "32,48", "--head", "flatten", "--img_size", "48"], "needs --head avg or max"),
         (["--progressive", "32,40", "--head", "avg", "--img_size", "48"], "must equal --img_size (48)"),
         (["--progressive", "32:1,48:2", "--head", "avg", "--img_size", "48"], "add up to 3, --epochs is 2"),
-        (["--progressive", "64,96", "--head", "avg", "--img_size", "96", "--model", "xception"],
-         "below the model's minimum of 71"),
+        (
+            ["--progressive", "64,96", "--head", "avg", "--img_size", "96", "--model", "xception"],
+            "below the model's minimum of 71",
+        ),
         (["--progressive", "32,x", "--head", "avg"], "expects sizes"),
         (["--freeze_epochs", "5"], "more than --epochs 2"),
         (["--schedule", "cosine", "--min_lr", "0.01"], "must be below --lr"),
@@ -282,7 +293,11 @@ def test_progressive_flags_are_checked(tiny_covidx: Path, capsys: pytest.Capture
 def test_recipe_settings_are_recorded_and_block_a_different_resume() -> None:
     base = _config()
     # A run_config.json written before these settings existed reads back as the baseline.
-    old = {k: v for k, v in base.to_dict().items() if k not in ("schedule", "mixup", "progressive", "freeze_epochs")}
+    old = {
+        k: v
+        for k, v in base.to_dict().items()
+        if k not in ("schedule", "mixup", "progressive", "freeze_epochs")
+    }
     assert RunConfig.from_dict(old) == base
     assert base.changes_blocking_resume(RunConfig.from_dict(old)) == {}
     # A plateau run may be extended; a step schedule or progressive stages fix the number of epochs.
@@ -292,9 +307,18 @@ def test_recipe_settings_are_recorded_and_block_a_different_resume() -> None:
     stages = _config(progressive=((32, 2), (48, 2)))
     assert RunConfig.from_dict(json.loads(json.dumps(stages.to_dict()))) == stages
     assert set(_config(progressive=((32, 2), (48, 4)), epochs=6).changes_blocking_resume(stages)) == {
-        "epochs", "progressive"}
-    for change in ({"mixup": 0.4}, {"freeze_epochs": 1}, {"backbone_lr_mult": 0.1}, {"label_smoothing": 0.1},
-                   {"train_bn": False}, {"min_lr": 1e-7}, {"onecycle_pct_start": 0.3}):
+        "epochs",
+        "progressive",
+    }
+    for change in (
+        {"mixup": 0.4},
+        {"freeze_epochs": 1},
+        {"backbone_lr_mult": 0.1},
+        {"label_smoothing": 0.1},
+        {"train_bn": False},
+        {"min_lr": 1e-7},
+        {"onecycle_pct_start": 0.3},
+    ):
         assert set(_config(**change).changes_blocking_resume(base)) == set(change)
 
 
@@ -341,8 +365,12 @@ def _record_train_datasets(monkeypatch) -> list[dict]:
             with tf.control_dependencies([seen]):
                 return tf.identity(x), y, w
 
-        return type(data)(dataset=data.dataset.map(watch), steps_per_epoch=data.steps_per_epoch,
-                          batch_size=data.batch_size, covid_per_batch=data.covid_per_batch)
+        return type(data)(
+            dataset=data.dataset.map(watch),
+            steps_per_epoch=data.steps_per_epoch,
+            batch_size=data.batch_size,
+            covid_per_batch=data.covid_per_batch,
+        )
 
     monkeypatch.setattr(trainer, "make_train_dataset", recording)
     return calls
@@ -360,11 +388,28 @@ def _h5_weight(path: Path, layer: str, index: int = 0) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_progressive_frozen_onecycle_run_resumes_mid_stage(tiny_covidx: Path, monkeypatch,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_progressive_frozen_onecycle_run_resumes_mid_stage(
+    tiny_covidx: Path, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
     """All recipes at once; stopped inside the second (40 px, frozen) stage and resumed there."""
-    recipe = ["--img_size", "48", "--head", "avg", "--progressive", "32:1,40:1,48", "--freeze_epochs", "2",
-              "--schedule", "onecycle", "--backbone_lr_mult", "0.1", "--mixup", "0.4", "--label_smoothing", "0.1"]
+    recipe = [
+        "--img_size",
+        "48",
+        "--head",
+        "avg",
+        "--progressive",
+        "32:1,40:1,48",
+        "--freeze_epochs",
+        "2",
+        "--schedule",
+        "onecycle",
+        "--backbone_lr_mult",
+        "0.1",
+        "--mixup",
+        "0.4",
+        "--label_smoothing",
+        "0.1",
+    ]
     args = _args(tiny_covidx, *recipe, epochs=4, name="recipe-")
     run_dir = tiny_covidx / "output" / "recipe-lr0.001"
     train = load_entries(tiny_covidx / "train.txt", tiny_covidx / "data" / "train")
@@ -386,7 +431,9 @@ def test_progressive_frozen_onecycle_run_resumes_mid_stage(tiny_covidx: Path, mo
     assert "after epoch 1 and step 3 of the next" in capsys.readouterr().err
     # The rest of the interrupted 40 px epoch, then the 48 px stage; every batch at its stage's size.
     assert [(c["start_epoch"], c["img_size"], c["shapes"]) for c in calls[1:]] == [
-        (1, 40, {(4, 40, 40, 3)}), (2, 48, {(4, 48, 48, 3)})]
+        (1, 40, {(4, 40, 40, 3)}),
+        (2, 48, {(4, 48, 48, 3)}),
+    ]
     rows = _log_rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert [int(float(r["img_size"])) for r in rows] == [32, 40, 48, 48]
@@ -394,9 +441,13 @@ def test_progressive_frozen_onecycle_run_resumes_mid_stage(tiny_covidx: Path, mo
     # The rate of each epoch's last step is the schedule's at that step: the counter survived the stop.
     config = RunConfig.from_dict(json.loads((run_dir / "run_config.json").read_text()))
     assert config.progressive == ((32, 1), (40, 1), (48, 2)) and config.model["input_shape"] == [48, 48, 3]
-    schedule = PhasedSchedule("onecycle", lr=1e-3, boundaries=phase_step_boundaries(run_phases(config), steps))
+    schedule = PhasedSchedule(
+        "onecycle", lr=1e-3, boundaries=phase_step_boundaries(run_phases(config), steps)
+    )
     for epoch, row in enumerate(rows):
-        assert float(row["learning_rate"]) == pytest.approx(float(schedule((epoch + 1) * steps - 1)), rel=1e-4)
+        assert float(row["learning_rate"]) == pytest.approx(
+            float(schedule((epoch + 1) * steps - 1)), rel=1e-4
+        )
 
     # Frozen through epoch 2 (across the stop), trained in epoch 3; head and batch norm train throughout.
     cps = dict(list_checkpoints(run_dir))
@@ -408,7 +459,9 @@ def test_progressive_frozen_onecycle_run_resumes_mid_stage(tiny_covidx: Path, mo
     # The final model is the fixed 48 px registry model.
     final = keras.models.load_model(run_dir / "final_model.hdf5", compile=False)
     assert final.input_shape == (None, 48, 48, 3)
-    np.testing.assert_allclose(final.get_layer("block3_conv").get_weights()[0], _h5_weight(cps[4], "block3_conv"))
+    np.testing.assert_allclose(
+        final.get_layer("block3_conv").get_weights()[0], _h5_weight(cps[4], "block3_conv")
+    )
 
     # The stages are part of the run: another --epochs cannot resume it.
     capsys.readouterr()
@@ -418,13 +471,30 @@ def test_progressive_frozen_onecycle_run_resumes_mid_stage(tiny_covidx: Path, mo
 
 @pytest.mark.slow
 def test_cosine_mixup_run_end_to_end(tiny_covidx: Path) -> None:
-    args = _args(tiny_covidx, "--schedule", "cosine", "--min_lr", "1e-5", "--mixup", "0.2", "--freeze_epochs", "1",
-                 "--train_bn", "off", epochs=2, name="cosine-")
+    args = _args(
+        tiny_covidx,
+        "--schedule",
+        "cosine",
+        "--min_lr",
+        "1e-5",
+        "--mixup",
+        "0.2",
+        "--freeze_epochs",
+        "1",
+        "--train_bn",
+        "off",
+        epochs=2,
+        name="cosine-",
+    )
     assert train_keras.main(args) == 0
     run_dir = tiny_covidx / "output" / "cosine-lr0.001"
     config = json.loads((run_dir / "run_config.json").read_text())
     assert (config["schedule"], config["mixup"], config["freeze_epochs"], config["train_bn"]) == (
-        "cosine", 0.2, 1, False)
+        "cosine",
+        0.2,
+        1,
+        False,
+    )
     rows = _log_rows(run_dir)
     assert [int(float(r["backbone_frozen"])) for r in rows] == [1, 0]
     # Each phase (frozen, then unfrozen) is one cosine: its last step is near the floor.
@@ -438,14 +508,39 @@ def test_cosine_mixup_run_end_to_end(tiny_covidx: Path) -> None:
 @pytest.mark.slow
 def test_two_workers_agree_with_every_recipe(tiny_covidx: Path) -> None:
     """MultiWorkerMirroredStrategy with mixup, progressive stages, freezing and discriminative rates."""
-    recipe = ["--img_size", "40", "--val_split", "0", "--head", "avg", "--progressive", "32:1,40",
-              "--freeze_epochs", "1", "--backbone_lr_mult", "0.1", "--schedule", "onecycle", "--mixup", "0.4",
-              "--label_smoothing", "0.1"]
-    cmd = [sys.executable, str(REPO_ROOT / "train_keras.py"), *_args(tiny_covidx, *recipe, epochs=3, name="mw-")]
+    recipe = [
+        "--img_size",
+        "40",
+        "--val_split",
+        "0",
+        "--head",
+        "avg",
+        "--progressive",
+        "32:1,40",
+        "--freeze_epochs",
+        "1",
+        "--backbone_lr_mult",
+        "0.1",
+        "--schedule",
+        "onecycle",
+        "--mixup",
+        "0.4",
+        "--label_smoothing",
+        "0.1",
+    ]
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "train_keras.py"),
+        *_args(tiny_covidx, *recipe, epochs=3, name="mw-"),
+    ]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = [
         subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cmd,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env=_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})),
         )
         for i in range(2)
@@ -462,4 +557,7 @@ def test_two_workers_agree_with_every_recipe(tiny_covidx: Path) -> None:
     assert _fingerprint(logs[0]) == _fingerprint(logs[1])
     rows = _log_rows(tiny_covidx / "output" / "mw-lr0.001")
     assert [(int(float(r["img_size"])), int(float(r["backbone_frozen"]))) for r in rows] == [
-        (32, 1), (40, 0), (40, 0)]
+        (32, 1),
+        (40, 0),
+        (40, 0),
+    ]

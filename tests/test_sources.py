@@ -65,12 +65,21 @@ def test_cohen_2020_flat_findings_odd_headers_no_folder_column(tmp_path: Path) -
         ("19", "COVID-19", "a.jpg", 1), ("19", "COVID-19", "b.png", 2), ("8", "pneumonia", "c.jpg", 3)]
     assert result.records[1].src == root / "images" / "b.png"
     assert reasons(result) == {
-        4: "finding not mapped", 5: "view not kept", 6: "COVID-19 image duplicated in SIRM", 7: "missing image",
-        8: "bad file name", 9: "finding not mapped", 10: "empty finding"}
+        4: "finding not mapped",
+        5: "view not kept",
+        6: "COVID-19 image duplicated in SIRM",
+        7: "missing image",
+        8: "bad file name",
+        9: "finding not mapped",
+        10: "empty finding",
+    }
     assert "escapes its folder" in next(s.detail for s in result.skipped if s.row == 8)
     # URLs of every row that passed the view filter (COVID-Net's SIRM duplicate check)
-    assert result.urls == {"https://radiopaedia.org/x", "https://pubs.rsna.org/y",
-                           "https://www.sirm.org/2020/03/10/covid-19-caso-22/"}
+    assert result.urls == {
+        "https://radiopaedia.org/x",
+        "https://pubs.rsna.org/y",
+        "https://www.sirm.org/2020/03/10/covid-19-caso-22/",
+    }
 
 
 def test_cohen_2021_hierarchical_findings_and_folder_column(tmp_path: Path) -> None:
@@ -90,7 +99,9 @@ def test_cohen_2021_hierarchical_findings_and_folder_column(tmp_path: Path) -> N
     write_csv(root / "metadata.csv", header, rows)
     result = cohen.scan(root, CTX)
     assert [(r.patient_id, r.label, r.src) for r in result.records] == [
-        ("100", "COVID-19", root / "images" / "a.png"), ("101", "pneumonia", root / "other" / "b.png")]
+        ("100", "COVID-19", root / "images" / "a.png"),
+        ("101", "pneumonia", root / "other" / "b.png"),
+    ]
     assert reasons(result) == {3: "finding not mapped", 4: "view not kept", 5: "bad file name"}
     assert result.info["folder_column"] is True and accounted(result)
 
@@ -118,12 +129,15 @@ def test_cohen_missing_column_and_missing_files_name_the_flag(tmp_path: Path) ->
     (tmp_path / "c").mkdir()
     with pytest.raises(FileNotFoundError, match=r"--cohen: .*metadata.csv not found"):
         cohen.check(tmp_path / "c")
-    write_csv(tmp_path / "c" / "metadata.csv", ["patientid", "finding", "filename"], [["1", "COVID-19", "a.png"]])
+    write_csv(
+        tmp_path / "c" / "metadata.csv", ["patientid", "finding", "filename"], [["1", "COVID-19", "a.png"]]
+    )
     with pytest.raises(ValueError, match=r"--cohen: .*metadata.csv has no column 'view'"):
         cohen.scan(tmp_path / "c", CTX)
 
 
 # -- Figure1 and Actualmed ---------------------------------------------------------------------
+
 
 def test_figure1_iso_8859_1_jpg_or_png_and_missing_image(tmp_path: Path) -> None:
     root = tmp_path / "fig1"
@@ -142,7 +156,9 @@ def test_figure1_iso_8859_1_jpg_or_png_and_missing_image(tmp_path: Path) -> None
         (root / "metadata.csv").read_text(encoding="utf-8")
     result = figure1.scan(root, CTX)
     assert [(r.patient_id, r.out_name, r.label) for r in result.records] == [
-        ("COVID-00001", "COVID-00001.jpg", "COVID-19"), ("COVID-00002", "COVID-00002.png", "COVID-19")]
+        ("COVID-00001", "COVID-00001.jpg", "COVID-19"),
+        ("COVID-00002", "COVID-00002.png", "COVID-19"),
+    ]
     # COVID-Net re-used the previous row's entry here; this is reported instead
     assert reasons(result) == {3: "missing image", 4: "empty finding", 5: "finding not mapped"}
     assert accounted(result)
@@ -161,11 +177,19 @@ def test_actualmed_imagename_and_bad_names(tmp_path: Path) -> None:
     ]
     write_csv(root / "metadata.csv", ["patientid", "finding", "imagename"], rows)
     result = actualmed.scan(root, CTX)
-    assert [(r.patient_id, r.out_name, r.source) for r in result.records] == [("ANON24", "CR.1.png", "actmed")]
-    assert reasons(result) == {2: "finding not mapped", 3: "empty finding", 4: "bad file name", 5: "missing image"}
+    assert [(r.patient_id, r.out_name, r.source) for r in result.records] == [
+        ("ANON24", "CR.1.png", "actmed")
+    ]
+    assert reasons(result) == {
+        2: "finding not mapped",
+        3: "empty finding",
+        4: "bad file name",
+        5: "missing image",
+    }
 
 
 # -- SIRM --------------------------------------------------------------------------------------
+
 
 def test_sirm_duplicates_discards_fallback_names_and_gray(tmp_path: Path) -> None:
     root = tmp_path / "sirm"
@@ -183,11 +207,19 @@ def test_sirm_duplicates_discards_fallback_names_and_gray(tmp_path: Path) -> Non
         ["COVID 5", "PNG", "32*32", "https://www.sirm.org/e"],
     ]
     write_xlsx(root / "COVID.metadata.xlsx", ["FILE NAME", "FORMAT", "SIZE", "URL"], rows)
-    result = sirm.scan(root, ScanContext(rules=COVIDNET, exclude_urls=frozenset({"https://radiopaedia.org/in-cohen"})))
+    result = sirm.scan(
+        root, ScanContext(rules=COVIDNET, exclude_urls=frozenset({"https://radiopaedia.org/in-cohen"}))
+    )
     assert [(r.patient_id, r.image, r.out_name, r.convert) for r in result.records] == [
-        ("COVID 1", "COVID 1.png", "COVID1.png", "gray"), ("COVID 3", "COVID (3).png", "COVID(3).png", "gray")]
-    assert reasons(result) == {2: "duplicate of a cohen image", 4: "discarded by COVID-Net",
-                               5: "duplicate of a cohen image", 6: "missing image"}
+        ("COVID 1", "COVID 1.png", "COVID1.png", "gray"),
+        ("COVID 3", "COVID (3).png", "COVID(3).png", "gray"),
+    ]
+    assert reasons(result) == {
+        2: "duplicate of a cohen image",
+        4: "discarded by COVID-Net",
+        5: "duplicate of a cohen image",
+        6: "missing image",
+    }
     assert result.warnings == [] and accounted(result)
     alone = sirm.scan(root, CTX)  # no --cohen: the check cannot run, and the report says so
     assert len(alone.records) == 3 and "without --cohen" in alone.warnings[0]
@@ -195,7 +227,10 @@ def test_sirm_duplicates_discards_fallback_names_and_gray(tmp_path: Path) -> Non
 
 # -- RSNA --------------------------------------------------------------------------------------
 
-def _rsna_folder(root: Path, normal: list[str], pneumonia: dict[str, int], other: list[str], *, missing: str = "") -> None:
+
+def _rsna_folder(
+    root: Path, normal: list[str], pneumonia: dict[str, int], other: list[str], *, missing: str = ""
+) -> None:
     info, labels = [], []
     for pid in normal:
         info.append([pid, "Normal"])
@@ -212,8 +247,12 @@ def _rsna_folder(root: Path, normal: list[str], pneumonia: dict[str, int], other
     (root / "stage_2_train_images").mkdir(parents=True, exist_ok=True)
     for i, pid in enumerate(normal + list(pneumonia)):
         if pid != missing:
-            write_rsna_dicom(root / "stage_2_train_images" / f"{pid}.dcm",
-                             render_cxr("normal", np.random.default_rng(i), 32), patient_id=pid, seed=0)
+            write_rsna_dicom(
+                root / "stage_2_train_images" / f"{pid}.dcm",
+                render_cxr("normal", np.random.default_rng(i), 32),
+                patient_id=pid,
+                seed=0,
+            )
 
 
 def test_rsna_one_record_per_patient_and_shipped_test_patients(tmp_path: Path) -> None:
@@ -221,14 +260,23 @@ def test_rsna_one_record_per_patient_and_shipped_test_patients(tmp_path: Path) -
     assert [len(shipped["normal"]), len(shipped["pneumonia"])] == [100, 100]
     test_normal, test_pneu = shipped["normal"][0], shipped["pneumonia"][0]
     root = tmp_path / "rsna"
-    _rsna_folder(root, ["n1", test_normal, "n3"], {"p1": 3, test_pneu: 2, "p3": 1}, ["o1", "o2"], missing="n3")
+    _rsna_folder(
+        root, ["n1", test_normal, "n3"], {"p1": 3, test_pneu: 2, "p3": 1}, ["o1", "o2"], missing="n3"
+    )
     result = rsna.scan(root, CTX)
     assert [(r.patient_id, r.label, r.split, r.out_name) for r in result.records] == [
-        ("n1", "normal", "train", "n1.png"), (test_normal, "normal", "test", f"{test_normal}.png"),
-        ("p1", "pneumonia", "train", "p1.png"), (test_pneu, "pneumonia", "test", f"{test_pneu}.png"),
-        ("p3", "pneumonia", "train", "p3.png")]
+        ("n1", "normal", "train", "n1.png"),
+        (test_normal, "normal", "test", f"{test_normal}.png"),
+        ("p1", "pneumonia", "train", "p1.png"),
+        (test_pneu, "pneumonia", "test", f"{test_pneu}.png"),
+        ("p3", "pneumonia", "train", "p3.png"),
+    ]
     assert all(r.dedup_by_patient and r.convert == "dicom" for r in result.records)
-    assert Counter(s.reason for s in result.skipped) == {"extra box row": 3, "class not used": 2, "missing image": 1}
+    assert Counter(s.reason for s in result.skipped) == {
+        "extra box row": 3,
+        "class not used": 2,
+        "missing image": 1,
+    }
     assert result.rows_read == 3 + 6 + 2 and accounted(result)
     assert result.info["test_patients_from"].startswith("shipped")
 
@@ -239,7 +287,11 @@ def test_rsna_npy_lists_in_the_folder_win(tmp_path: Path) -> None:
     np.save(root / "rsna_test_patients_normal.npy", np.array(["n2"]))
     np.save(root / "rsna_test_patients_pneumonia.npy", np.array(["p1"]))
     result = rsna.scan(root, CTX)
-    assert [(r.patient_id, r.split) for r in result.records] == [("n1", "train"), ("n2", "test"), ("p1", "test")]
+    assert [(r.patient_id, r.split) for r in result.records] == [
+        ("n1", "train"),
+        ("n2", "test"),
+        ("p1", "test"),
+    ]
     assert result.info["test_patients_from"].endswith(".npy")
     assert len(result.warnings) == 2 and "differs from the shipped" in result.warnings[0]
 
@@ -252,10 +304,21 @@ def test_rsna_missing_csv_names_flag_and_path(tmp_path: Path) -> None:
 
 # -- RICORD ------------------------------------------------------------------------------------
 
+
 def _ricord_image(path: Path, view: str, seed: int, **kw) -> None:
-    write_ricord_dicom(path, render_cxr("COVID-19", np.random.default_rng(seed), 32), patient_id="p",
-                       study_uid="1.2.3", series_uid="1.2.3.4", instance_uid=f"1.2.3.4.{seed}", view=view,
-                       bits_stored=kw.get("bits", 12), monochrome1=True, windowed=False, syntax=kw.get("syntax", "native"))
+    write_ricord_dicom(
+        path,
+        render_cxr("COVID-19", np.random.default_rng(seed), 32),
+        patient_id="p",
+        study_uid="1.2.3",
+        series_uid="1.2.3.4",
+        instance_uid=f"1.2.3.4.{seed}",
+        view=view,
+        bits_stored=kw.get("bits", 12),
+        monochrome1=True,
+        windowed=False,
+        syntax=kw.get("syntax", "native"),
+    )
 
 
 @pytest.fixture
@@ -278,7 +341,8 @@ def test_ricord_without_list_uses_every_frontal_image(ricord_root: Path) -> None
     assert [(r.patient_id, r.out_name, r.crop) for r in result.records] == [
         ("419639-000001", "MIDRC-RICORD-1C-419639-000001-12345-0.png", None),
         ("419639-000001", "MIDRC-RICORD-1C-419639-000001-12345-2.png", None),  # index 1 was the lateral
-        ("419639-000002", "MIDRC-RICORD-1C-419639-000002-67890-0.png", None)]
+        ("419639-000002", "MIDRC-RICORD-1C-419639-000002-67890-0.png", None),
+    ]
     assert Counter(s.reason for s in result.skipped) == {"view not kept": 1, "bad study folder name": 1}
     assert "no ricord_data_set.txt" in result.warnings[0] and accounted(result)
 
@@ -292,9 +356,16 @@ def test_ricord_with_covidnet_list_and_crops(ricord_root: Path, tmp_path: Path) 
         "MIDRC-RICORD-1C-419639-000001-12345-2.png 1 2\n"  # bad line
     )
     result = ricord.scan(ricord_root, ScanContext(rules=COVIDNET, ricord_list=listing))
-    assert [(r.out_name, r.crop) for r in result.records] == [("MIDRC-RICORD-1C-419639-000002-67890-0.png", (2, 3, 30, 31))]
+    assert [(r.out_name, r.crop) for r in result.records] == [
+        ("MIDRC-RICORD-1C-419639-000002-67890-0.png", (2, 3, 30, 31))
+    ]
     assert Counter(s.reason for s in result.skipped) == {
-        "bad list line": 1, "view not kept": 1, "missing image": 1, "not in list": 2, "bad study folder name": 1}
+        "bad list line": 1,
+        "view not kept": 1,
+        "missing image": 1,
+        "not in list": 2,
+        "bad study folder name": 1,
+    }
     assert result.info["list"] == str(listing) and accounted(result)
     with pytest.raises(FileNotFoundError, match="--ricord-list"):
         ricord.scan(ricord_root, ScanContext(rules=COVIDNET, ricord_list=tmp_path / "nope.txt"))
@@ -310,8 +381,10 @@ def test_ricord_nbia_layout_one_level_down(ricord_root: Path, tmp_path: Path) ->
 
 def test_registry_flags_and_order() -> None:
     assert [s.name for s in SOURCES] == ["cohen", "fig1", "actmed", "sirm", "ricord", "rsna", "radiography"]
-    assert [BY_OPTION[o].flag for o in ("cohen", "figure1", "actualmed", "sirm", "rsna", "ricord", "radiography_db")] == [
-        "--cohen", "--figure1", "--actualmed", "--sirm", "--rsna", "--ricord", "--radiography-db"]
+    assert [
+        BY_OPTION[o].flag
+        for o in ("cohen", "figure1", "actualmed", "sirm", "rsna", "ricord", "radiography_db")
+    ] == ["--cohen", "--figure1", "--actualmed", "--sirm", "--rsna", "--ricord", "--radiography-db"]
     assert [s.stage for s in SOURCES] == [0, 0, 0, 0, 0, 1, 0]
     for spec in SOURCES:  # torchxrayvision-style module docstrings
         doc = __import__(spec.scan.__module__, fromlist=["x"]).__doc__
@@ -320,12 +393,17 @@ def test_registry_flags_and_order() -> None:
 
 # -- the real public samples -------------------------------------------------------------------
 
+
 @pytest.mark.realdata
 def test_real_cohen_2020_06(realdata_dir: Path) -> None:
     result = cohen.scan(realdata_dir / "cohen-2020-06", CTX)
     assert result.rows_read == 751 and accounted(result)
     assert Counter(s.reason for s in result.skipped) == {
-        "view not kept": 181, "finding not mapped": 91, "COVID-19 image duplicated in SIRM": 173, "missing image": 238}
+        "view not kept": 181,
+        "finding not mapped": 91,
+        "COVID-19 image duplicated in SIRM": 173,
+        "missing image": 238,
+    }
     assert Counter(r.label for r in result.records) == {"COVID-19": 55, "pneumonia": 13}
     # 'COVID-19, ARDS' (2020 flat finding) is COVID-19 under COVID-Net's rule
     assert sum(r.patient_id == "97" for r in result.records) >= 1
@@ -341,7 +419,11 @@ def test_real_figure1_and_actualmed(realdata_dir: Path) -> None:
     assert sum(r.out_name.endswith(".png") for r in fig.records) >= 1
     act = actualmed.scan(realdata_dir / "actualmed", CTX)
     assert (act.rows_read, len(act.records)) == (238, 8)
-    assert Counter(s.reason for s in act.skipped) == {"finding not mapped": 127, "empty finding": 53, "missing image": 50}
+    assert Counter(s.reason for s in act.skipped) == {
+        "finding not mapped": 127,
+        "empty finding": 53,
+        "missing image": 50,
+    }
 
 
 @pytest.mark.realdata

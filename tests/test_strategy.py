@@ -12,8 +12,15 @@ import pytest
 
 from training import strategy
 from training.strategy import (
-    PORT_BASE, SlurmCluster, _tasks_per_node, choose_strategy, cluster_source, expand_hostlist,
-    slurm_base_port, slurm_cluster, unstarted_slurm_tasks,
+    PORT_BASE,
+    SlurmCluster,
+    _tasks_per_node,
+    choose_strategy,
+    cluster_source,
+    expand_hostlist,
+    slurm_base_port,
+    slurm_cluster,
+    unstarted_slurm_tasks,
 )
 
 

@@ -49,8 +49,14 @@ def test_real_formats(tiny: Path) -> None:
     first = cv2.imread(str(tiny / "actualmed" / "images" / act["imagename"][0]), cv2.IMREAD_UNCHANGED)
     assert first.dtype == np.uint16 and first.shape == (32, 32)
     sirm = pd.read_excel(tiny / "sirm" / "COVID.metadata.xlsx", dtype=str)
-    assert list(sirm.columns) == ["FILE NAME", "FORMAT", "SIZE", "URL"] and "COVID 119" in set(sirm["FILE NAME"])
-    assert cv2.imread(str(tiny / "sirm" / "COVID" / "COVID 119.png"), cv2.IMREAD_UNCHANGED).shape == (32, 32, 3)
+    assert list(sirm.columns) == ["FILE NAME", "FORMAT", "SIZE", "URL"] and "COVID 119" in set(
+        sirm["FILE NAME"]
+    )
+    assert cv2.imread(str(tiny / "sirm" / "COVID" / "COVID 119.png"), cv2.IMREAD_UNCHANGED).shape == (
+        32,
+        32,
+        3,
+    )
 
     labels = pd.read_csv(tiny / "rsna" / "stage_2_train_labels.csv", dtype=str)
     info = pd.read_csv(tiny / "rsna" / "stage_2_detailed_class_info.csv", dtype=str)
@@ -69,7 +75,10 @@ def test_real_formats(tiny: Path) -> None:
         kinds[ds.file_meta.TransferSyntaxUID.name.split(" ")[0], ds.PhotometricInterpretation] += 1
         assert ds.BitsAllocated == 16 and 12 <= ds.BitsStored <= 16
         assert path.parent.parent.name.endswith("-" + ds.StudyInstanceUID[-5:])
-    assert {k[0] for k in kinds} == {"JPEG", "RLE", "Explicit"} and {k[1] for k in kinds} == {"MONOCHROME1", "MONOCHROME2"}
+    assert {k[0] for k in kinds} == {"JPEG", "RLE", "Explicit"} and {k[1] for k in kinds} == {
+        "MONOCHROME1",
+        "MONOCHROME2",
+    }
 
 
 def _augment(image: np.ndarray, rng: np.random.Generator, px: int = 32) -> np.ndarray:
@@ -104,8 +113,12 @@ def test_render_is_uint8_and_classes_differ_where_expected() -> None:
         render_cxr("flu", np.random.default_rng(0))
     # averaged over images, opacities make the lung zones brighter than in normals
     lung = (slice(20, 52), np.r_[8:26, 38:56])
-    means = {c: np.mean([render_cxr(c, np.random.default_rng([c == "normal", i]), 64)[lung].mean()
-                         for i in range(20)]) for c in CLASSES}
+    means = {
+        c: np.mean(
+            [render_cxr(c, np.random.default_rng([c == "normal", i]), 64)[lung].mean() for i in range(20)]
+        )
+        for c in CLASSES
+    }
     assert means["pneumonia"] > means["normal"] + 5 and means["COVID-19"] > means["normal"] + 5
 
 
@@ -118,8 +131,10 @@ def test_default_size_counts(tmp_path: Path) -> None:
     sources = make_synthetic_sources(tmp_path / "src", size=DEFAULT_SIZE, image_size=32)
     result = build_covidx(out_dir=tmp_path / "out", sources=sources, workers=2)
     counts = result.counts()
-    assert counts == {"train": {"normal": 110, "pneumonia": 113, "COVID-19": 112},
-                      "test": {"normal": 23, "pneumonia": 20, "COVID-19": 22}}
+    assert counts == {
+        "train": {"normal": 110, "pneumonia": 113, "COVID-19": 112},
+        "test": {"normal": 23, "pneumonia": 20, "COVID-19": 22},
+    }
     total = sum(counts["train"].values()) + sum(counts["test"].values())
     assert total == DEFAULT_SIZE and sum(counts["test"].values()) / total >= 0.15
     assert result.report["images"]["failed"] == 0

@@ -65,7 +65,9 @@ def test_train_writes_everything_a_user_needs(tiny_covidx: Path, capsys: pytest.
 def test_trained_model_beats_chance(tiny_covidx: Path) -> None:
     """The class signal of the synthetic images is learnable: far above the 1/3 of chance."""
     assert train_keras.main(_args(tiny_covidx, "--val_split", "0", epochs=6, name="learn-")) == 0
-    metrics = json.loads((tiny_covidx / "output" / "learn-lr0.001" / "test_evaluation" / "metrics.json").read_text())
+    metrics = json.loads(
+        (tiny_covidx / "output" / "learn-lr0.001" / "test_evaluation" / "metrics.json").read_text()
+    )
     assert metrics["metrics"]["accuracy"]["value"] >= 0.6
 
 
@@ -91,13 +93,30 @@ def test_rerun_resumes_and_extends(tiny_covidx: Path, capsys: pytest.CaptureFixt
     assert train_keras.main(_args(tiny_covidx, "--resume", "off", epochs=1, name="resume-")) == 0
     assert _log_epochs(run_dir) == [0]
     assert [e for e, _ in list_checkpoints(run_dir)] == [1]
-    # Checkpoints with no resume state belong to some other run: refused, not deleted.
+    # Checkpoints past epoch 1 with no resume state: a deleted resume state, refused, nothing deleted.
     shutil.rmtree(run_dir / "resume")
     shutil.copy(list_checkpoints(run_dir)[0][1], run_dir / "cp-07-0.50.hdf5")
     capsys.readouterr()
     assert train_keras.main(_args(tiny_covidx, epochs=2, name="resume-")) == 2
-    assert "no resume state" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no resume state" in err and "checkpoints past epoch 1" in err
     assert (run_dir / "cp-07-0.50.hdf5").is_file()
+    # Without this run's run_config.json the folder is some other run's: refused, nothing deleted.
+    (run_dir / "cp-07-0.50.hdf5").unlink()
+    config_text = (run_dir / "run_config.json").read_text()
+    (run_dir / "run_config.json").unlink()
+    assert train_keras.main(_args(tiny_covidx, epochs=2, name="resume-")) == 2
+    assert "no resume state and no run_config.json of this run" in capsys.readouterr().err
+    assert [e for e, _ in list_checkpoints(run_dir)] == [1]
+    # With it, this is the issue's case (killed after cp-01, before its resume state; a SLURM requeue):
+    # the same command starts the run over.
+    (run_dir / "run_config.json").write_text(config_text)
+    assert train_keras.main(_args(tiny_covidx, epochs=2, name="resume-")) == 0
+    err = capsys.readouterr().err
+    assert "stopped before its first resume state was complete: starting the run over" in err
+    assert _log_epochs(run_dir) == [0, 1]
+    assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2]
+    assert find_resume_state(run_dir / "resume")[1]["epoch"] == 2
 
 
 @pytest.mark.slow
@@ -151,12 +170,17 @@ def test_mixed_precision_runs_on_cpu_and_exports_float32(tiny_covidx: Path) -> N
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda root: (root / "bad.txt").write_text("a missing.png normal\n"), "missing.png: file does not exist"),
+        (
+            lambda root: (root / "bad.txt").write_text("a missing.png normal\n"),
+            "missing.png: file does not exist",
+        ),
         (lambda root: (root / "bad.txt").write_text("a train000.png covid\n"), "no known label"),
         (lambda root: (root / "bad.txt").write_text(""), "has no images"),
     ],
 )
-def test_bad_lists_fail_before_training(tiny_covidx: Path, capsys: pytest.CaptureFixture, mutate, message) -> None:
+def test_bad_lists_fail_before_training(
+    tiny_covidx: Path, capsys: pytest.CaptureFixture, mutate, message
+) -> None:
     mutate(tiny_covidx)
     args = _args(tiny_covidx, name="bad-")
     args[args.index("--trainfile") + 1] = str(tiny_covidx / "bad.txt")
@@ -170,13 +194,18 @@ def test_bad_lists_fail_before_training(tiny_covidx: Path, capsys: pytest.Captur
     "extra, message",
     [
         (["--model", "resnet5"], "resnet50v2"),  # the error lists the valid names
-        (["--weights", "imagenet", "--model", "resnet50v2"], "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        (
+            ["--weights", "imagenet", "--model", "resnet50v2"],
+            "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
         (["--datapipeline", "chexpert"], "not supported"),
         (["--checkpoint", "/nonexistent/cp.hdf5"], "/nonexistent/cp.hdf5"),
         (["--model", "xception", "--img_size", "32"], "too small for --model xception"),
     ],
 )
-def test_bad_flags_give_one_line(tiny_covidx: Path, capsys: pytest.CaptureFixture, monkeypatch, extra, message) -> None:
+def test_bad_flags_give_one_line(
+    tiny_covidx: Path, capsys: pytest.CaptureFixture, monkeypatch, extra, message
+) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tiny_covidx / "empty-keras-home"))
     args = _args(tiny_covidx, name="flags-")
     args += extra
@@ -207,7 +236,9 @@ def test_training_from_the_cache_needs_no_original_files(tiny_covidx: Path, tmp_
 
 @pytest.mark.slow
 def test_valfile_validates_on_that_list(tiny_covidx: Path, capsys: pytest.CaptureFixture) -> None:
-    """--valfile: a drawn validation list (images in DATA_PATH/train), as create_covidx.py --radiography-db writes."""
+    """--valfile: a drawn validation list (images in DATA_PATH/train), as create_covidx.py --radiography-db
+    writes.
+    """
     lines = (tiny_covidx / "train.txt").read_text().splitlines(keepends=True)
     (tiny_covidx / "train-part.txt").write_text("".join(lines[:36]) + lines[0])  # one duplicate line
     (tiny_covidx / "val-part.txt").write_text("".join(lines[36:]))
@@ -229,39 +260,120 @@ def test_valfile_validates_on_that_list(tiny_covidx: Path, capsys: pytest.Captur
 
 
 def test_surfsara_flag_spellings_and_weights_rules(tiny_covidx: Path, monkeypatch, caplog) -> None:
-    """A bare --regularizer (SURFsara's switch), models without ImageNet weights, --checkpoint without the file."""
+    """A bare --regularizer (SURFsara's switch), models without ImageNet weights, --checkpoint without the
+    file.
+    """
     monkeypatch.setenv("KERAS_HOME", str(tiny_covidx / "empty-keras-home"))
     args = train_keras.parse_args(["--regularizer", "--model", "smallcnn", "--img_size", "32"])
     assert args.regularizer == train_keras.SURFSARA_REGULARIZER == 1e-3
     assert train_keras.parse_args([]).regularizer == 0.0
     base = _args(tiny_covidx)
-    base = base[:base.index("--weights")] + base[base.index("--weights") + 2:]  # default: imagenet
+    base = base[: base.index("--weights")] + base[base.index("--weights") + 2 :]  # default: imagenet
     with caplog.at_level("WARNING"):
-        config = train_keras.resolve_config(train_keras.parse_args(base + ["--regularizer"]), replicas=1,
-                                            strategy_name="default", gpu=False)
+        config = train_keras.resolve_config(
+            train_keras.parse_args(base + ["--regularizer"]), replicas=1, strategy_name="default", gpu=False
+        )
     assert config.weights == "none" and config.model["backbone_l2"] == 1e-3
     assert "smallcnn has no ImageNet weights; it starts from random weights" in caplog.text
     # resnet50v2 would need the ImageNet file, unless --checkpoint replaces every weight anyway.
-    (tiny_covidx / "cp.hdf5").write_bytes(b"")
-    resnet = base[:base.index("--model")] + base[base.index("--model") + 2:] + ["--model", "resnet50v2"]
-    config = train_keras.resolve_config(train_keras.parse_args(resnet + ["--checkpoint", str(tiny_covidx / "cp.hdf5")]),
-                                        replicas=1, strategy_name="default", gpu=False)
+    with h5py.File(tiny_covidx / "cp.hdf5", "w") as f:  # read only when training starts; here its kind
+        f.attrs["layer_names"] = np.array([b"FC_3"])
+    resnet = base[: base.index("--model")] + base[base.index("--model") + 2 :] + ["--model", "resnet50v2"]
+    config = train_keras.resolve_config(
+        train_keras.parse_args(resnet + ["--checkpoint", str(tiny_covidx / "cp.hdf5")]),
+        replicas=1,
+        strategy_name="default",
+        gpu=False,
+    )
     assert config.weights == "imagenet" and config.checkpoint.endswith("cp.hdf5")
 
 
+@pytest.mark.slow
+def test_image_that_fails_to_decode_mid_run_is_named_and_the_run_resumes(
+    tiny_covidx: Path, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
+    """An image spoilt after the check (here: after epoch 1) stops training with one line naming it."""
+    import training.callbacks
+
+    image = tiny_covidx / "data" / "train" / "train004.png"  # pneumonia: every epoch shows it
+    good = image.read_bytes()
+    original = training.callbacks.save_resume_state
+
+    def spoil_after_epoch_1(resume_dir, **kwargs):
+        folder = original(resume_dir, **kwargs)
+        # Starts and ends like a whole PNG (the header check passes it), the middle is gone.
+        image.write_bytes(good[:100] + good[-12:])
+        return folder
+
+    monkeypatch.setattr(training.callbacks, "save_resume_state", spoil_after_epoch_1)
+    args = _args(tiny_covidx, epochs=2, name="spoilt-")
+    try:
+        assert train_keras.main(args) == 1
+        captured = capsys.readouterr()
+        errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in captured.err, captured.err[-3000:]
+        assert errors[0].startswith(
+            f"error: training stopped: 1 image(s) cannot be decoded: {image} "
+            "(--trainfile): cannot be decoded ("
+        )
+        run_dir = tiny_covidx / "output" / "spoilt-lr0.001"
+        saved = run_dir / "resume" / "epoch-0001"
+        assert (
+            f"the state after epoch 1 is saved in {saved}: re-running the same command resumes from there"
+            in errors[0]
+        )
+        assert find_resume_state(run_dir / "resume")[1]["epoch"] == 1
+        assert [e for e, _ in list_checkpoints(run_dir)] == [1]
+    finally:
+        image.write_bytes(good)
+    monkeypatch.undo()
+    assert train_keras.main(args) == 0  # the image repaired, the same command finishes the run
+    assert "after epoch 1" in capsys.readouterr().err
+    assert _log_epochs(run_dir) == [0, 1]
+
+
+def test_full_disk_during_a_save_is_one_line_and_keeps_the_state(
+    tiny_covidx: Path, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
+    import keras
+
+    def disk_full(self, filepath, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save_weights", disk_full)
+    assert train_keras.main(_args(tiny_covidx, epochs=1, name="full-disk-")) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in captured.err
+    assert "failed ([Errno 28] No space left on device); no epoch was completed yet" in errors[0]
+    run_dir = tiny_covidx / "output" / "full-disk-lr0.001"
+    assert find_resume_state(run_dir / "resume") is None and not list(run_dir.rglob(".partial-*"))
+
+
 def test_help_does_not_import_tensorflow() -> None:
-    code = ("import sys, train_keras, eval_keras, create_covidx, predict, compare\n"
-            "for m in (train_keras, eval_keras, create_covidx, predict, compare):\n"
-            "    try:\n        m.parse_args(['--help'])\n    except SystemExit:\n        pass\n"
-            "print('tensorflow' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, train_keras, eval_keras, create_covidx, predict, compare\n"
+        "for m in (train_keras, eval_keras, create_covidx, predict, compare):\n"
+        "    try:\n        m.parse_args(['--help'])\n    except SystemExit:\n        pass\n"
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-500:]
 
 
 def test_tensorflow_error_summary_skips_the_boilerplate() -> None:
     import tensorflow as tf
 
-    exc = tf.errors.UnavailableError(None, None, "Graph execution error:\n\nDetected at node x\n"
-                                     "Collective ops is aborted by: failed to connect to all addresses\n"
-                                     "[[{{node CollectiveReduceV2}}]]")
-    assert train_keras._op_error_summary(exc) == "Collective ops is aborted by: failed to connect to all addresses"
+    exc = tf.errors.UnavailableError(
+        None,
+        None,
+        "Graph execution error:\n\nDetected at node x\n"
+        "Collective ops is aborted by: failed to connect to all addresses\n"
+        "[[{{node CollectiveReduceV2}}]]",
+    )
+    assert (
+        train_keras._op_error_summary(exc)
+        == "Collective ops is aborted by: failed to connect to all addresses"
+    )

@@ -10,15 +10,20 @@ Two kinds of files, with two jobs:
   so the files load in either, into an architecture built from
   ``keras.applications``. Keras 3's own ``save_weights`` only writes the
   ``.weights.h5`` layout, which Keras 2 code cannot read.
-- the resume state (``resume/epoch-NNNN/``): model *and* optimizer variables
-  (Keras 3 ``.weights.h5``) plus a JSON file with the epoch and the callbacks'
-  state. A ``LATEST`` pointer file is replaced atomically after both are
-  complete, so a process killed at any moment resumes from the last completed
-  epoch and never from a truncated file.
+- the resume state (``resume/epoch-NNNN/`` after an epoch,
+  ``resume/epoch-NNNN-step-SSSSSS/`` after a SIGTERM stop inside the next
+  one): model *and* optimizer variables (Keras 3 ``.weights.h5``) plus a JSON
+  file with the epoch, the step and the callbacks' state. Every save writes a
+  new folder beside the previous state (through ``common.fsutil.atomic_dir``,
+  so it only takes its name once complete), then replaces the ``LATEST``
+  pointer atomically, and only then deletes the older states. A process killed
+  at any moment, or a save that fails (a full disk), leaves the last good
+  state intact and findable.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,7 +35,9 @@ import h5py
 import keras
 import numpy as np
 
-from common.fsutil import atomic_path, atomic_write_text
+from common.fsutil import atomic_dir, atomic_path, atomic_write_text, is_partial
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = "cp-{epoch:02d}-{val_loss:.2f}.hdf5"
 _CHECKPOINT_RE = re.compile(r"^cp-(\d+)-(.+)\.hdf5$")
@@ -52,7 +59,7 @@ def write_weights_hdf5(model: keras.Model, path: str | os.PathLike[str]) -> Path
             for layer in model.layers:
                 group = f.create_group(layer.name)
                 weights = _legacy_weights(layer)
-                names = [f"{layer.name}/{w.name}:{i}".encode("utf8") for i, w in enumerate(weights)]
+                names = [f"{layer.name}/{w.name}:{i}".encode() for i, w in enumerate(weights)]
                 group.attrs["weight_names"] = np.array(names, dtype=object) if names else np.array([], "S1")
                 for name, w in zip(names, weights):
                     group.create_dataset(name.decode("utf8"), data=keras.ops.convert_to_numpy(w))
@@ -91,8 +98,12 @@ def load_weights_file(model: keras.Model, path: str | os.PathLike[str]) -> None:
     # Keras picks the reader from the file name, so the name must match the content.
     if kind == "weights3" and not path.name.endswith(".weights.h5"):
         raise ValueError(f"checkpoint {path} holds Keras 3 weights; its name must end in .weights.h5")
-    if kind in ("weights", "model") and (path.suffix not in (".h5", ".hdf5") or path.name.endswith(".weights.h5")):
-        raise ValueError(f"checkpoint {path} holds Keras 2-layout HDF5 weights; its name must end in .hdf5 or .h5")
+    if kind in ("weights", "model") and (
+        path.suffix not in (".h5", ".hdf5") or path.name.endswith(".weights.h5")
+    ):
+        raise ValueError(
+            f"checkpoint {path} holds Keras 2-layout HDF5 weights; its name must end in .hdf5 or .h5"
+        )
     nested = _nested_model_group(path) if kind == "weights" else None
     try:
         if nested is None:
@@ -180,8 +191,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     weights only. An epoch whose loss is not finite writes nothing.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, keep: int = 0, full_model: bool = False,
-                 export_fn=None) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike[str], *, keep: int = 0, full_model: bool = False, export_fn=None
+    ) -> None:
         super().__init__()
         if keep < 0:
             raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps all), received {keep}")
@@ -217,35 +229,69 @@ STATE_JSON = "state.json"
 LATEST = "LATEST"
 
 
-def save_resume_state(resume_dir: str | os.PathLike[str], *, model: keras.Model, epoch: int,
-                      state: dict[str, Any]) -> Path:
-    """Save model + optimizer variables and ``state`` for ``epoch`` completed epochs.
+# epoch-NNNN[-step-SSSSSS][-PID]: the optional last part tells two saves of one position apart.
+_STATE_RE = re.compile(r"^epoch-(\d+)(?:-step-(\d+))?(?:-\d+)?$")
 
-    Layout: ``resume_dir/epoch-NNNN/{state.weights.h5,state.json}`` then the
-    ``LATEST`` pointer, each written atomically; older epoch folders are
-    removed only after the pointer names the new one.
+
+def state_folder_name(epoch: int, step: int = 0) -> str:
+    """``epoch-NNNN`` for the state after ``epoch`` epochs, ``epoch-NNNN-step-SSSSSS`` inside the next one."""
+    return f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
+
+
+def _write_state(folder: Path, *, model: keras.Model, state: dict[str, Any]) -> None:
+    # Inside the temporary folder of atomic_dir: nothing here is visible under a final name yet.
+    model.save_weights(str(folder / STATE_WEIGHTS))
+    (folder / STATE_JSON).write_text(json.dumps(state, indent=2, sort_keys=True))
+
+
+def _point_latest(resume_dir: Path, name: str) -> None:
+    atomic_write_text(resume_dir / LATEST, name + "\n")
+
+
+def _remove_older_states(resume_dir: Path, keep: str) -> None:
+    for other in resume_dir.iterdir():
+        if other.name != keep and other.is_dir() and _STATE_RE.match(other.name):
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def save_resume_state(
+    resume_dir: str | os.PathLike[str], *, model: keras.Model, epoch: int, state: dict[str, Any]
+) -> Path:
+    """Save model + optimizer variables and ``state`` for ``epoch`` completed epochs (and ``state['step']``).
+
+    The new state is written beside the previous one, into a folder named
+    after its epoch and step (:func:`state_folder_name`) that takes its name
+    only when complete; then ``LATEST`` names it (atomically) and only then are
+    older states deleted. An exception while writing (``OSError`` of a full
+    disk) leaves the previous state, and ``LATEST`` naming it, untouched.
     """
     resume_dir = Path(resume_dir)
-    folder = resume_dir / f"epoch-{epoch:04d}"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    with atomic_path(folder / STATE_WEIGHTS) as tmp:
-        model.save_weights(str(tmp))
-    atomic_write_text(folder / STATE_JSON, json.dumps({"epoch": epoch, **state}, indent=2, sort_keys=True))
-    atomic_write_text(resume_dir / LATEST, folder.name + "\n")
-    for other in resume_dir.glob("epoch-*"):
-        if other.is_dir() and other.name != folder.name:
-            shutil.rmtree(other, ignore_errors=True)
-    return folder
+    step = int(state.get("step", 0) or 0)
+    name = state_folder_name(epoch, step)
+    pointer = resume_dir / LATEST
+    if pointer.is_file() and pointer.read_text().strip() == name:
+        # Never swap out the folder LATEST names (atomic_dir would briefly leave no state under it):
+        # a second save of one position goes to a fresh name.
+        name = f"{name}-{os.getpid()}"
+    with atomic_dir(resume_dir / name) as tmp:
+        _write_state(tmp, model=model, state={**state, "epoch": epoch, "step": step})
+    _point_latest(resume_dir, name)
+    _remove_older_states(resume_dir, keep=name)
+    return resume_dir / name
+
+
+def _state_position(folder: Path) -> tuple[int, int] | None:
+    match = _STATE_RE.match(folder.name)
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
 
 
 def find_resume_state(resume_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
     """The newest complete resume state as ``(folder, state)``, or None if there is none.
 
     ``LATEST`` is trusted when it names a complete folder; otherwise (a kill
-    between the folder and the pointer) the newest folder holding both files
-    is used.
+    before the first pointer, a pointer damaged by hand) the complete folder
+    of the furthest (epoch, step) is used. Hidden ``.partial-*`` folders of
+    interrupted saves are never considered.
     """
     resume_dir = Path(resume_dir)
     if not resume_dir.is_dir():
@@ -253,14 +299,24 @@ def find_resume_state(resume_dir: str | os.PathLike[str]) -> tuple[Path, dict[st
     candidates = []
     pointer = resume_dir / LATEST
     if pointer.is_file():
-        candidates.append(resume_dir / pointer.read_text().strip())
-    candidates += sorted((p for p in resume_dir.glob("epoch-*") if p.is_dir()), reverse=True)
+        try:
+            named = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            named = ""
+        if named and not is_partial(named) and "/" not in named:
+            candidates.append(resume_dir / named)
+    others = [
+        (position, p)
+        for p in resume_dir.glob("epoch-*")
+        if p.is_dir() and (position := _state_position(p)) is not None
+    ]
+    candidates += [p for _, p in sorted(others, key=lambda item: (item[0], item[1].name), reverse=True)]
     for folder in candidates:
         try:
             state = json.loads((folder / STATE_JSON).read_text())
         except (OSError, ValueError):
             continue
-        if (folder / STATE_WEIGHTS).is_file():
+        if isinstance(state, dict) and "epoch" in state and (folder / STATE_WEIGHTS).is_file():
             return folder, state
     return None
 

@@ -24,7 +24,7 @@ RUN_CONFIG_NAME = "run_config.json"
 _RESUMABLE_CHANGES = frozenset(
     {"epochs", "keep_checkpoints", "full_checkpoints", "verify_images", "checkpoint", "weights",
      "run_dir", "output", "argv", "versions", "replicas", "num_workers", "strategy",
-     "xla", "cache", "collective_timeout"}
+     "xla", "cache", "collective_timeout", "deterministic"}
 )
 
 
@@ -62,6 +62,8 @@ class RunConfig:
     full_checkpoints: bool
     sync_batchnorm: bool = True
     collective_timeout: float = 600.0
+    # TensorFlow op determinism (bit-identical GPU runs); CPU runs are reproducible without it
+    deterministic: bool = False
     # a validation list (images in DATA_PATH/train) instead of carving one with val_split
     valfile: str = ""
     # training recipes (docs/training.md); the defaults are SURFsara's baseline
@@ -72,10 +74,14 @@ class RunConfig:
     onecycle_div_final: float = 1e5
     mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
     label_smoothing: float = 0.0
-    progressive: tuple[tuple[int, int], ...] = ()  # ((img_size, epochs), ...); () = one stage at the model's size
+    # ((img_size, epochs), ...); () = one stage at the model's size
+    progressive: tuple[tuple[int, int], ...] = ()
     freeze_epochs: int = 0
     backbone_lr_mult: float = 1.0
     train_bn: bool = True
+    # data/fingerprint.py fingerprints of the lists ({"--trainfile": "sha256:...", ...}): which data the run
+    # means; a list whose images changed blocks a resume (compared only for lists both runs recorded)
+    fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
     # how the run was executed (recorded, not compared on resume)
     strategy: str = "default"
     replicas: int = 1
@@ -90,7 +96,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
@@ -101,7 +107,7 @@ class RunConfig:
             values["progressive"] = tuple((int(size), int(n)) for size, n in values["progressive"])
         return cls(**values)
 
-    def changes_blocking_resume(self, previous: "RunConfig") -> dict[str, tuple[Any, Any]]:
+    def changes_blocking_resume(self, previous: RunConfig) -> dict[str, tuple[Any, Any]]:
         """Settings that differ from ``previous`` in a way that forbids resuming it.
 
         ``epochs`` may normally grow on resume (the run is extended). Not when
@@ -111,14 +117,20 @@ class RunConfig:
         would have been.
         """
         mine, theirs = self.to_dict(), previous.to_dict()
-        resumable = _RESUMABLE_CHANGES
+        resumable = _RESUMABLE_CHANGES | {"fingerprints"}
         if any(c.schedule != "plateau" or c.progressive for c in (self, previous)):
             resumable = resumable - {"epochs"}
-        return {
+        changed = {
             key: (theirs.get(key), mine[key])
             for key in mine
             if key not in resumable and _normalise(theirs.get(key)) != _normalise(mine[key])
         }
+        # A run folder written before fingerprints were recorded, or a list whose images could not be
+        # hashed, has nothing to compare.
+        for flag in sorted(set(self.fingerprints) & set(previous.fingerprints)):
+            if self.fingerprints[flag] != previous.fingerprints[flag]:
+                changed[f"fingerprints[{flag}]"] = (previous.fingerprints[flag], self.fingerprints[flag])
+        return changed
 
 
 def _normalise(value: Any) -> Any:

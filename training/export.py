@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import h5py
 import keras
 import tensorflow as tf
 
-from common.fsutil import atomic_path
+from common.fsutil import atomic_dir, atomic_path
 
 # Config keys Keras 3 adds that Keras 2 layers, initializers and inputs reject.
 _KERAS3_ONLY_KEYS = frozenset(
@@ -127,16 +126,6 @@ def float32_model(model: keras.Model, rebuild) -> keras.Model:
     return copy
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def decode_for_serving(image_bytes: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
     """Encoded PNG/JPEG bytes to a float32 ``[img_size, img_size, channels]`` image in [0, 1]."""
     image = tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False)
@@ -147,13 +136,17 @@ def decode_for_serving(image_bytes: tf.Tensor, *, img_size: int, channels: int) 
 def export_saved_model(model: keras.Model, directory: str | os.PathLike[str]) -> Path:
     """Write a SavedModel with ``serving_default`` (float images) and ``serving_bytes`` (encoded images).
 
-    Written to a temporary folder and swapped in, so a killed export never
-    leaves a half-written SavedModel under the final name.
+    Written into a hidden ``.partial-*`` folder beside ``directory`` and
+    swapped in (``common.fsutil.atomic_dir``), so a killed export never leaves
+    a half-written SavedModel under the final name, and what it does leave is
+    removed by the next run's ``remove_partials``.
     """
     directory = Path(directory)
     _, img_size, width, channels = model.input_shape
     if img_size is None or img_size != width:
-        raise ValueError(f"SavedModel export needs a square, fixed input size; model input is {model.input_shape}")
+        raise ValueError(
+            f"SavedModel export needs a square, fixed input size; model input is {model.input_shape}"
+        )
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -176,9 +169,6 @@ def export_saved_model(model: keras.Model, directory: str | os.PathLike[str]) ->
         fn=from_bytes,
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
     )
-    tmp = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    archive.write_out(str(tmp), verbose=False)
-    _replace_dir(tmp, directory)
+    with atomic_dir(directory) as tmp:
+        archive.write_out(str(tmp), verbose=False)
     return directory

@@ -21,7 +21,8 @@ tests/test_distributed.py runs a real two-worker job and fails if it breaks.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 import tensorflow as tf

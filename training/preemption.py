@@ -10,19 +10,28 @@ reached (the chief into the run folder, the others into their scratch folders)
 and the callback raises :class:`TrainingInterrupted`, which skips the rest of
 the epoch (no validation, no end-of-epoch checkpoint of a partial epoch).
 Re-running the same command continues from that step.
+
+A stop requested at the last step of an epoch waits for that epoch's end
+(validation, checkpoint, resume state: seconds) and is raised as the next
+epoch begins: a state "all steps of epoch E done, E not ended" would make the
+re-run either train a step the uninterrupted run never trained or skip the
+epoch's validation and checkpoint.
 """
 from __future__ import annotations
 
 import logging
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143: what a SIGTERM-killed process reports; the sbatch scripts requeue on it
+EXIT_PREEMPTED = (
+    128 + signal.SIGTERM
+)  # 143: what a SIGTERM-killed process reports; the sbatch scripts requeue on it
 
 
 class TrainingInterrupted(RuntimeError):
@@ -47,7 +56,7 @@ class PreemptionWatcher:
         self.signal_name = signal.Signals(signum).name
         log.warning("%s received: stopping after the current step and saving the state", self.signal_name)
 
-    def install(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> "PreemptionWatcher":
+    def install(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> PreemptionWatcher:
         """Install the handler (main thread only); returns self."""
         for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -65,7 +74,9 @@ def flag_reducer(strategy: tf.distribute.Strategy) -> Callable[[bool], bool]:
 
     @tf.function
     def total(value: tf.Tensor) -> tf.Tensor:
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(value)), axis=None)
+        return strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(value)), axis=None
+        )
 
     return lambda flag: float(total(tf.constant(1.0 if flag else 0.0))) > 0
 
@@ -78,9 +89,15 @@ class StopOnPreemption(keras.callbacks.Callback):
     it for multi-worker runs).
     """
 
-    def __init__(self, watcher: PreemptionWatcher, *, save_fn: Callable[..., Any],
-                 strategy: tf.distribute.Strategy | None = None, collective: bool = False,
-                 steps_offset: int = 0) -> None:
+    def __init__(
+        self,
+        watcher: PreemptionWatcher,
+        *,
+        save_fn: Callable[..., Any],
+        strategy: tf.distribute.Strategy | None = None,
+        collective: bool = False,
+        steps_offset: int = 0,
+    ) -> None:
         super().__init__()
         self.watcher = watcher
         self.save_fn = save_fn
@@ -89,12 +106,22 @@ class StopOnPreemption(keras.callbacks.Callback):
         self.steps_offset = steps_offset  # steps already done in the first epoch (mid-epoch resume)
         self._epoch = 0
         self._first_epoch: int | None = None
+        self._stop_at_epoch_begin = False  # a stop agreed at an epoch's last step, raised once it has ended
         self._any_worker = flag_reducer(strategy) if collective and strategy is not None else None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
         if self._first_epoch is None:
             self._first_epoch = epoch
+        if self._stop_at_epoch_begin:
+            # Every worker agreed on this stop at the same step, so they all raise here together.
+            self._stop_at_epoch_begin = False
+            raise TrainingInterrupted(
+                f"stopped by {self.watcher.signal_name or 'a stop request'} after epoch {epoch}; its state "
+                "was saved: re-run the same command to continue from there",
+                epoch=epoch,
+                step=0,
+            )
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         requested = self.watcher.requested
@@ -102,10 +129,16 @@ class StopOnPreemption(keras.callbacks.Callback):
             requested = self._any_worker(requested)
         if not requested:
             return
+        steps = (self.params or {}).get("steps")
+        if steps and batch + 1 >= steps:
+            self._stop_at_epoch_begin = True  # the epoch's end saves its state; stop when the next one begins
+            return
         step = batch + 1 + (self.steps_offset if self._epoch == self._first_epoch else 0)
         self.save_fn(epoch=self._epoch, step=step)
         raise TrainingInterrupted(
-            f"stopped by {self.watcher.signal_name or 'a stop request'} in epoch {self._epoch + 1} after step "
+            f"stopped by {self.watcher.signal_name or 'a stop request'} in epoch {self._epoch + 1} after "
+            "step "
             f"{step}; the state was saved: re-run the same command to continue from there",
-            epoch=self._epoch, step=step,
+            epoch=self._epoch,
+            step=step,
         )

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -54,7 +55,9 @@ class Phase:
         return self.end_epoch - self.first_epoch
 
 
-def parse_progressive(text: str, *, epochs: int, img_size: int, min_size: int = 1) -> tuple[tuple[int, int], ...]:
+def parse_progressive(
+    text: str, *, epochs: int, img_size: int, min_size: int = 1
+) -> tuple[tuple[int, int], ...]:
     """Resolve ``--progressive`` into ``((size, epochs), ...)`` stages covering all ``epochs``.
 
     ``text`` lists the stage sizes in order, each optionally with its number
@@ -80,15 +83,18 @@ def parse_progressive(text: str, *, epochs: int, img_size: int, min_size: int = 
                 f"received {text!r}"
             ) from None
         if size < min_size:
-            raise ValueError(f"--progressive: stage size {size} is below the model's minimum of {min_size} px "
-                             f"(received {text!r})")
+            raise ValueError(
+                f"--progressive: stage size {size} is below the model's minimum of {min_size} px "
+                f"(received {text!r})"
+            )
         if count is not None and count < 1:
             raise ValueError(f"--progressive: every stage needs at least 1 epoch, received {item.strip()!r}")
         sizes.append(size)
         counts.append(count)
     if sizes[-1] != img_size:
         raise ValueError(
-            f"--progressive: the last stage's size ({sizes[-1]}) must equal --img_size ({img_size}), the size "
+            f"--progressive: the last stage's size ({sizes[-1]}) must equal --img_size ({img_size}), the "
+            "size "
             f"the final model is built and exported at; received {text!r}"
         )
     explicit = sum(c for c in counts if c is not None)
@@ -104,7 +110,9 @@ def parse_progressive(text: str, *, epochs: int, img_size: int, min_size: int = 
         for j, i in enumerate(free):
             counts[i] = share + (1 if j >= len(free) - extra else 0)
     elif explicit != epochs:
-        raise ValueError(f"--progressive {text!r}: the stages' epochs add up to {explicit}, --epochs is {epochs}")
+        raise ValueError(
+            f"--progressive {text!r}: the stages' epochs add up to {explicit}, --epochs is {epochs}"
+        )
     return tuple((s, int(c)) for s, c in zip(sizes, counts))  # type: ignore[arg-type]
 
 
@@ -129,8 +137,16 @@ def training_phases(
     phases = []
     for first, end in zip(cuts, cuts[1:]):
         stage = max(i for i, start in enumerate(stage_starts[:-1]) if start <= first)
-        phases.append(Phase(index=len(phases), first_epoch=first, end_epoch=end, img_size=stages[stage][0],
-                            frozen=first < freeze_epochs, stage=stage))
+        phases.append(
+            Phase(
+                index=len(phases),
+                first_epoch=first,
+                end_epoch=end,
+                img_size=stages[stage][0],
+                frozen=first < freeze_epochs,
+                stage=stage,
+            )
+        )
     return phases
 
 
@@ -162,8 +178,17 @@ class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):
     Steps past the total stay at the final value.
     """
 
-    def __init__(self, kind: str, *, lr: float, boundaries: Sequence[int], min_lr: float = 0.0,
-                 pct_start: float = 0.25, div: float = 25.0, div_final: float = 1e5) -> None:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        lr: float,
+        boundaries: Sequence[int],
+        min_lr: float = 0.0,
+        pct_start: float = 0.25,
+        div: float = 25.0,
+        div_final: float = 1e5,
+    ) -> None:
         if kind not in ("onecycle", "cosine"):
             raise ValueError(f"schedule must be onecycle or cosine, received {kind!r}")
         bounds = [int(b) for b in boundaries]
@@ -172,8 +197,10 @@ class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):
         if not 0 < pct_start < 1:
             raise ValueError(f"--onecycle_pct_start must be in (0, 1), received {pct_start}")
         if div <= 0 or div_final <= 0 or lr <= 0 or min_lr < 0:
-            raise ValueError(f"learning rates and divisors must be positive: lr={lr}, min_lr={min_lr}, "
-                             f"div={div}, div_final={div_final}")
+            raise ValueError(
+                f"learning rates and divisors must be positive: lr={lr}, min_lr={min_lr}, "
+                f"div={div}, div_final={div_final}"
+            )
         self.kind = kind
         self.lr = float(lr)
         self.boundaries = tuple(bounds)
@@ -193,12 +220,21 @@ class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):
             return self.min_lr + (self.lr - self.min_lr) * (1.0 + ops.cos(math.pi * t)) / 2.0
         peak, low, final, pct = self.lr, self.lr / self.div, self.lr / self.div_final, self.pct_start
         up = peak + (low - peak) * (1.0 + ops.cos(math.pi * ops.minimum(t / pct, 1.0))) / 2.0
-        down = final + (peak - final) * (1.0 + ops.cos(math.pi * ops.maximum(t - pct, 0.0) / (1.0 - pct))) / 2.0
+        down = (
+            final + (peak - final) * (1.0 + ops.cos(math.pi * ops.maximum(t - pct, 0.0) / (1.0 - pct))) / 2.0
+        )
         return ops.where(ops.less(t, pct), up, down)
 
     def get_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "lr": self.lr, "boundaries": list(self.boundaries), "min_lr": self.min_lr,
-                "pct_start": self.pct_start, "div": self.div, "div_final": self.div_final}
+        return {
+            "kind": self.kind,
+            "lr": self.lr,
+            "boundaries": list(self.boundaries),
+            "min_lr": self.min_lr,
+            "pct_start": self.pct_start,
+            "div": self.div,
+            "div_final": self.div_final,
+        }
 
 
 def backbone_layers(model: keras.Model, num_classes: int = 3) -> list[keras.layers.Layer]:
@@ -207,7 +243,9 @@ def backbone_layers(model: keras.Model, num_classes: int = 3) -> list[keras.laye
     return [layer for layer in model.layers if layer.weights and layer.name not in head]
 
 
-def set_backbone_frozen(model: keras.Model, frozen: bool, *, train_bn: bool = True, num_classes: int = 3) -> int:
+def set_backbone_frozen(
+    model: keras.Model, frozen: bool, *, train_bn: bool = True, num_classes: int = 3
+) -> int:
     """Freeze (or unfreeze) every backbone layer; returns how many layers are frozen.
 
     With ``train_bn`` (fastai's default) batch normalisation layers stay
@@ -286,8 +324,10 @@ def flexible_size_model(model: keras.Model) -> keras.Model:
     original fixed-size model shares the weights and is what gets exported.
     """
     if any(isinstance(layer, keras.layers.Flatten) for layer in model.layers):
-        raise ValueError("progressive resizing needs a pooling head (--head avg or max): the flatten head's "
-                         "dense kernel depends on the image size")
+        raise ValueError(
+            "progressive resizing needs a pooling head (--head avg or max): the flatten head's "
+            "dense kernel depends on the image size"
+        )
     channels = model.input_shape[-1]
     inputs = keras.Input(shape=(None, None, channels), dtype="float32", name=INPUT_LAYER_NAME)
     return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)
@@ -302,8 +342,14 @@ class RecipeLog(keras.callbacks.Callback):
     epochs, runs with ``--freeze_epochs``). Must come before the CSV logger.
     """
 
-    def __init__(self, phases: Sequence[Phase], *, schedule: PhasedSchedule | None = None, log_size: bool = False,
-                 log_frozen: bool = False) -> None:
+    def __init__(
+        self,
+        phases: Sequence[Phase],
+        *,
+        schedule: PhasedSchedule | None = None,
+        log_size: bool = False,
+        log_frozen: bool = False,
+    ) -> None:
         super().__init__()
         self.phases = list(phases)
         self.schedule, self.log_size, self.log_frozen = schedule, log_size, log_frozen

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import tensorflow as tf
 

@@ -8,8 +8,18 @@
 - ``cp-{epoch:02d}-{val_loss:.2f}.hdf5`` - weights after each epoch (SURFsara's names);
 - ``training_log.csv`` - one row per epoch (loss, accuracy, per-class sensitivity/PPV, lr);
 - ``logs/`` - TensorBoard;
-- ``resume/`` - model + optimizer + schedule state of the last completed epoch;
+- ``resume/`` - model + optimizer + schedule state of the last completed epoch
+  (or of the step a SIGTERM stopped at);
 - ``final_model.hdf5`` and ``saved_model/`` - the final float32 model.
+
+A run killed at any moment and re-run with the same command continues from
+its last complete resume state, or starts over when it had none yet (the
+folder's ``run_config.json`` must then be this run's); what the kill left
+(hidden ``.partial-*`` files and folders, checkpoints and log rows of epochs
+past the resume state) is removed first. The training data, augmentation and
+mixup are a function of the position in the run (``data.pipeline``), so the
+resumed run trains on the batches the uninterrupted one would have, from the
+step it stopped at.
 
 The epochs are trained in phases (:mod:`training.recipes`): one phase for the
 baseline, more with ``--progressive`` stages or ``--freeze_epochs``. Each phase
@@ -26,8 +36,10 @@ import hashlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -35,8 +47,8 @@ import tensorflow as tf
 
 from common.fsutil import remove_partials
 from data.augment import AugmentConfig
-from data.lists import ListEntry
 from data.cache import open_cache
+from data.lists import ListEntry
 from data.pipeline import (
     CachedImages,
     FileImages,
@@ -61,7 +73,7 @@ from training.checkpoints import (
     restore_resume_state,
     save_resume_state,
 )
-from training.config import RunConfig, read_run_config, write_run_config
+from training.config import RUN_CONFIG_NAME, RunConfig, read_run_config, write_run_config
 from training.export import export_saved_model, float32_model, write_portable_h5
 from training.keras_compat import multiworker_fit
 from training.metrics import class_metrics
@@ -132,7 +144,10 @@ def load_run_data(config: RunConfig) -> RunData:
     data_path = Path(config.data_path)
     train_dir, test_dir = data_path / "train", data_path / "test"
     # (flag, list file, image folder, cache split); validation images are training data, in train/.
-    wanted = [("--trainfile", config.trainfile, train_dir, "train"), ("--testfile", config.testfile, test_dir, "test")]
+    wanted = [
+        ("--trainfile", config.trainfile, train_dir, "train"),
+        ("--testfile", config.testfile, test_dir, "test"),
+    ]
     if config.valfile:
         wanted.append(("--valfile", config.valfile, train_dir, "val"))
     lists: dict[str, list[ListEntry]] = {}
@@ -156,25 +171,40 @@ def load_run_data(config: RunConfig) -> RunData:
         if shared:
             log.warning(
                 "%d patient ids appear in both the train and the %s list (e.g. %s); "
-                "check the lists for leakage", len(shared), other, ", ".join(sorted(shared)[:3]),
+                "check the lists for leakage",
+                len(shared),
+                other,
+                ", ".join(sorted(shared)[:3]),
             )
     if config.valfile:
         both = {e.filename for e in train} & {e.filename for e in lists["val"]}
         if both:
-            raise ValueError(f"--valfile {config.valfile} lists {len(both)} images that --trainfile "
-                             f"{config.trainfile} lists too (e.g. {sorted(both)[0]}): validation would see training images")
+            raise ValueError(
+                f"--valfile {config.valfile} lists {len(both)} images that --trainfile "
+                f"{config.trainfile} lists too (e.g. {sorted(both)[0]}): validation would see training images"
+            )
         val, val_images = lists["val"], images["val"]
         log.info("validation: %d images of --valfile %s", len(val), config.valfile)
     elif config.val_split > 0:
         train, val = patient_split(train, fraction=config.val_split, seed=config.seed)
         val_images = train_images
-        log.info("validation: %d images of %d patients carved from the train list (--val_split %s)",
-                 len(val), len({e.patient_key for e in val}), config.val_split)
+        log.info(
+            "validation: %d images of %d patients carved from the train list (--val_split %s)",
+            len(val),
+            len({e.patient_key for e in val}),
+            config.val_split,
+        )
     else:
         val, val_images = test, test_images
         log.info("validation on the test list (--val_split 0), as SURFsara's script did")
-    return RunData(train=train, val=val, test=test, train_images=train_images, val_images=val_images,
-                   test_images=test_images)
+    return RunData(
+        train=train,
+        val=val,
+        test=test,
+        train_images=train_images,
+        val_images=val_images,
+        test_images=test_images,
+    )
 
 
 def run_phases(config: RunConfig) -> list[Phase]:
@@ -204,8 +234,9 @@ def make_schedule(config: RunConfig, *, steps_per_epoch: int | None) -> PhasedSc
     )
 
 
-def make_optimizer(config: RunConfig, model: keras.Model, *, steps_per_epoch: int | None = None
-                   ) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    config: RunConfig, model: keras.Model, *, steps_per_epoch: int | None = None
+) -> keras.optimizers.Optimizer:
     """SURFsara's Adam (amsgrad) with the run's learning-rate schedule and backbone multiplier.
 
     ``plateau`` keeps a plain rate that the plateau callback lowers; ``onecycle``
@@ -220,13 +251,15 @@ def make_optimizer(config: RunConfig, model: keras.Model, *, steps_per_epoch: in
     if config.backbone_lr_mult != 1.0:
         num_classes = int(config.model.get("num_classes", 3))
         slow = [v for layer in backbone_layers(model, num_classes) for v in layer.trainable_weights]
-        return DiscriminativeAdam(slow_variables=slow, multiplier=config.backbone_lr_mult,
-                                  learning_rate=learning_rate, amsgrad=True)
+        return DiscriminativeAdam(
+            slow_variables=slow, multiplier=config.backbone_lr_mult, learning_rate=learning_rate, amsgrad=True
+        )
     return keras.optimizers.Adam(learning_rate=learning_rate, amsgrad=True)
 
 
-def build_compiled_model(config: RunConfig, *, dtype_policy: str, steps_per_epoch: int | None = None
-                         ) -> keras.Model:
+def build_compiled_model(
+    config: RunConfig, *, dtype_policy: str, steps_per_epoch: int | None = None
+) -> keras.Model:
     """Build the registry model of ``config`` and compile it as SURFsara did (Adam with amsgrad).
 
     With ``config.progressive`` the returned model is the flexible-size view
@@ -238,7 +271,10 @@ def build_compiled_model(config: RunConfig, *, dtype_policy: str, steps_per_epoc
     weights = None if config.weights.lower() == "none" else config.weights
     model = build_model_from_spec(spec, weights=weights, dtype_policy=dtype_policy)
     if config.checkpoint:
-        load_weights_file(model, config.checkpoint)
+        try:
+            load_weights_file(model, config.checkpoint)
+        except ValueError as exc:
+            raise ValueError(f"--checkpoint: {exc}") from None
         log.info("initial weights loaded from --checkpoint %s", config.checkpoint)
     if config.progressive:
         model = flexible_size_model(model)
@@ -251,15 +287,32 @@ def build_compiled_model(config: RunConfig, *, dtype_policy: str, steps_per_epoc
     return model
 
 
-def _prepare_run_dir(run_dir: Path, *, initial_epoch: int, start_over: bool) -> None:
+def _remove_leftovers(run_dir: Path) -> int:
+    """Delete what killed writers left in ``run_dir`` (and its sub-folders); returns how many."""
+    removed = remove_partials(run_dir, recursive=True)
+    # Earlier versions exported the SavedModel through .saved_model.partial-<pid> and .saved_model.old.
+    for legacy in chain(run_dir.glob(f".{SAVED_MODEL}.partial-*"), run_dir.glob(f".{SAVED_MODEL}.old")):
+        shutil.rmtree(legacy, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed %d unfinished files or folders left in %s by an interrupted run", removed, run_dir)
+    return removed
+
+
+def _prepare_run_dir(run_dir: Path, *, initial_epoch: int, start_over: bool, config: RunConfig) -> None:
     """Remove what a previous, interrupted or abandoned run left beyond ``initial_epoch``.
 
     A kill after an epoch's checkpoint but before its resume state leaves a
     ``cp-`` file (and a log row) for an epoch that is about to be redone; they
     are removed so the folder never holds two versions of an epoch. Starting
     over (``--resume off``) removes the previous run's checkpoints, log and
-    resume state. Checkpoints with no resume state at all are not deleted
-    silently: that folder belongs to some other run.
+    resume state. With no resume state at all (a kill before the first one was
+    complete, e.g. a SLURM job preempted in its first epoch), the run starts
+    over, removing epoch 1's checkpoint, only when the folder's
+    ``run_config.json`` is ``config``'s (no setting that blocks a resume
+    differs). A folder without it or with other settings belongs to some other
+    run, and checkpoints past epoch 1 mean a deleted resume state: both are
+    refused with nothing deleted.
     """
     old = [(epoch, path) for epoch, path in list_checkpoints(run_dir) if epoch > initial_epoch]
     if start_over:
@@ -271,9 +324,25 @@ def _prepare_run_dir(run_dir: Path, *, initial_epoch: int, start_over: bool) -> 
             log.warning("--resume off: removed %d checkpoints of the previous run in %s", len(old), run_dir)
         return
     if old and initial_epoch == 0:
-        raise ValueError(
-            f"run folder {run_dir} holds checkpoints ({old[0][1].name}, ...) but no resume state; "
-            "use another --name or --output, or --resume off to delete them and start over"
+        refusal = f"run folder {run_dir} holds checkpoints ({old[0][1].name}, ...) but no resume state"
+        advice = "use another --name or --output, or --resume off to delete them and start over"
+        try:
+            previous = read_run_config(run_dir)
+        except (FileNotFoundError, ValueError):
+            raise ValueError(f"{refusal} and no {RUN_CONFIG_NAME} of this run; {advice}") from None
+        _check_same_settings(config, previous, run_dir)
+        if any(epoch > 1 for epoch, _ in old):
+            # A kill before the first resume state leaves epoch 1's checkpoint at most; later ones mean the
+            # resume state was deleted, and starting over would silently delete a trained run.
+            raise ValueError(
+                f"{refusal} (its resume/ folder was removed?), and checkpoints past epoch 1, "
+                f"which an interrupted first epoch cannot leave; {advice}"
+            )
+        log.warning(
+            "run folder %s holds %s of this run, which was stopped before its first resume state "
+            "was complete: starting the run over",
+            run_dir,
+            old[0][1].name,
         )
     for epoch, path in old:
         log.info("removing %s: epoch %d is redone after the interruption", path.name, epoch)
@@ -281,20 +350,26 @@ def _prepare_run_dir(run_dir: Path, *, initial_epoch: int, start_over: bool) -> 
     truncate_csv_log(run_dir / TRAINING_LOG, keep_epochs=initial_epoch)
 
 
-def _check_resumable(config: RunConfig, run_dir: Path) -> None:
-    try:
-        previous = read_run_config(run_dir)
-    except FileNotFoundError:
-        return
+def _check_same_settings(config: RunConfig, previous: RunConfig, run_dir: Path) -> None:
     changed = config.changes_blocking_resume(previous)
     if changed:
-        details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in
-                            ((k, v[0], v[1]) for k, v in sorted(changed.items())))
+        details = "; ".join(
+            f"{k}: {old!r} -> {new!r}"
+            for k, old, new in ((k, v[0], v[1]) for k, v in sorted(changed.items()))
+        )
         raise ValueError(
             f"run folder {run_dir} holds a run with different settings ({details}); "
             "re-run with the same flags to resume it, use another --name or --output, "
             "or pass --resume off to start it over"
         )
+
+
+def _check_resumable(config: RunConfig, run_dir: Path) -> None:
+    try:
+        previous = read_run_config(run_dir)
+    except FileNotFoundError:
+        return
+    _check_same_settings(config, previous, run_dir)
 
 
 def _synchronize_batchnorm(model: keras.Model) -> None:
@@ -363,21 +438,36 @@ def train(
     run_dir = Path(config.run_dir)
     is_chief = distribution.is_chief
     if is_chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_partials(run_dir)
+        # Created only once the input is checked and the model built (_train), so that bad input
+        # never leaves an empty run folder behind.
         out_dir = run_dir
     else:
         out_dir = Path(tempfile.mkdtemp(prefix=f"covidx-worker{distribution.worker_index}-"))
     try:
-        return _train(config, distribution=distribution, run_dir=run_dir, out_dir=out_dir, resume=resume,
-                      preemption=preemption, verbose=verbose)
+        return _train(
+            config,
+            distribution=distribution,
+            run_dir=run_dir,
+            out_dir=out_dir,
+            resume=resume,
+            preemption=preemption,
+            verbose=verbose,
+        )
     finally:
         if not is_chief:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_dir: Path, resume: bool,
-           preemption: PreemptionWatcher | None, verbose: int | str) -> TrainResult:
+def _train(
+    config: RunConfig,
+    *,
+    distribution: Distribution,
+    run_dir: Path,
+    out_dir: Path,
+    resume: bool,
+    preemption: PreemptionWatcher | None,
+    verbose: int | str,
+) -> TrainResult:
     strategy = distribution.strategy
     data = load_run_data(config)
     spec = ModelSpec.from_dict(config.model)
@@ -385,7 +475,7 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
     phases = run_phases(config)
     policy = "mixed_float16" if config.mixed_precision else "float32"
 
-    def make_train(start_epoch: int, img_size: int, **shard: Any) -> TrainData:
+    def make_train(start_epoch: int, img_size: int, start_step: int = 0, **shard: Any) -> TrainData:
         return make_train_dataset(
             data.train,
             data.train_images,
@@ -399,9 +489,13 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
             mixup_alpha=config.mixup,
             seed=config.seed,
             start_epoch=start_epoch,
+            start_step=start_step,
+            steps_per_epoch=steps,
             **shard,
         )
 
+    # The epoch length make_train positions the data with: the configured one, else the plan's natural one.
+    steps: int | None = config.steps_per_epoch
     plan = make_train(0, phases[0].img_size)  # also validates the batch make-up before anything runs
     steps = config.steps_per_epoch or plan.steps_per_epoch
 
@@ -418,23 +512,33 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
             restore_resume_state(model, folder)
             initial_epoch, initial_step = int(state["epoch"]), int(state.get("step", 0))
             plateau_state = state.get("plateau")
-            where = f"epoch {initial_epoch}" + (f" and step {initial_step} of the next" if initial_step else "")
-            log.info("resuming %s after %s (learning rate %.3g)", run_dir, where,
-                     float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+            where = f"epoch {initial_epoch}" + (
+                f" and step {initial_step} of the next" if initial_step else ""
+            )
+            log.info(
+                "resuming %s after %s (learning rate %.3g)",
+                run_dir,
+                where,
+                float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+            )
         if config.freeze_epochs:
             build_optimizer_on_all(model)
     if distribution.is_chief:
-        _prepare_run_dir(run_dir, initial_epoch=initial_epoch, start_over=not resume)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(run_dir)
+        _prepare_run_dir(run_dir, initial_epoch=initial_epoch, start_over=not resume, config=config)
         write_run_config(config, run_dir)
 
     val_sets: dict[int, tf.data.Dataset] = {}
 
     def val_dataset(img_size: int) -> tf.data.Dataset:
         if img_size not in val_sets:
-            val_ds = make_eval_dataset(data.val, data.val_images, img_size=img_size, batch_size=config.batch_size,
-                                       channels=channels)
+            val_ds = make_eval_dataset(
+                data.val, data.val_images, img_size=img_size, batch_size=config.batch_size, channels=channels
+            )
             if distribution.num_workers > 1:
-                # Each worker validates its share of the batches (not of the files: they are not sharded by file).
+                # Each worker validates its share of the batches (not of the files: they are not sharded by
+                # file).
                 options = tf.data.Options()
                 options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
                 val_ds = val_ds.with_options(options)
@@ -442,36 +546,54 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
         return val_sets[img_size]
 
     log.info(
-        "train: %d images, %d steps of %d per epoch (%d COVID-19 per batch, %d replicas); validation: %d images",
-        len(data.train), steps, config.batch_size, plan.covid_per_batch, distribution.replicas, len(data.val),
+        "train: %d images, %d steps of %d per epoch (%d COVID-19 per batch, %d replicas); validation: %d "
+        "images",
+        len(data.train),
+        steps,
+        config.batch_size,
+        plan.covid_per_batch,
+        distribution.replicas,
+        len(data.val),
     )
     if len(phases) > 1:
         log.info("phases: %s", "; ".join(_describe_phase(p) for p in phases))
 
     plateau = None
     if config.schedule == "plateau":
-        plateau = ResumableReduceLROnPlateau(**dict(PLATEAU, min_lr=config.min_lr), verbose=1,
-                                             initial_state=plateau_state)
+        plateau = ResumableReduceLROnPlateau(
+            **dict(PLATEAU, min_lr=config.min_lr), verbose=1, initial_state=plateau_state
+        )
     resume_out = out_dir / "resume"
 
     def schedule_state() -> dict[str, Any] | None:
         return plateau.get_state() if plateau is not None else None
 
     def save_state(*, epoch: int, step: int = 0) -> None:
-        save_resume_state(resume_out, model=model, epoch=epoch, state={"plateau": schedule_state(), "step": step})
+        save_resume_state(
+            resume_out, model=model, epoch=epoch, state={"plateau": schedule_state(), "step": step}
+        )
 
     callbacks: list[keras.callbacks.Callback] = [StopOnNaN()]
     if distribution.num_workers > 1:
         callbacks.insert(0, StallWatchdog(config.collective_timeout))
     stopper = None
     if preemption is not None:
-        stopper = StopOnPreemption(preemption, save_fn=save_state, strategy=strategy,
-                                   collective=distribution.num_workers > 1, steps_offset=initial_step)
+        stopper = StopOnPreemption(
+            preemption,
+            save_fn=save_state,
+            strategy=strategy,
+            collective=distribution.num_workers > 1,
+            steps_offset=initial_step,
+        )
         callbacks.append(stopper)
     if plateau is not None:
         callbacks.append(plateau)
-    recipe_log = RecipeLog(phases, schedule=make_schedule(config, steps_per_epoch=steps),
-                           log_size=bool(config.progressive), log_frozen=config.freeze_epochs > 0)
+    recipe_log = RecipeLog(
+        phases,
+        schedule=make_schedule(config, steps_per_epoch=steps),
+        log_size=bool(config.progressive),
+        log_frozen=config.freeze_epochs > 0,
+    )
     if recipe_log.active:
         callbacks.append(recipe_log)  # before the CSV log, which writes what it adds
     callbacks += [
@@ -490,10 +612,19 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
 
     history: dict[str, list[float]] = {}
 
-    def fit(first_epoch: int, last_epoch: int, steps_per_epoch: int, img_size: int) -> None:
-        dataset = _distributed(distribution, functools.partial(make_train, first_epoch, img_size),
-                               global_batch=config.batch_size)
-        patch = multiworker_fit(model, strategy) if distribution.kind == "multiworker" else contextlib.nullcontext()
+    def fit(
+        first_epoch: int, last_epoch: int, steps_per_epoch: int, img_size: int, start_step: int = 0
+    ) -> None:
+        dataset = _distributed(
+            distribution,
+            functools.partial(make_train, first_epoch, img_size, start_step),
+            global_batch=config.batch_size,
+        )
+        patch = (
+            multiworker_fit(model, strategy)
+            if distribution.kind == "multiworker"
+            else contextlib.nullcontext()
+        )
         with patch:
             result = model.fit(
                 dataset,
@@ -526,7 +657,9 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
             log.info("phase %d of %d: %s", phase.index + 1, len(phases), _describe_phase(phase))
 
     if initial_epoch >= config.epochs:
-        log.info("run %s already completed %d of %d epochs; exporting only", run_dir, initial_epoch, config.epochs)
+        log.info(
+            "run %s already completed %d of %d epochs; exporting only", run_dir, initial_epoch, config.epochs
+        )
     else:
         epoch, step = initial_epoch, initial_step
         for phase in phases:
@@ -534,8 +667,9 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
                 continue
             enter(phase)
             if step:
-                # Finish the interrupted epoch with the steps it had left, then go on normally.
-                fit(epoch, epoch + 1, max(1, steps - step), phase.img_size)
+                # Finish the interrupted epoch with the steps it had left, on the batches from `step` on,
+                # then go on normally. (A stop at an epoch's last step is saved as the next epoch's start.)
+                fit(epoch, epoch + 1, max(1, steps - step), phase.img_size, start_step=step)
                 step = 0
                 if stopper is not None:
                     stopper.steps_offset = 0
@@ -545,7 +679,9 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
             epoch = phase.end_epoch
 
     final = float32_model(model, _rebuild(spec))
-    log.info("final weights fingerprint (worker %d): %s", distribution.worker_index, weights_fingerprint(final))
+    log.info(
+        "final weights fingerprint (worker %d): %s", distribution.worker_index, weights_fingerprint(final)
+    )
     final_path = out_dir / FINAL_MODEL
     saved_model = out_dir / SAVED_MODEL
     write_portable_h5(final, final_path)
@@ -564,8 +700,11 @@ def _train(config: RunConfig, *, distribution: Distribution, run_dir: Path, out_
 
 
 def _describe_phase(phase: Phase) -> str:
-    epochs = (f"epoch {phase.end_epoch}" if phase.epochs == 1
-              else f"epochs {phase.first_epoch + 1}-{phase.end_epoch}")
+    epochs = (
+        f"epoch {phase.end_epoch}"
+        if phase.epochs == 1
+        else f"epochs {phase.first_epoch + 1}-{phase.end_epoch}"
+    )
     return f"{epochs} at {phase.img_size} px, backbone {'frozen' if phase.frozen else 'trainable'}"
 
 

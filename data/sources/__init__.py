@@ -20,7 +20,7 @@ listing it here; the command line and the builder pick it up from this tuple.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from data.sources import actualmed, cohen, figure1, radiography, ricord, rsna, sirm
 from data.sources.base import Record, ScanContext, ScanResult, Skip, SourceSpec

@@ -14,9 +14,12 @@ Every row a reader examines ends up either as a record or as a skip, so
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -100,12 +103,13 @@ class ScanContext:
     here as fields with defaults, so no reader signature changes.
     """
 
-    rules: "SplitRules"
+    rules: SplitRules
     # cohen's URLs (None when --cohen was not given: the SIRM check cannot run).
     exclude_urls: frozenset[str] | None = None
     # COVID-Net's ricord_data_set.txt when given explicitly (else DIR/ricord_data_set.txt if present).
     ricord_list: Path | None = None
-    # Sources that draw their own split (the COVID-19 Radiography Database): seed and train/val/test fractions.
+    # Sources that draw their own split (the COVID-19 Radiography Database): seed and train/val/test
+    # fractions.
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
 
@@ -138,9 +142,46 @@ class SourceSpec:
 
 # -- helpers shared by the readers -------------------------------------------------------------
 
+
+def describe_os_error(exc: BaseException) -> str:
+    """An ``OSError`` in words, with its errno name: ``No space left on device (ENOSPC)``."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        return f"{exc.strerror or os.strerror(exc.errno)} ({name})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _link_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be reached through its symbolic links (a loop, a dangling link), or None."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if os.path.islink(path):
+            return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return None
+
+
+def resolve_path(path: Path, flag: str, what: str) -> Path:
+    """``path`` made absolute, symbolic links resolved; ``ValueError`` naming ``flag`` for a link loop."""
+    problem = _link_problem(path)
+    if problem == "a symbolic link loop":
+        raise ValueError(f"{flag}: expected {what}, received {path}, {problem}")
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # Python < 3.13 raises RuntimeError for a loop further up the path
+        raise ValueError(
+            f"{flag}: expected {what}, received {path}, which cannot be resolved ({describe_os_error(exc)})"
+        ) from None
+
+
 def require_dir(path: Path, flag: str, what: str) -> None:
     """``FileNotFoundError``/``NotADirectoryError`` naming the flag unless ``path`` is a folder."""
     if not path.exists():
+        problem = _link_problem(path)
+        if problem:
+            raise FileNotFoundError(f"{flag}: {path} is {problem} (expected {what})")
         raise FileNotFoundError(f"{flag}: folder {path} does not exist (expected {what})")
     if not path.is_dir():
         raise NotADirectoryError(f"{flag}: {path} is not a folder (expected {what})")
@@ -205,7 +246,7 @@ def read_table(
 
 
 def agchung_label(
-    result: ScanResult, row_no: int, pid: str, finding: object, rules: "SplitRules"
+    result: ScanResult, row_no: int, pid: str, finding: object, rules: SplitRules
 ) -> str | None:
     """The class of a Figure1/Actualmed row (COVID-Net: first comma element of ``finding``), or None.
 
@@ -250,4 +291,3 @@ def strip_whitespace(name: str) -> str:
     ``COVID119.png``); the same rule applies to every source.
     """
     return re.sub(r"\s+", "", name)
-

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data.lists import check_relative_filename
 from data.sources.base import (
     COPY,
     Record,
@@ -47,7 +48,6 @@ from data.sources.base import (
     require_file,
     strip_whitespace,
 )
-from data.lists import check_relative_filename
 
 NAME = "cohen"
 OPTION = "cohen"
@@ -80,7 +80,9 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
         pid = clean_id(row["patientid"])
         view = str(row["view"]).strip()
         if view not in rules.cohen_views:
-            result.skip(row_no, pid, "view not kept", f"view {view!r} (kept: {', '.join(sorted(rules.cohen_views))})")
+            result.skip(
+                row_no, pid, "view not kept", f"view {view!r} (kept: {', '.join(sorted(rules.cohen_views))})"
+            )
             continue
         url = str(row.get("url", "")).strip() if has_url else ""
         if url:

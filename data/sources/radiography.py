@@ -43,12 +43,23 @@ from pathlib import Path
 import numpy as np
 
 from data.labels import CLASSES
-from data.sources.base import COPY, Record, ScanContext, ScanResult, SourceSpec, out_name_problem, require_dir, strip_whitespace
+from data.sources.base import (
+    COPY,
+    Record,
+    ScanContext,
+    ScanResult,
+    SourceSpec,
+    out_name_problem,
+    require_dir,
+    strip_whitespace,
+)
 
 NAME = "radiography"
 OPTION = "radiography_db"
-LAYOUT = ("the COVID-19 Radiography Database folder with one folder per class "
-          "(COVID-19/ or COVID/, NORMAL/ or Normal/, Viral Pneumonia/, optionally with images/ inside)")
+LAYOUT = (
+    "the COVID-19 Radiography Database folder with one folder per class "
+    "(COVID-19/ or COVID/, NORMAL/ or Normal/, Viral Pneumonia/, optionally with images/ inside)"
+)
 # Lower-cased class folder name -> COVIDx label (None: a class the study did not have).
 CLASS_FOLDERS: dict[str, str | None] = {
     "covid-19": "COVID-19",
@@ -71,7 +82,11 @@ def _natural_key(path: Path) -> list:
 
 def class_folders(root: Path) -> dict[str, Path]:
     """The class folders under ``root``, keyed by their lower-cased name."""
-    return {p.name.casefold(): p for p in sorted(root.iterdir()) if p.is_dir() and p.name.casefold() in CLASS_FOLDERS}
+    return {
+        p.name.casefold(): p
+        for p in sorted(root.iterdir())
+        if p.is_dir() and p.name.casefold() in CLASS_FOLDERS
+    }
 
 
 def check(root: Path) -> None:
@@ -81,28 +96,42 @@ def check(root: Path) -> None:
     found = class_folders(root)
     if not any(CLASS_FOLDERS[name] for name in found):
         present = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "no folders"
-        raise FileNotFoundError(f"{flag}: {root} has none of the class folders COVID-19/COVID, NORMAL/Normal, "
-                                f"Viral Pneumonia (found: {present}); expected {LAYOUT}")
+        raise FileNotFoundError(
+            f"{flag}: {root} has none of the class folders COVID-19/COVID, NORMAL/Normal, "
+            f"Viral Pneumonia (found: {present}); expected {LAYOUT}"
+        )
 
 
 def _images(folder: Path) -> list[Path]:
     inner = folder / "images"
     where = inner if inner.is_dir() else folder
-    return sorted((p for p in where.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    return sorted(
+        (p for p in where.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key
+    )
 
 
 def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Images of a class of ``n`` going to train, validation and test (test and validation rounded half up)."""
+    """Images of a class of ``n`` going to train, validation and test (test and validation rounded half up).
+    """
     n_test = math.floor(n * fractions[2] + 0.5)
     n_val = min(n - n_test, math.floor(n * fractions[1] + 0.5))
     return n - n_test - n_val, n_val, n_test
 
 
 def check_fractions(fractions: tuple[float, ...]) -> tuple[float, float, float]:
-    """``ValueError`` naming ``--radiography-split`` unless three non-negative fractions sum to 1 with train > 0."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6 or fractions[0] <= 0:
-        raise ValueError(f"--radiography-split must be three fractions train,val,test >= 0 that sum to 1 with "
-                         f"train > 0 (e.g. 0.7,0.1,0.2), received {','.join(f'{f:g}' for f in fractions)}")
+    """``ValueError`` naming ``--radiography-split`` unless three non-negative fractions sum to 1 with train >
+    0.
+    """
+    if (
+        len(fractions) != 3
+        or any(f < 0 for f in fractions)
+        or abs(sum(fractions) - 1) > 1e-6
+        or fractions[0] <= 0
+    ):
+        raise ValueError(
+            f"--radiography-split must be three fractions train,val,test >= 0 that sum to 1 with "
+            f"train > 0 (e.g. 0.7,0.1,0.2), received {','.join(f'{f:g}' for f in fractions)}"
+        )
     return fractions  # type: ignore[return-value]
 
 
@@ -119,14 +148,24 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
         result.rows_read += len(images)
         if label is None:
             for path in images:
-                result.skip(str(path.relative_to(root)), path.stem, "class not used",
-                            f"{folder.name} is not one of the study's three classes")
+                result.skip(
+                    str(path.relative_to(root)),
+                    path.stem,
+                    "class not used",
+                    f"{folder.name} is not one of the study's three classes",
+                )
             continue
         # The class index in the seed keeps each class's draw independent of which other folders exist.
         order = np.random.default_rng([context.split_seed, CLASSES.index(label)]).permutation(len(images))
         n_train, n_val, _ = split_counts(len(images), fractions)
-        splits = {int(i): SPLIT_NAMES[0] if rank < n_train else SPLIT_NAMES[1] if rank < n_train + n_val
-                  else SPLIT_NAMES[2] for rank, i in enumerate(order)}
+        splits = {
+            int(i): SPLIT_NAMES[0]
+            if rank < n_train
+            else SPLIT_NAMES[1]
+            if rank < n_train + n_val
+            else SPLIT_NAMES[2]
+            for rank, i in enumerate(order)
+        }
         for i, path in enumerate(images):
             relative = str(path.relative_to(root))
             out_name = strip_whitespace(path.name)
@@ -134,10 +173,19 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
             if problem:
                 result.skip(relative, path.stem, "bad file name", problem)
                 continue
-            result.records.append(Record(
-                source=NAME, row=relative, patient_id=Path(out_name).stem, label=label, image=relative,
-                src=path, out_name=out_name, convert=COPY, split=splits[i],
-            ))
+            result.records.append(
+                Record(
+                    source=NAME,
+                    row=relative,
+                    patient_id=Path(out_name).stem,
+                    label=label,
+                    image=relative,
+                    src=path,
+                    out_name=out_name,
+                    convert=COPY,
+                    split=splits[i],
+                )
+            )
         counts[folder.name] = {s: sum(1 for i in range(len(images)) if splits[i] == s) for s in SPLIT_NAMES}
     result.info = {"split_seed": context.split_seed, "split_fractions": list(fractions), "per_folder": counts}
     return result

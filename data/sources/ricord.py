@@ -64,7 +64,9 @@ def check(root: Path) -> None:
 
 def _subdirs(folder: Path) -> list[Path]:
     try:
-        return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+        return sorted(
+            (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+        )
     except OSError:
         return []
 
@@ -83,7 +85,9 @@ def find_patient_dirs(root: Path) -> tuple[Path, list[Path]]:
     return root, []
 
 
-def read_ricord_list(path: Path) -> tuple[list[tuple[int, str, tuple[int, int, int, int] | None]], list[tuple[int, str, str]]]:
+def read_ricord_list(
+    path: Path,
+) -> tuple[list[tuple[int, str, tuple[int, int, int, int] | None]], list[tuple[int, str, str]]]:
     """Parse COVID-Net's ``ricord_data_set.txt``: ``(line, name, crop box or None)`` and bad lines."""
     entries: list[tuple[int, str, tuple[int, int, int, int] | None]] = []
     bad: list[tuple[int, str, str]] = []
@@ -96,7 +100,13 @@ def read_ricord_list(path: Path) -> tuple[list[tuple[int, str, tuple[int, int, i
             entries.append((line_no, name, None))
             continue
         if len(fields) != 5:
-            bad.append((line_no, line.strip(), f"expected 'name.png' or 'name.png xmin ymin xmax ymax', found {len(fields)} fields"))
+            bad.append(
+                (
+                    line_no,
+                    line.strip(),
+                    f"expected 'name.png' or 'name.png xmin ymin xmax ymax', found {len(fields)} fields",
+                )
+            )
             continue
         try:
             xmin, ymin, xmax, ymax = (int(v) for v in fields[1:])
@@ -119,8 +129,9 @@ def _study_files(study: Path) -> list[str]:
         except OSError:
             continue
         files.extend(
-            os.path.join(str(series), n) for n in names if n.endswith(".dcm") and not n.startswith(".")
-            and os.path.isfile(os.path.join(str(series), n))
+            os.path.join(str(series), n)
+            for n in names
+            if n.endswith(".dcm") and not n.startswith(".") and os.path.isfile(os.path.join(str(series), n))
         )
     return sorted(files)
 
@@ -143,14 +154,18 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
     # name -> (row reference, patient id, DICOM path); in folder order.
     found: dict[str, tuple[str, str, Path]] = {}
     for patient in patients:
-        mrn = patient.name[len(PATIENT_PREFIX):]
+        mrn = patient.name[len(PATIENT_PREFIX) :]
         for study in _subdirs(patient):
             files = _study_files(study)
             if len(study.name) < 6 or study.name[-6] != "-":
                 for f in files:
                     result.rows_read += 1
-                    result.skip(os.path.relpath(f, root), mrn, "bad study folder name",
-                                f"{study.name!r} does not end with '-<last 5 characters of the Study UID>'")
+                    result.skip(
+                        os.path.relpath(f, root),
+                        mrn,
+                        "bad study folder name",
+                        f"{study.name!r} does not end with '-<last 5 characters of the Study UID>'",
+                    )
                 continue
             uid5 = study.name[-5:]
             for i, f in enumerate(files):
@@ -174,16 +189,31 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
             return
         view = str(header.get("ViewPosition", "")).strip()
         if view not in FRONTAL:
-            result.skip(ref, mrn, "view not kept", f"ViewPosition {view!r} is not AP or PA" if view else "no ViewPosition")
+            result.skip(
+                ref,
+                mrn,
+                "view not kept",
+                f"ViewPosition {view!r} is not AP or PA" if view else "no ViewPosition",
+            )
             return
         result.records.append(
-            Record(source=NAME, row=ref, patient_id=mrn, label="COVID-19", image=name, src=path,
-                   out_name=name, convert=DICOM, crop=crop)
+            Record(
+                source=NAME,
+                row=ref,
+                patient_id=mrn,
+                label="COVID-19",
+                image=name,
+                src=path,
+                out_name=name,
+                convert=DICOM,
+                crop=crop,
+            )
         )
 
     if list_path is None:
         result.warnings.append(
-            f"no {LIST_NAME}: every AP/PA image is used, without COVID-Net's selection of usable images and crops"
+            f"no {LIST_NAME}: every AP/PA image is used, without COVID-Net's selection of usable images "
+            "and crops"
         )
         result.info["list"] = None
         for name, (ref, mrn, path) in found.items():
@@ -194,7 +224,9 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
     entries, bad = read_ricord_list(Path(list_path))
     for line_no, text, reason in bad:
         result.rows_read += 1
-        result.skip(f"{Path(list_path).name}:{line_no}", text.split()[0] if text else "", "bad list line", reason)
+        result.skip(
+            f"{Path(list_path).name}:{line_no}", text.split()[0] if text else "", "bad list line", reason
+        )
     listed: set[str] = set()
     for line_no, name, crop in entries:
         ref = f"{Path(list_path).name}:{line_no}"

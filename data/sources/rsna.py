@@ -75,7 +75,9 @@ def shipped_test_patients() -> dict[str, tuple[str, ...]]:
     lists = {}
     for label in TEST_CLASSES:
         path = RESOURCES / f"rsna_test_patients_{label}.txt"
-        lists[label] = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        lists[label] = tuple(
+            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+        )
     return lists
 
 
@@ -106,7 +108,8 @@ def rsna_test_patients(root: Path) -> tuple[dict[str, tuple[str, ...]], str, lis
         return shipped, "shipped data/resources/rsna_test_patients_{normal,pneumonia}.txt", warnings
     lists = {label: _load_npy_list(path) for label, path in npys.items()}
     warnings = [
-        f"{npys[label].name} differs from the shipped COVID-Net list ({len(lists[label])} vs {len(shipped[label])} ids)"
+        f"{npys[label].name} differs from the shipped COVID-Net list ({len(lists[label])} vs "
+        f"{len(shipped[label])} ids)"
         for label in TEST_CLASSES
         if sorted(lists[label]) != sorted(shipped[label])
     ]
@@ -139,7 +142,8 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
     def make(row_ref: str, pid: str, label: str) -> Record | None:
         problem = out_name_problem(pid + ".dcm") if pid else "empty patient id"
         if problem:
-            result.skip(row_ref, pid, "bad patient id", problem)
+            # The patient id is the DICOM's file name.
+            result.skip(row_ref, pid, "bad file name", problem)
             return None
         src = root / IMAGES / f"{pid}.dcm"
         if not src.is_file():
@@ -180,13 +184,16 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
             if pid in normal_ids and pid not in seen_label_rows:
                 # COVID-Net took normal patients first, so such a patient stays normal.
                 result.warnings.append(
-                    f"{LABELS}:{row_no}: patient {pid} has Target 1 but class 'Normal' in {CLASS_INFO}; kept as normal"
+                    f"{LABELS}:{row_no}: patient {pid} has Target 1 but class 'Normal' in {CLASS_INFO}; "
+                    "kept as normal"
                 )
                 seen_label_rows.add(pid)
             elif pid in normal_ids:
                 result.skip(ref, pid, "duplicate row", f"patient already has a row in {LABELS}")
             elif pid in pneumonia_ids:
-                result.skip(ref, pid, "extra box row", "one image per patient: this patient is already listed")
+                result.skip(
+                    ref, pid, "extra box row", "one image per patient: this patient is already listed"
+                )
             else:
                 pneumonia_ids.add(pid)
                 rec = make(ref, pid, "pneumonia")
@@ -200,8 +207,14 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
             seen_label_rows.add(pid)
             continue
         klass = patient_class.get(pid, "")
-        result.skip(ref, pid, "class not used", f"class {klass!r} is neither normal nor pneumonia" if klass else
-                    f"Target 0 and no class in {CLASS_INFO}")
+        result.skip(
+            ref,
+            pid,
+            "class not used",
+            f"class {klass!r} is neither normal nor pneumonia"
+            if klass
+            else f"Target 0 and no class in {CLASS_INFO}",
+        )
     # Normal patients missing from the labels file still count as rows read.
     rows += len(normal_ids - seen_label_rows)
     result.rows_read = rows

@@ -52,7 +52,24 @@ IMAGES = "COVID"
 LAYOUT = "the COVID-19 Radiography Database folder with COVID.metadata.xlsx and COVID/"
 COHEN_REPOSITORY_URL = "https://github.com/ieee8023/covid-chestxray-dataset"
 DISCARD = frozenset(
-    {"100", "101", "102", "103", "104", "105", "110", "111", "112", "113", "122", "123", "124", "125", "126", "217"}
+    {
+        "100",
+        "101",
+        "102",
+        "103",
+        "104",
+        "105",
+        "110",
+        "111",
+        "112",
+        "113",
+        "122",
+        "123",
+        "124",
+        "125",
+        "126",
+        "217",
+    }
 )
 _PARENS = re.compile(r"\(([^)]*)\)")
 _COVID_N = re.compile(r"COVID (\d+)")
@@ -76,7 +93,9 @@ def _candidates(pid: str, fmt: str) -> list[str]:
 def scan(root: Path, context: ScanContext) -> ScanResult:
     """Read ``COVID.metadata.xlsx`` and return the usable rows in sheet order."""
     check(root)
-    table = read_table(root / METADATA, flag=f"--{OPTION}", required=("file name", "format", "url"), excel=True)
+    table = read_table(
+        root / METADATA, flag=f"--{OPTION}", required=("file name", "format", "url"), excel=True
+    )
     result = ScanResult(source=NAME, root=root, rows_read=len(table))
     exclude = context.exclude_urls
     if exclude is None:
@@ -96,7 +115,12 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
             continue
         parens = _PARENS.search(pid)
         if parens and parens.group(1).strip() in DISCARD:
-            result.skip(row_no, pid, "discarded by COVID-Net", f"number {parens.group(1).strip()} is on COVID-Net's discard list")
+            result.skip(
+                row_no,
+                pid,
+                "discarded by COVID-Net",
+                f"number {parens.group(1).strip()} is on COVID-Net's discard list",
+            )
             continue
         if not pid:
             result.skip(row_no, pid, "empty patient id")
@@ -109,7 +133,9 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
             continue
         src = next((folder / n for folder in folders for n in names if (folder / n).is_file()), None)
         if src is None:
-            result.skip(row_no, pid, "missing image", f"none of {', '.join(f'{IMAGES}/{n}' for n in names)} exists")
+            result.skip(
+                row_no, pid, "missing image", f"none of {', '.join(f'{IMAGES}/{n}' for n in names)} exists"
+            )
             continue
         result.records.append(
             Record(
