@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tensorflow as tf
 
     from data.pipeline import find_image_problems, image_paths, load_entries
-    from evaluation.inference import entries_predictions, predict_entries
+    from evaluation.inference import entries_predictions, predict_images
     from evaluation.loaders import KIND_NAMES, detect_kind, load_predictor, with_article
     from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
 
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        probabilities = predict_entries(
+        probabilities = predict_images(
             predict_batch,
             entries,
             image_dir,

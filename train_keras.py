@@ -834,31 +834,20 @@ def _evaluate_on_test(config, result, *, n_bootstrap: int, seed: int) -> int:
     """The baseline ended with a per-image predict loop over the test list; same report, batched."""
     import keras
 
-    from data.pipeline import CachedImages
-    from evaluation.inference import entries_predictions, predict_cached, predict_entries
+    from evaluation.inference import entries_predictions, predict_images
     from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
 
     model = keras.models.load_model(result.final_model, compile=False)
     _, img_size, _, channels = model.input_shape
     batch_size = max(config.batch_size, 32)
-    if isinstance(result.test_images, CachedImages):
-        probabilities = predict_cached(
-            model.predict_on_batch,
-            result.test_entries,
-            result.test_images,
-            img_size=img_size,
-            channels=channels,
-            batch_size=batch_size,
-        )
-    else:
-        probabilities = predict_entries(
-            model.predict_on_batch,
-            result.test_entries,
-            result.test_images.image_dir,
-            img_size=img_size,
-            channels=channels,
-            batch_size=batch_size,
-        )
+    probabilities = predict_images(
+        model.predict_on_batch,
+        result.test_entries,
+        result.test_images,
+        img_size=img_size,
+        channels=channels,
+        batch_size=batch_size,
+    )
     predictions = entries_predictions(result.test_entries, probabilities, source=config.testfile)
     metrics = evaluate_predictions(
         labels=predictions.labels,

@@ -331,6 +331,16 @@ class FileImages:
             deterministic=True,
         )
 
+    def named(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
+        """``(image, filename)`` for each entry once, in list order (for prediction)."""
+        paths = image_paths(entries, self.image_dir)
+        ds = tf.data.Dataset.from_tensor_slices((paths, [e.filename for e in entries]))
+        return ds.map(
+            lambda p, name: (self.load(p, img_size=img_size, channels=channels), name),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+
 
 class CachedImages:
     """Images read from a preprocessed TFRecord cache (``data.cache``) instead of the originals.
@@ -444,7 +454,11 @@ class CachedImages:
         )
 
 
-def _as_source(images: str | os.PathLike[str] | FileImages | CachedImages) -> FileImages | CachedImages:
+ImageSource = FileImages | CachedImages
+
+
+def as_image_source(images: str | os.PathLike[str] | ImageSource) -> ImageSource:
+    """An image source as given, or :class:`FileImages` over a folder path."""
     return images if isinstance(images, (FileImages, CachedImages)) else FileImages(images)
 
 
@@ -522,7 +536,7 @@ def make_train_dataset(
             f"the start of the training data must be at epoch >= 0, step >= 0 with epochs of "
             f">= 1 steps; received epoch {start_epoch}, step {start_step}, {steps_per_epoch} steps"
         )
-    source = _as_source(images)
+    source = as_image_source(images)
     labels = _labels_array(entries)
     covid = CLASS_TO_INDEX["COVID-19"]
     if balance:
@@ -646,7 +660,7 @@ def make_eval_dataset(
     (SURFsara's generator instead repeated the last image to fill it, counting
     it several times).
     """
-    ds = _as_source(images).ordered(entries, img_size=img_size, channels=channels)
+    ds = as_image_source(images).ordered(entries, img_size=img_size, channels=channels)
     ds = ds.map(lambda x, y: (x, tf.one_hot(y, NUM_CLASSES)))
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 

@@ -10,39 +10,43 @@ import numpy as np
 from tqdm import tqdm
 
 from data.lists import ListEntry
-from data.pipeline import CachedImages, image_paths, make_predict_dataset
+from data.pipeline import AUTOTUNE, ImageSource, as_image_source
 from evaluation.predictions import Predictions, make_predictions
 
 
-def predict_entries(
+def predict_images(
     predict_batch: Callable[[np.ndarray], np.ndarray],
     entries: Sequence[ListEntry],
-    image_dir: str | os.PathLike[str],
+    images: str | os.PathLike[str] | ImageSource,
     *,
     img_size: int,
     channels: int = 3,
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> np.ndarray:
-    """Class probabilities ``(len(entries), 3)`` from ``predict_batch`` applied batch by batch.
+    """Class probabilities ``(len(entries), 3)`` in the order of ``entries``, batch by batch.
 
-    ``predict_batch`` maps a float32 ``[n, img_size, img_size, channels]`` batch
-    in [0, 1] to ``[n, 3]`` probabilities: a Keras model's ``predict_on_batch``,
-    a SavedModel signature or an ONNX session all fit, so every kind of model
-    is evaluated through the same reading and preprocessing. ``progress``: a
-    progress bar on stderr (None: only when stderr is a terminal, so logs and
-    batch jobs stay clean).
+    The one prediction path of eval_keras.py, predict.py's lists and
+    train_keras.py's final evaluation. ``images`` is the entries' folder or an
+    image source (``data.pipeline.FileImages`` or ``CachedImages``): every
+    source yields ``(image, filename)`` pairs through the training pipeline's
+    preprocessing, a cache in its own order, so the result is gathered by file
+    name. ``predict_batch`` maps a float32 ``[n, img_size, img_size,
+    channels]`` batch in [0, 1] to ``[n, 3]`` probabilities: a Keras model's
+    ``predict_on_batch``, a SavedModel signature or an ONNX session all fit.
+    ``progress``: a progress bar on stderr (None: only when stderr is a
+    terminal, so logs and batch jobs stay clean).
     """
-    ds = make_predict_dataset(image_paths(entries, image_dir), img_size=img_size, batch_size=batch_size,
-                              channels=channels)
-    outputs = []
-    with progress_bar(len(entries), progress=progress, desc="predicting") as bar:
-        for batch in ds:
-            outputs.append(np.asarray(predict_batch(batch.numpy()), dtype=np.float64))
-            bar.update(len(outputs[-1]))
-    if not outputs:
+    if not entries:
         return np.zeros((0, 3))
-    return np.concatenate(outputs, axis=0)
+    ds = as_image_source(images).named(entries, img_size=img_size, channels=channels)
+    by_name: dict[str, np.ndarray] = {}
+    with progress_bar(len(entries), progress=progress, desc="predicting") as bar:
+        for batch, names in ds.batch(batch_size).prefetch(AUTOTUNE):
+            probabilities = np.asarray(predict_batch(batch.numpy()), dtype=np.float64)
+            by_name.update(zip((n.decode("utf8") for n in names.numpy()), probabilities))
+            bar.update(len(probabilities))
+    return np.stack([by_name[e.filename] for e in entries])
 
 
 def progress_bar(total: int, *, progress: bool | None, desc: str) -> tqdm:
@@ -50,28 +54,6 @@ def progress_bar(total: int, *, progress: bool | None, desc: str) -> tqdm:
     show = sys.stderr.isatty() if progress is None else progress
     return tqdm(total=total, unit="img", desc=desc, disable=not show, file=sys.stderr, dynamic_ncols=True,
                 miniters=max(1, math.ceil(total / 100)))
-
-
-def predict_cached(
-    predict_batch: Callable[[np.ndarray], np.ndarray],
-    entries: Sequence[ListEntry],
-    images: CachedImages,
-    *,
-    img_size: int,
-    channels: int = 3,
-    batch_size: int = 32,
-) -> np.ndarray:
-    """Like :func:`predict_entries`, reading the images from a ``data.cache`` cache.
-
-    The cache yields images in its own order; the probabilities are returned in
-    the order of ``entries``.
-    """
-    by_name: dict[str, np.ndarray] = {}
-    for batch, names in images.named(entries, img_size=img_size, channels=channels).batch(batch_size):
-        probabilities = np.asarray(predict_batch(batch.numpy()), dtype=np.float64)
-        for name, p in zip(names.numpy(), probabilities):
-            by_name[name.decode("utf8")] = p
-    return np.stack([by_name[e.filename] for e in entries]) if entries else np.zeros((0, 3))
 
 
 def entries_predictions(

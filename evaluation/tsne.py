@@ -41,7 +41,7 @@ class FeatureCollector:
     """Runs a Keras model once per batch and keeps its penultimate features beside the output.
 
     ``wrap(to_probabilities)`` returns a ``predict_batch`` function for
-    ``evaluation.inference.predict_entries``; the raw outputs go through
+    ``evaluation.inference.predict_images``; the raw outputs go through
     ``to_probabilities`` (e.g. ``Predictor.to_probabilities``) as usual.
     """
 

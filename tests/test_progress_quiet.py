@@ -49,9 +49,9 @@ def test_weights_only_evaluation_predicts_without_retracing(tmp_path, caplog: py
                        tmp_path / "cp-01-0.50.hdf5")
     predictor = load_predictor(tmp_path / "cp-01-0.50.hdf5", model="smallcnn", img_size=32)
     with caplog.at_level(logging.WARNING):
-        batched = inference.predict_entries(predictor.predict_batch, entries, tmp_path, img_size=32,
+        batched = inference.predict_images(predictor.predict_batch, entries, tmp_path, img_size=32,
                                             batch_size=4, progress=False)
-        single = inference.predict_entries(predictor.predict_batch, entries[:5], tmp_path, img_size=32,
+        single = inference.predict_images(predictor.predict_batch, entries[:5], tmp_path, img_size=32,
                                            batch_size=1, progress=False)
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
     assert batched.shape == (43, 3)
