@@ -4,10 +4,12 @@
         [--weights-from run1/val_predictions.csv run2/val_predictions.csv] [--out DIR]
 
 Prints one Markdown table (accuracy, macro F1, per-class precision, recall and
-F1, each with a patient-level bootstrap confidence interval) with a column per
-model, plus the mean ensemble and, with --weights-from, the weighted ensemble
-whose weights are fitted on the validation predictions only; then McNemar's
-test between every pair. Writes comparison.md, comparison.csv, mcnemar.csv
+F1, Brier score, ECE and average precision, each with a patient-level bootstrap
+confidence interval) with a column per model, plus the mean ensemble and, with
+--weights-from, the weighted ensemble whose weights are fitted on the
+validation predictions only; then McNemar's test between every pair, and how
+far apart every pair of models' probabilities are, image by image. Writes
+comparison.md, comparison.csv, mcnemar.csv, agreement.csv, disagreements.csv
 (and ensemble_weights.csv) to --out. File format: docs/predictions_format.md.
 """
 from __future__ import annotations
@@ -57,7 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     boot.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="interval level")
     out = parser.add_argument_group("output")
     out.add_argument(
-        "--out", default=".", metavar="DIR", help="folder for comparison.md/.csv and mcnemar.csv"
+        "--out", default=".", metavar="DIR",
+        help="folder for comparison.md/.csv, mcnemar.csv, agreement.csv and disagreements.csv"
     )
     out.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     return parser.parse_args(argv)

@@ -16,11 +16,13 @@ images with the same seed sees the same resamples (paired comparison).
 
 A replicate in which a metric is undefined is skipped **for that metric only**
 and ``n_resamples`` reports how many were used: that is the case for a class's
-recall, F1 and ROC AUC when the resample holds no image of the class (and for
-AUC also when it holds only that class), and for macro F1 / macro AUC when any
-class's value is undefined. Precision keeps the point-estimate convention (0
-when nothing is predicted as the class), because it is defined on every
-resample that holds images.
+recall, F1, ROC AUC and average precision when the resample holds no image of
+the class (and for AUC also when it holds only that class), and for macro F1 /
+macro AUC / macro average precision when any class's value is undefined
+(:attr:`evaluation.metrics.Metric.undefined_without`). Precision keeps the
+point-estimate convention (0 when nothing is predicted as the class), because
+it is defined on every resample that holds images. Which metrics exist, and how
+each is computed on all replicates at once, is :data:`evaluation.metrics.METRICS`.
 """
 from __future__ import annotations
 
@@ -28,9 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from data.labels import CLASSES, NUM_CLASSES
-from evaluation.calibration import CALIBRATION_METRICS, calibration_metrics
-from evaluation.metrics import flat_metrics, metric_names, point_metrics, weighted_roc_auc
+from evaluation.metrics import Metric, Statistics, metric_table, point_metrics
 
 DEFAULT_N_BOOTSTRAP = 2000
 DEFAULT_SEED = 0
@@ -71,37 +71,28 @@ def patient_bootstrap_counts(
 
 
 def replicate_metrics(
-    *, labels: np.ndarray, probabilities: np.ndarray, counts: np.ndarray, include_auc: bool = True
+    *,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    counts: np.ndarray,
+    metrics: Sequence[Metric] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every metric of :func:`evaluation.metrics.metric_names` on every resample, ``(B,)`` each.
+    """Each of ``metrics`` (default: :func:`evaluation.metrics.metric_table`) on every resample, ``(B,)``.
 
     ``counts`` is :func:`patient_bootstrap_counts` (or any ``(B, n)`` integer
     weights); values that are undefined on a resample are NaN (module docstring).
     """
     labels = np.asarray(labels)
-    n = len(labels)
-    cell = labels * NUM_CLASSES + np.argmax(probabilities, axis=1)
-    onehot = np.zeros((n, NUM_CLASSES * NUM_CLASSES))
-    onehot[np.arange(n), cell] = 1.0
-    names = metric_names(include_auc=include_auc)
-    out = {name: np.empty(len(counts)) for name in names}
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    metrics = metric_table() if metrics is None else tuple(metrics)
+    out = {m.name: np.empty(len(counts)) for m in metrics}
     for start in range(0, len(counts), _BLOCK):
-        weights = np.asarray(counts[start : start + _BLOCK], dtype=np.float64)
-        cms = (weights @ onehot).reshape(-1, NUM_CLASSES, NUM_CLASSES)
-        aucs = None
-        if include_auc:
-            aucs = np.stack(
-                [weighted_roc_auc(labels == k, probabilities[:, k], weights) for k in range(NUM_CLASSES)],
-                axis=-1,
-            )
-        block = flat_metrics(cms, aucs)
-        absent = cms.sum(axis=2) == 0  # (b, 3): class has no true image in the resample
-        for k, c in enumerate(CLASSES):
-            block[f"recall_{c}"] = np.where(absent[:, k], np.nan, block[f"recall_{c}"])
-            block[f"f1_{c}"] = np.where(absent[:, k], np.nan, block[f"f1_{c}"])
-        block["macro_f1"] = np.where(absent.any(axis=1), np.nan, block["macro_f1"])
-        for name in names:
-            out[name][start : start + len(weights)] = block[name]
+        stats = Statistics(labels, probabilities, counts[start : start + _BLOCK])
+        for m in metrics:
+            values = m.compute(stats)
+            if m.undefined_without:
+                values = np.where(stats.absent[:, list(m.undefined_without)].any(axis=1), np.nan, values)
+            out[m.name][start : start + len(values)] = values
     return out
 
 
@@ -135,8 +126,7 @@ def metrics_with_ci(
     n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
     seed: int = DEFAULT_SEED,
     confidence: float = DEFAULT_CONFIDENCE,
-    include_auc: bool = True,
-    include_calibration: bool = True,
+    metrics: Sequence[Metric] | None = None,
 ) -> dict[str, dict[str, float | int | None]]:
     """Point value and patient-bootstrap percentile interval of every metric.
 
@@ -148,35 +138,18 @@ def metrics_with_ci(
         n_bootstrap: resamples (0 gives no interval).
         seed: seed of the resampling.
         confidence: e.g. 0.95 for a 95% interval.
-        include_auc: also ROC AUC per class and its macro mean.
-        include_calibration: also :data:`evaluation.calibration.CALIBRATION_METRICS`
-            (Brier score, ECE, average precision per class and their mean).
+        metrics: entries of :data:`evaluation.metrics.METRICS` (default: all of
+            :func:`evaluation.metrics.metric_table`).
 
     Returns:
-        ``{metric name: {"value", "ci_low", "ci_high", "n_resamples"}}`` in
-        :func:`evaluation.metrics.metric_names` order, then the calibration
-        metrics; undefined values are ``None``.
+        ``{metric name: {"value", "ci_low", "ci_high", "n_resamples"}}`` in the
+        order of ``metrics``; undefined values are ``None``.
     """
     check_bootstrap_settings(n_bootstrap=n_bootstrap, confidence=confidence)
     labels = np.asarray(labels)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    point = point_metrics(labels, probabilities, include_auc=include_auc)
+    metrics = metric_table() if metrics is None else tuple(metrics)
+    point = point_metrics(labels, probabilities, metrics=metrics)
     counts = patient_bootstrap_counts(patient_ids, n_bootstrap=n_bootstrap, seed=seed)
-    reps = replicate_metrics(
-        labels=labels, probabilities=probabilities, counts=counts, include_auc=include_auc
-    )
-    if include_calibration:
-        point.update({k: float(v[0]) for k, v in
-                      calibration_metrics(labels, probabilities, np.ones((1, len(labels)))).items()})
-        reps.update(_calibration_replicates(labels, probabilities, counts))
+    reps = replicate_metrics(labels=labels, probabilities=probabilities, counts=counts, metrics=metrics)
     return {name: estimate(point[name], reps[name], confidence=confidence) for name in point}
-
-
-def _calibration_replicates(labels: np.ndarray, probabilities: np.ndarray, counts: np.ndarray
-                            ) -> dict[str, np.ndarray]:
-    out = {name: np.empty(len(counts)) for name in CALIBRATION_METRICS}
-    for start in range(0, len(counts), _BLOCK):
-        block = calibration_metrics(labels, probabilities, counts[start : start + _BLOCK])
-        for name in CALIBRATION_METRICS:
-            out[name][start : start + len(block[name])] = block[name]
-    return out

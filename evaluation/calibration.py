@@ -29,7 +29,7 @@ import dataclasses
 
 import numpy as np
 
-from data.labels import CLASSES, NUM_CLASSES
+from data.labels import NUM_CLASSES
 
 ECE_BINS = 15
 
@@ -141,9 +141,6 @@ def average_precision_ovr(labels: np.ndarray, probabilities: np.ndarray, weights
                     axis=-1)
 
 
-CALIBRATION_METRICS: tuple[str, ...] = (
-    "brier", "ece", *(f"ap_{c}" for c in CLASSES), "macro_ap",
-)
 CALIBRATION_METHOD = {
     "brier": "multi-class Brier score: mean over images of sum_k (p_k - y_k)^2; 0 best, 2 worst",
     "ece": f"top-label expected calibration error, {ECE_BINS} equal-width confidence bins "
@@ -151,14 +148,3 @@ CALIBRATION_METHOD = {
     "average_precision": "one-vs-rest average precision per class (scikit-learn's average_precision_score, "
                          "no interpolation); macro_ap is their mean",
 }
-
-
-def calibration_metrics(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray
-                        ) -> dict[str, np.ndarray]:
-    """Every :data:`CALIBRATION_METRICS` entry under each weighting row, ``(B,)`` each (NaN if undefined)."""
-    ap = average_precision_ovr(labels, probabilities, weights)
-    out = {"brier": brier_score(labels, probabilities, weights),
-           "ece": expected_calibration_error(labels, probabilities, weights)}
-    out.update({f"ap_{c}": ap[:, k] for k, c in enumerate(CLASSES)})
-    out["macro_ap"] = ap.mean(axis=1)  # NaN when a class has no positive, like macro_auc
-    return out

@@ -2,9 +2,11 @@
 
 :func:`compare_predictions` checks that the files describe the same images,
 adds the ensembles (mean of probabilities; weighted mean with weights fitted on
-separate validation predictions), computes accuracy, macro F1 and per-class
-precision/recall/F1 with patient-bootstrap intervals for every column, and runs
-McNemar's test between every pair of columns.
+separate validation predictions), computes the metrics of
+:func:`evaluation.metrics.metric_table` ``(comparison=True)`` with
+patient-bootstrap intervals for every column, runs McNemar's test between every
+pair of columns, and measures how far apart every pair of models' probabilities
+are, image by image (:mod:`evaluation.agreement`).
 
 - The intervals are **paired**: every column uses the same patient resamples
   (same seed, same patients), as described in :mod:`evaluation.bootstrap`.
@@ -32,6 +34,13 @@ from common.disclaimer import DISCLAIMER
 from common.fsutil import atomic_write_text
 from data.labels import CLASSES
 from evaluation import ensemble
+from evaluation.agreement import (
+    TOP_IMAGES,
+    Agreement,
+    agreement_frame,
+    disagreements_frame,
+    pair_agreement,
+)
 from evaluation.bootstrap import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOTSTRAP,
@@ -39,7 +48,8 @@ from evaluation.bootstrap import (
     check_bootstrap_settings,
     metrics_with_ci,
 )
-from evaluation.predictions import Predictions, abbreviate
+from evaluation.metrics import Metric, metric_table
+from evaluation.predictions import FLOAT_FORMAT, Predictions, abbreviate
 
 MEAN_ENSEMBLE = "mean ensemble"
 WEIGHTED_ENSEMBLE = "weighted ensemble"
@@ -47,29 +57,26 @@ TABLE_MD = "comparison.md"
 TABLE_CSV = "comparison.csv"
 MCNEMAR_CSV = "mcnemar.csv"
 WEIGHTS_CSV = "ensemble_weights.csv"
-
-METRIC_LABELS: dict[str, str] = {
-    "accuracy": "accuracy",
-    "macro_f1": "macro F1",
-    **{f"precision_{c}": f"precision {c}" for c in CLASSES},
-    **{f"recall_{c}": f"recall {c}" for c in CLASSES},
-    **{f"f1_{c}": f"F1 {c}" for c in CLASSES},
-    "brier": "Brier score (lower is better)",
-    "ece": "ECE, 15 bins (lower is better)",
-    **{f"ap_{c}": f"average precision {c}" for c in CLASSES},
-    "macro_ap": "macro average precision",
-}
-TABLE_METRICS: tuple[str, ...] = tuple(METRIC_LABELS)
-
+AGREEMENT_CSV = "agreement.csv"
+DISAGREEMENTS_CSV = "disagreements.csv"
 
 @dataclasses.dataclass
 class Comparison:
-    """Result of :func:`compare_predictions`; columns are models, then ensembles."""
+    """Result of :func:`compare_predictions`; columns are models, then ensembles.
+
+    ``table`` is the metrics shown (rows of the table), ``agreement`` one entry per
+    pair of models (not ensembles), ``images`` the test images in row order and
+    ``probabilities`` every column's ``(n, 3)`` array in that order.
+    """
 
     columns: list[str]
     sources: dict[str, str]
+    table: tuple[Metric, ...]
     metrics: dict[str, dict[str, dict[str, Any]]]
     mcnemar: list[dict[str, Any]]
+    agreement: list[Agreement]
+    images: Predictions
+    probabilities: dict[str, np.ndarray]
     n_images: int
     n_patients: int
     n_bootstrap: int
@@ -90,15 +97,17 @@ def default_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
 def check_names(names: Sequence[str], *, n_files: int, reserved: Sequence[str] = ()) -> None:
     """``ValueError`` unless there is one unique, non-empty name per file and none is reserved."""
     if len(names) != n_files:
-        raise ValueError(f"--names: expected {n_files} names (one per predictions file), got {len(names)}")
+        raise ValueError(
+            f"--names: expected {n_files} names (one per predictions file), received {len(names)}"
+        )
     dups = sorted({n for n in names if list(names).count(n) > 1})
     if dups:
-        raise ValueError(f"--names: names must be unique, repeated: {abbreviate(dups)}")
+        raise ValueError(f"--names: names must be unique, received repeated names {abbreviate(dups)}")
     bad = [n for n in names if not n.strip() or n in reserved]
     if bad:
         raise ValueError(
             f"--names: names must be non-empty and not one of {', '.join(reserved)}, "
-            f"got {abbreviate(map(repr, bad))}"
+            f"received {abbreviate(map(repr, bad))}"
         )
 
 
@@ -168,6 +177,74 @@ def mcnemar_test(*, correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, A
     return {"b": b, "c": c, "p_value": p}
 
 
+@dataclasses.dataclass(frozen=True)
+class EnsembleWeights:
+    """Weights fitted on validation predictions, by model name, and where they came from."""
+
+    weights: dict[str, float]
+    step: float
+    validation_sources: dict[str, str]
+    validation_macro_f1: float
+
+
+def fit_weights(
+    validation: Sequence[Predictions], *, names: Sequence[str], test: Predictions, step: float
+) -> EnsembleWeights:
+    """Fit the weighted ensemble on ``validation`` (one file per model, in ``names`` order) only.
+
+    Raises ``ValueError`` for a wrong number of files, fewer than two models, or validation
+    images that are also in ``test``.
+    """
+    if len(validation) != len(names):
+        raise ValueError(
+            f"--weights-from: expected {len(names)} validation files (one per model, same order), "
+            f"received {len(validation)}"
+        )
+    if len(names) < 2:
+        raise ValueError(
+            f"--weights-from: a weighted ensemble needs at least 2 models, received {len(names)}"
+        )
+    val = align_predictions(validation)
+    check_disjoint(test, val[0])
+    val_probs = [v.probabilities for v in val]
+    # Only validation arrays reach the weight search; the test predictions are used later, with the result.
+    fitted = ensemble.fit_ensemble_weights(labels=val[0].labels, probabilities=val_probs, step=step)
+    return EnsembleWeights(
+        weights={name: float(w) for name, w in zip(names, fitted)},
+        step=step,
+        validation_sources={name: v.source for name, v in zip(names, val)},
+        validation_macro_f1=float(
+            ensemble.macro_f1_of(val[0].labels, ensemble.weighted_ensemble(val_probs, fitted))
+        ),
+    )
+
+
+def with_ensembles(
+    probabilities: dict[str, np.ndarray], sources: dict[str, str], weights: EnsembleWeights | None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The models' columns followed by the mean ensemble (2+ models) and the weighted one (with weights)."""
+    probabilities, sources = dict(probabilities), dict(sources)
+    models = list(probabilities)
+    if len(models) >= 2:
+        probabilities[MEAN_ENSEMBLE] = ensemble.mean_ensemble([probabilities[n] for n in models])
+        sources[MEAN_ENSEMBLE] = "mean of the models' probabilities"
+    if weights is not None:
+        probabilities[WEIGHTED_ENSEMBLE] = ensemble.weighted_ensemble(
+            [probabilities[n] for n in models], [weights.weights[n] for n in models]
+        )
+        sources[WEIGHTED_ENSEMBLE] = "weighted mean, weights fitted on validation predictions"
+    return probabilities, sources
+
+
+def mcnemar_pairs(labels: np.ndarray, probabilities: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """:func:`mcnemar_test` for every pair of columns, in column order."""
+    correct = {name: np.argmax(p, axis=1) == labels for name, p in probabilities.items()}
+    return [
+        {"model_a": a, "model_b": b, **mcnemar_test(correct_a=correct[a], correct_b=correct[b])}
+        for a, b in itertools.combinations(probabilities, 2)
+    ]
+
+
 def compare_predictions(
     *,
     predictions: Sequence[Predictions],
@@ -194,76 +271,44 @@ def compare_predictions(
     """
     check_bootstrap_settings(n_bootstrap=n_bootstrap, confidence=confidence)
     if not predictions:
-        raise ValueError("no predictions files given")
+        raise ValueError("no predictions files given; compare.py needs at least one PREDICTIONS_CSV")
     check_names(names, n_files=len(predictions), reserved=(MEAN_ENSEMBLE, WEIGHTED_ENSEMBLE))
     test = align_predictions(predictions)
     ref = test[0]
-    probabilities = {name: p.probabilities for name, p in zip(names, test)}
-    sources = {name: p.source for name, p in zip(names, test)}
-
-    result_weights = validation_sources = validation_f1 = None
+    weights = None
     if validation is not None:
-        if len(validation) != len(predictions):
-            raise ValueError(
-                f"--weights-from: expected {len(predictions)} validation files (one per model, same order), "
-                f"got {len(validation)}"
-            )
-        if len(predictions) < 2:
-            raise ValueError("--weights-from: a weighted ensemble needs at least 2 models")
-        val = align_predictions(validation)
-        check_disjoint(ref, val[0])
-        val_probs = [v.probabilities for v in val]
-        # Only validation arrays reach the weight search; the test predictions are used below, after it.
-        fitted = ensemble.fit_ensemble_weights(
-            labels=val[0].labels, probabilities=val_probs, step=weight_step
-        )
-        validation_f1 = float(
-            ensemble.macro_f1_of(val[0].labels, ensemble.weighted_ensemble(val_probs, fitted))
-        )
-        result_weights = {name: float(w) for name, w in zip(names, fitted)}
-        validation_sources = {name: v.source for name, v in zip(names, val)}
-
-    if len(predictions) >= 2:
-        probabilities[MEAN_ENSEMBLE] = ensemble.mean_ensemble(list(probabilities.values()))
-        sources[MEAN_ENSEMBLE] = "mean of the models' probabilities"
-    if result_weights is not None:
-        model_probs = [probabilities[n] for n in names]
-        probabilities[WEIGHTED_ENSEMBLE] = ensemble.weighted_ensemble(
-            model_probs, list(result_weights.values())
-        )
-        sources[WEIGHTED_ENSEMBLE] = "weighted mean, weights fitted on validation predictions"
-
-    metrics = {
-        name: metrics_with_ci(
-            labels=ref.labels,
-            probabilities=probs,
-            patient_ids=ref.patient_ids,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
-            confidence=confidence,
-            include_auc=False,
-        )
-        for name, probs in probabilities.items()
-    }
-    correct = {name: np.argmax(p, axis=1) == ref.labels for name, p in probabilities.items()}
-    pairs = [
-        {"model_a": a, "model_b": b, **mcnemar_test(correct_a=correct[a], correct_b=correct[b])}
-        for a, b in itertools.combinations(probabilities, 2)
-    ]
+        weights = fit_weights(validation, names=names, test=ref, step=weight_step)
+    probabilities, sources = with_ensembles(
+        {name: p.probabilities for name, p in zip(names, test)},
+        {name: p.source for name, p in zip(names, test)},
+        weights,
+    )
+    table = metric_table(comparison=True)
+    bootstrap = dict(patient_ids=ref.patient_ids, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence)
     return Comparison(
         columns=list(probabilities),
         sources=sources,
-        metrics=metrics,
-        mcnemar=pairs,
+        table=table,
+        metrics={
+            name: metrics_with_ci(labels=ref.labels, probabilities=probs, metrics=table, **bootstrap)
+            for name, probs in probabilities.items()
+        },
+        mcnemar=mcnemar_pairs(ref.labels, probabilities),
+        agreement=[
+            pair_agreement(probabilities[a], probabilities[b], model_a=a, model_b=b)
+            for a, b in itertools.combinations(names, 2)
+        ],
+        images=ref,
+        probabilities=probabilities,
         n_images=len(ref),
         n_patients=int(len(np.unique(ref.patient_ids))),
         n_bootstrap=n_bootstrap,
         seed=seed,
         confidence=confidence,
-        weights=result_weights,
-        weight_step=weight_step if result_weights is not None else None,
-        validation_sources=validation_sources,
-        validation_macro_f1=validation_f1,
+        weights=weights.weights if weights else None,
+        weight_step=weights.step if weights else None,
+        validation_sources=weights.validation_sources if weights else None,
+        validation_macro_f1=weights.validation_macro_f1 if weights else None,
     )
 
 
@@ -286,9 +331,16 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 def format_comparison(comparison: Comparison, *, disclaimer: bool = True) -> str:
     """The comparison as Markdown (what ``compare.py`` prints and writes to ``comparison.md``)."""
-    c = comparison
+    parts = [*_metrics_section(comparison), *_weights_section(comparison), *_mcnemar_section(comparison),
+             *_agreement_section(comparison)]
+    if disclaimer:
+        parts += ["", DISCLAIMER]
+    return "\n".join(parts) + "\n"
+
+
+def _metrics_section(c: Comparison) -> list[str]:
     pct = f"{c.confidence:.0%}"
-    parts = [
+    return [
         "# Model comparison",
         "",
         f"{c.n_images} test images of {c.n_patients} patients. Values with {pct} confidence intervals from a "
@@ -297,71 +349,108 @@ def format_comparison(comparison: Comparison, *, disclaimer: bool = True) -> str
         "",
         _markdown_table(
             ["metric", *c.columns],
-            [[METRIC_LABELS[m], *(_cell(c.metrics[col][m]) for col in c.columns)] for m in TABLE_METRICS],
+            [[m.short_label, *(_cell(c.metrics[col][m.name]) for col in c.columns)] for m in c.table],
         ),
         "",
         "Columns: " + "; ".join(f"{col} = {c.sources[col]}" for col in c.columns) + ".",
     ]
-    if c.weights is not None:
-        weights = ", ".join(f"{name} {w:g}" for name, w in c.weights.items())
-        parts += [
-            "",
-            f"Weighted ensemble weights: {weights} (grid step {c.weight_step:g}, maximising macro F1 "
-            f"{c.validation_macro_f1:.3f} on the validation predictions "
-            f"{', '.join(c.validation_sources.values())}; never on the test predictions above).",
-        ]
-    if c.mcnemar:
-        parts += [
-            "",
-            "## McNemar's test (exact two-sided binomial test on the discordant images)",
-            "",
-            "b: images only model A classifies correctly; c: images only model B does. "
-            "Images are treated as independent; no correction for multiple comparisons.",
-            "",
-            _markdown_table(
-                ["model A", "model B", "b", "c", "p"],
-                [
-                    [p["model_a"], p["model_b"], str(p["b"]), str(p["c"]), f"{p['p_value']:.3g}"]
-                    for p in c.mcnemar
-                ],
-            ),
-        ]
-    if disclaimer:
-        parts += ["", DISCLAIMER]
-    return "\n".join(parts) + "\n"
+
+
+def _weights_section(c: Comparison) -> list[str]:
+    if c.weights is None:
+        return []
+    weights = ", ".join(f"{name} {w:g}" for name, w in c.weights.items())
+    return [
+        "",
+        f"Weighted ensemble weights: {weights} (grid step {c.weight_step:g}, maximising macro F1 "
+        f"{c.validation_macro_f1:.3f} on the validation predictions "
+        f"{', '.join(c.validation_sources.values())}; never on the test predictions above).",
+    ]
+
+
+def _mcnemar_section(c: Comparison) -> list[str]:
+    if not c.mcnemar:
+        return []
+    return [
+        "",
+        "## McNemar's test (exact two-sided binomial test on the discordant images)",
+        "",
+        "b: images only model A classifies correctly; c: images only model B does. "
+        "Images are treated as independent; no correction for multiple comparisons.",
+        "",
+        _markdown_table(
+            ["model A", "model B", "b", "c", "p"],
+            [
+                [p["model_a"], p["model_b"], str(p["b"]), str(p["c"]), f"{p['p_value']:.3g}"]
+                for p in c.mcnemar
+            ],
+        ),
+    ]
+
+
+def _agreement_section(c: Comparison) -> list[str]:
+    if not c.agreement:
+        return []
+    rows = []
+    for a in c.agreement:
+        top = a.most_different[0] if a.most_different else None
+        rows.append([
+            a.model_a,
+            a.model_b,
+            f"{a.max_abs_diff:.3g}",
+            f"{a.mean_abs_diff:.3g}",
+            f"{a.argmax_disagreements} of {a.n_images}",
+            "none" if top is None else f"{c.images.filenames[top]} ({a.image_diff[top]:.3g})",
+        ])
+    return [
+        "",
+        "## Agreement between the models (per image)",
+        "",
+        "For every pair of models: the largest and the mean |dp|, the absolute difference of one class "
+        "probability on one image, over all images and the three classes; the images whose predicted class "
+        f"differs; and the image that differs most (the {TOP_IMAGES} that differ most are in "
+        f"{DISAGREEMENTS_CSV}).",
+        "",
+        _markdown_table(
+            ["model A", "model B", "max |dp|", "mean |dp|", "argmax disagreements", "largest difference"],
+            rows,
+        ),
+    ]
 
 
 def comparison_frame(comparison: Comparison) -> pd.DataFrame:
     """Tidy table: one row per (model, metric) with value, ci_low, ci_high, n_resamples."""
     rows = [
-        {"model": col, "metric": m, **comparison.metrics[col][m]}
+        {"model": col, "metric": m.name, **comparison.metrics[col][m.name]}
         for col in comparison.columns
-        for m in TABLE_METRICS
+        for m in comparison.table
     ]
     return pd.DataFrame(rows, columns=["model", "metric", "value", "ci_low", "ci_high", "n_resamples"])
 
 
 def write_comparison(out_dir: str | os.PathLike[str], comparison: Comparison) -> dict[str, Path]:
-    """Write ``comparison.md``, ``comparison.csv``, ``mcnemar.csv`` and, with weights,
-    ``ensemble_weights.csv`` into ``out_dir``, each atomically. Returns ``{file name: path}``."""
+    """Write ``comparison.md``, ``comparison.csv``, ``mcnemar.csv``, ``agreement.csv``,
+    ``disagreements.csv`` and, with weights, ``ensemble_weights.csv`` into ``out_dir``, each
+    atomically. Returns ``{file name: path}``."""
     out = Path(out_dir)
-    written = {
-        TABLE_MD: atomic_write_text(out / TABLE_MD, format_comparison(comparison)),
-        TABLE_CSV: atomic_write_text(out / TABLE_CSV, comparison_frame(comparison).to_csv(index=False)),
-        MCNEMAR_CSV: atomic_write_text(
-            out / MCNEMAR_CSV,
-            pd.DataFrame(comparison.mcnemar, columns=["model_a", "model_b", "b", "c", "p_value"]).to_csv(
-                index=False
-            ),
-        ),
+    c = comparison
+    frames = {
+        TABLE_CSV: comparison_frame(c),
+        MCNEMAR_CSV: pd.DataFrame(c.mcnemar, columns=["model_a", "model_b", "b", "c", "p_value"]),
+        AGREEMENT_CSV: agreement_frame(c.agreement),
+        DISAGREEMENTS_CSV: disagreements_frame(c.agreement, c.images, c.probabilities),
     }
-    if comparison.weights is not None:
-        frame = pd.DataFrame(
+    if c.weights is not None:
+        frames[WEIGHTS_CSV] = pd.DataFrame(
             {
-                "model": list(comparison.weights),
-                "weight": list(comparison.weights.values()),
-                "validation_file": [comparison.validation_sources[n] for n in comparison.weights],
+                "model": list(c.weights),
+                "weight": list(c.weights.values()),
+                "validation_file": [c.validation_sources[n] for n in c.weights],
             }
         )
-        written[WEIGHTS_CSV] = atomic_write_text(out / WEIGHTS_CSV, frame.to_csv(index=False))
+    written = {TABLE_MD: atomic_write_text(out / TABLE_MD, format_comparison(c))}
+    for name, frame in frames.items():
+        # The agreement files hold probabilities: the predictions file's precision, not repr's 17 digits.
+        float_format = FLOAT_FORMAT if name in (AGREEMENT_CSV, DISAGREEMENTS_CSV) else None
+        written[name] = atomic_write_text(out / name, frame.to_csv(index=False, float_format=float_format))
     return written

@@ -1,4 +1,4 @@
-"""Classification metrics for the three COVIDx classes.
+"""Classification metrics for the three COVIDx classes, and the one table of every reported metric.
 
 Conventions (SURFsara's ``eval``, which follows COVID-Net's):
 
@@ -12,16 +12,27 @@ Conventions (SURFsara's ``eval``, which follows COVID-Net's):
 
 :func:`metrics_from_confusion` and :func:`weighted_roc_auc` work on a stack of
 confusion matrices / a matrix of per-image weights, so the bootstrap computes
-all replicates at once; :func:`point_metrics` is the plain single-estimate
-version built on scikit-learn.
+all replicates at once.
+
+:data:`METRICS` is the table of every scalar metric the project reports: its
+``metrics.json`` key, its labels in ``eval_keras.py``'s report and in
+``compare.py``'s table, how it is computed from :class:`Statistics`, and when a
+bootstrap resample leaves it undefined. ``metrics.json``, both reports and the
+bootstrap read it, so a new metric is one entry. :func:`point_metrics` is every
+entry on the images as given (ROC AUC from scikit-learn).
 """
 from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 from sklearn.metrics import roc_auc_score
 
 from data.labels import CLASSES, NUM_CLASSES
+from evaluation.calibration import ECE_BINS, average_precision_ovr, brier_score, expected_calibration_error
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -111,37 +122,180 @@ def weighted_roc_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarr
     return out
 
 
-def metric_names(*, include_auc: bool = True) -> list[str]:
-    """Keys of :func:`flat_metrics`, in report order."""
-    names = ["accuracy", "macro_f1"]
-    for kind in ("precision", "recall", "f1"):
-        names += [f"{kind}_{c}" for c in CLASSES]
-    if include_auc:
-        names += [f"auc_{c}" for c in CLASSES] + ["macro_auc"]
-    return names
+class Statistics:
+    """What the metrics are computed from: ``n`` predictions under ``B`` per-image weightings.
 
+    Each quantity is computed once, on first use, for all ``B`` rows together,
+    so a table entry only pays for what it reads. ``weights`` ``(B, n)`` says how
+    often each image counts (a bootstrap resample's counts, see
+    :mod:`evaluation.bootstrap`); None is the plain estimate on the images as
+    given (one row of ones, ROC AUC from scikit-learn).
 
-def flat_metrics(confusion: np.ndarray, aucs: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """One entry per scalar metric (names from :func:`metric_names`), keeping leading axes.
-
-    ``aucs`` (``(..., 3)``) adds ``auc_<class>`` and ``macro_auc`` (NaN if any class's AUC is).
+    Attributes (``(B,)`` or ``(B, 3)`` arrays in :data:`data.labels.CLASSES` order):
+        confusion: ``(B, 3, 3)`` weighted counts, rows true class, columns predicted.
+        accuracy, precision, recall, f1: from the confusion matrices.
+        roc_auc: one-vs-rest ROC AUC per class.
+        brier, ece, average_precision: :mod:`evaluation.calibration`.
+        absent: ``(B, 3)`` bool, the weighting holds no true image of the class.
     """
-    m = metrics_from_confusion(confusion)
-    out: dict[str, np.ndarray] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-    for kind in ("precision", "recall", "f1"):
-        for k, c in enumerate(CLASSES):
-            out[f"{kind}_{c}"] = m[kind][..., k]
-    if aucs is not None:
-        for k, c in enumerate(CLASSES):
-            out[f"auc_{c}"] = aucs[..., k]
-        out["macro_auc"] = aucs.mean(axis=-1)
-    return out
+
+    def __init__(
+        self, labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None
+    ) -> None:
+        self.labels = np.asarray(labels)
+        self.probabilities = np.asarray(probabilities, dtype=np.float64)
+        self.point = weights is None
+        n = len(self.labels)
+        self.weights = np.ones((1, n)) if weights is None else np.asarray(weights, dtype=np.float64)
+
+    @functools.cached_property
+    def confusion(self) -> np.ndarray:
+        n = len(self.labels)
+        cell = self.labels * NUM_CLASSES + np.argmax(self.probabilities, axis=1)
+        onehot = np.zeros((n, NUM_CLASSES * NUM_CLASSES))
+        onehot[np.arange(n), cell] = 1.0
+        return (self.weights @ onehot).reshape(-1, NUM_CLASSES, NUM_CLASSES)
+
+    @functools.cached_property
+    def _rates(self) -> dict[str, np.ndarray]:
+        return metrics_from_confusion(self.confusion)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self._rates["accuracy"]
+
+    @property
+    def precision(self) -> np.ndarray:
+        return self._rates["precision"]
+
+    @property
+    def recall(self) -> np.ndarray:
+        return self._rates["recall"]
+
+    @property
+    def f1(self) -> np.ndarray:
+        return self._rates["f1"]
+
+    @property
+    def absent(self) -> np.ndarray:
+        return self.confusion.sum(axis=2) == 0
+
+    @functools.cached_property
+    def roc_auc(self) -> np.ndarray:
+        if self.point:  # scikit-learn, the reference; the replicates are tested equal to it
+            return roc_auc_ovr(self.labels, self.probabilities)[None, :]
+        columns = [
+            weighted_roc_auc(self.labels == k, self.probabilities[:, k], self.weights)
+            for k in range(NUM_CLASSES)
+        ]
+        return np.stack(columns, axis=-1)
+
+    @functools.cached_property
+    def brier(self) -> np.ndarray:
+        return brier_score(self.labels, self.probabilities, self.weights)
+
+    @functools.cached_property
+    def ece(self) -> np.ndarray:
+        return expected_calibration_error(self.labels, self.probabilities, self.weights)
+
+    @functools.cached_property
+    def average_precision(self) -> np.ndarray:
+        return average_precision_ovr(self.labels, self.probabilities, self.weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One row of :data:`METRICS`.
+
+    Attributes:
+        name: the key in ``metrics.json`` and ``comparison.csv``.
+        label: the row label of ``eval_keras.py``'s report.
+        short_label: the row label of ``compare.py``'s table.
+        compute: ``Statistics -> (B,)`` values; NaN where the metric is undefined.
+        in_comparison: shown (and computed) by ``compare.py``.
+        undefined_without: class indices; on a bootstrap resample that holds no true
+            image of one of them the value is undefined, and the resample is skipped
+            for this metric. The point estimate keeps the zero-division rule instead.
+    """
+
+    name: str
+    label: str
+    short_label: str
+    compute: Callable[[Statistics], np.ndarray]
+    in_comparison: bool = True
+    undefined_without: tuple[int, ...] = ()
+
+
+def _whole(statistic: str, stats: Statistics) -> np.ndarray:
+    return getattr(stats, statistic)
+
+
+def _of_class(statistic: str, k: int, stats: Statistics) -> np.ndarray:
+    return getattr(stats, statistic)[:, k]
+
+
+def _macro(statistic: str, stats: Statistics) -> np.ndarray:
+    return getattr(stats, statistic).mean(axis=1)  # NaN when any class's value is
+
+
+def _per_class(
+    name: str, label: str, short_label: str, statistic: str, *, needs_class: bool = False,
+    in_comparison: bool = True,
+) -> tuple[Metric, ...]:
+    """One entry per class; ``{c}`` in the texts is the class name."""
+    return tuple(
+        Metric(
+            name=name.format(c=c),
+            label=label.format(c=c),
+            short_label=short_label.format(c=c),
+            compute=functools.partial(_of_class, statistic, k),
+            in_comparison=in_comparison,
+            undefined_without=(k,) if needs_class else (),
+        )
+        for k, c in enumerate(CLASSES)
+    )
+
+
+ALL_CLASSES: tuple[int, ...] = tuple(range(NUM_CLASSES))
+
+METRICS: tuple[Metric, ...] = (
+    Metric("accuracy", "accuracy", "accuracy", functools.partial(_whole, "accuracy")),
+    Metric("macro_f1", "macro F1", "macro F1", functools.partial(_macro, "f1"),
+           undefined_without=ALL_CLASSES),
+    *_per_class("precision_{c}", "precision (PPV) {c}", "precision {c}", "precision"),
+    *_per_class("recall_{c}", "recall (sensitivity) {c}", "recall {c}", "recall", needs_class=True),
+    *_per_class("f1_{c}", "F1 {c}", "F1 {c}", "f1", needs_class=True),
+    *_per_class("auc_{c}", "ROC AUC {c} (one vs rest)", "ROC AUC {c}", "roc_auc", in_comparison=False),
+    Metric("macro_auc", "macro ROC AUC", "macro ROC AUC", functools.partial(_macro, "roc_auc"),
+           in_comparison=False),
+    Metric("brier", "Brier score (multi-class, 0-2, lower is better)", "Brier score (lower is better)",
+           functools.partial(_whole, "brier")),
+    Metric("ece", f"ECE (top-label, {ECE_BINS} bins, lower is better)",
+           f"ECE, {ECE_BINS} bins (lower is better)", functools.partial(_whole, "ece")),
+    *_per_class("ap_{c}", "average precision {c} (one vs rest)", "average precision {c}",
+                "average_precision"),
+    Metric("macro_ap", "macro average precision", "macro average precision",
+           functools.partial(_macro, "average_precision")),
+)
+
+
+def metric_table(*, comparison: bool = False) -> tuple[Metric, ...]:
+    """The entries of :data:`METRICS`, in report order; ``comparison=True``: those ``compare.py`` shows.
+
+    Everything that lists metrics calls this (rather than keeping its own copy of the
+    table), so one new entry reaches ``metrics.json``, both reports and the bootstrap.
+    """
+    return tuple(m for m in METRICS if m.in_comparison or not comparison)
+
+
+def metric_names(*, comparison: bool = False) -> list[str]:
+    """Keys of :func:`point_metrics` and ``metrics.json``, in report order."""
+    return [m.name for m in metric_table(comparison=comparison)]
 
 
 def point_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, *, include_auc: bool = True
+    labels: np.ndarray, probabilities: np.ndarray, *, metrics: Sequence[Metric] | None = None
 ) -> dict[str, float]:
-    """Every scalar metric of :func:`metric_names` on the given images (argmax predictions)."""
-    cm = confusion_matrix(labels, np.argmax(probabilities, axis=1))
-    aucs = roc_auc_ovr(labels, probabilities) if include_auc else None
-    return {name: float(value) for name, value in flat_metrics(cm, aucs).items()}
+    """Each of ``metrics`` (default: :func:`metric_table`) on the images as given; prediction = argmax."""
+    stats = Statistics(labels, probabilities)
+    return {m.name: float(m.compute(stats)[0]) for m in (metric_table() if metrics is None else metrics)}

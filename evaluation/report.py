@@ -27,8 +27,8 @@ from evaluation.bootstrap import (
     DEFAULT_SEED,
     metrics_with_ci,
 )
-from evaluation.calibration import CALIBRATION_METHOD, CALIBRATION_METRICS, ECE_BINS
-from evaluation.metrics import confusion_matrix, metric_names, sensitivity_ppv
+from evaluation.calibration import CALIBRATION_METHOD
+from evaluation.metrics import confusion_matrix, metric_table, sensitivity_ppv
 from evaluation.predictions import Predictions, as_label_indices, save_predictions
 
 BOOTSTRAP_METHOD = (
@@ -36,20 +36,6 @@ BOOTSTRAP_METHOD = (
     "with replacement, and takes all their images; percentile interval; a resample on which a metric "
     "is undefined is skipped for that metric (n_resamples counts the ones used)"
 )
-
-METRIC_LABELS: dict[str, str] = {
-    "accuracy": "accuracy",
-    "macro_f1": "macro F1",
-    "macro_auc": "macro ROC AUC",
-    **{f"precision_{c}": f"precision (PPV) {c}" for c in CLASSES},
-    **{f"recall_{c}": f"recall (sensitivity) {c}" for c in CLASSES},
-    **{f"f1_{c}": f"F1 {c}" for c in CLASSES},
-    **{f"auc_{c}": f"ROC AUC {c} (one vs rest)" for c in CLASSES},
-    "brier": "Brier score (multi-class, 0-2, lower is better)",
-    "ece": f"ECE (top-label, {ECE_BINS} bins, lower is better)",
-    **{f"ap_{c}": f"average precision {c} (one vs rest)" for c in CLASSES},
-    "macro_ap": "macro average precision",
-}
 
 METRICS_JSON = "metrics.json"
 PREDICTIONS_CSV = "predictions.csv"
@@ -94,18 +80,12 @@ def evaluate_predictions(
         ``classes``, ``n_images``, ``n_patients``, ``images_per_class``,
         ``patients_per_class``, ``confusion_matrix`` (rows true, columns predicted),
         ``sensitivity`` and ``ppv`` (SURFsara's point values per class),
-        ``metrics`` (``{name: {value, ci_low, ci_high, n_resamples}}`` for accuracy,
-        macro F1, per-class precision/recall/F1, per-class one-vs-rest ROC AUC and
-        macro AUC) and ``bootstrap`` (the settings and method). Undefined values are ``None``.
+        ``metrics`` (``{name: {value, ci_low, ci_high, n_resamples}}`` for every
+        entry of :data:`evaluation.metrics.METRICS`), ``calibration`` (how the
+        calibration metrics are defined) and ``bootstrap`` (the settings and
+        method). Undefined values are ``None``.
     """
-    label_idx = as_label_indices(labels)
-    probs = np.asarray(probabilities, dtype=np.float64)
-    pids = np.asarray([str(p) for p in patient_ids])
-    if not len(label_idx) == len(probs) == len(pids) or probs.ndim != 2 or probs.shape[1] != len(CLASSES):
-        raise ValueError(
-            f"labels ({len(label_idx)}), probabilities {probs.shape} and patient_ids ({len(pids)}) "
-            f"must describe the same n images with {len(CLASSES)} probabilities each"
-        )
+    label_idx, probs, pids = _checked_inputs(labels, probabilities, patient_ids)
     cm = confusion_matrix(label_idx, np.argmax(probs, axis=1))
     sens, ppv = sensitivity_ppv(cm)
     with_ci = metrics_with_ci(
@@ -118,10 +98,7 @@ def evaluate_predictions(
     )
     return {
         "classes": list(CLASSES),
-        "n_images": int(len(label_idx)),
-        "n_patients": int(len(np.unique(pids))),
-        "images_per_class": {c: int((label_idx == k).sum()) for k, c in enumerate(CLASSES)},
-        "patients_per_class": {c: int(len(np.unique(pids[label_idx == k]))) for k, c in enumerate(CLASSES)},
+        **_counts(label_idx, pids),
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_axes": "rows: true class, columns: predicted class, both in 'classes' order",
         "sensitivity": {c: float(v) for c, v in zip(CLASSES, sens)},
@@ -136,6 +113,34 @@ def evaluate_predictions(
             "confidence": float(confidence),
             "method": BOOTSTRAP_METHOD,
         },
+    }
+
+
+def _checked_inputs(
+    labels: Sequence[int] | Sequence[str] | np.ndarray,
+    probabilities: np.ndarray,
+    patient_ids: Sequence[str] | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label indices, float64 probabilities and str patient ids, checked to describe the same images."""
+    label_idx = as_label_indices(labels)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    pids = np.asarray([str(p) for p in patient_ids])
+    if not len(label_idx) == len(probs) == len(pids) or probs.ndim != 2 or probs.shape[1] != len(CLASSES):
+        raise ValueError(
+            f"labels, probabilities and patient_ids must describe the same n images with {len(CLASSES)} "
+            f"probabilities each; received {len(label_idx)} labels, probabilities of shape {probs.shape} "
+            f"and {len(pids)} patient_ids"
+        )
+    return label_idx, probs, pids
+
+
+def _counts(label_idx: np.ndarray, pids: np.ndarray) -> dict[str, Any]:
+    """Images and patients, in all and per class."""
+    return {
+        "n_images": int(len(label_idx)),
+        "n_patients": int(len(np.unique(pids))),
+        "images_per_class": {c: int((label_idx == k).sum()) for k, c in enumerate(CLASSES)},
+        "patients_per_class": {c: int(len(np.unique(pids[label_idx == k]))) for k, c in enumerate(CLASSES)},
     }
 
 
@@ -155,18 +160,14 @@ def _fmt(value: float | None) -> str:
 
 
 def format_ci_table(metrics: dict[str, dict[str, Any]], *, confidence: float) -> str:
-    """One line per metric: value, interval and the number of resamples used."""
-    names = [n for n in (*metric_names(include_auc=True), *CALIBRATION_METRICS) if n in metrics]
-    width = max(len(METRIC_LABELS.get(n, n)) for n in names)
+    """One line per table metric (:data:`evaluation.metrics.METRICS`) in ``metrics``: value, CI, resamples."""
+    rows = [(m.label, metrics[m.name]) for m in metric_table() if m.name in metrics]
+    width = max(len(label) for label, _ in rows)
     pct = f"{confidence:.0%}"
     lines = [f"{'metric':<{width}}  value  {pct + ' CI':<14}  resamples"]
-    for name in names:
-        m = metrics[name]
+    for label, m in rows:
         interval = "[  n/a,   n/a]" if m["ci_low"] is None else f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
-        lines.append(
-            f"{METRIC_LABELS.get(name, name):<{width}}  {_fmt(m['value'])}  {interval}  "
-            f"{m['n_resamples']:>9d}"
-        )
+        lines.append(f"{label:<{width}}  {_fmt(m['value'])}  {interval}  {m['n_resamples']:>9d}")
     return "\n".join(lines)
 
 

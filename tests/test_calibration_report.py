@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from data.labels import CLASSES
-from evaluation.calibration import CALIBRATION_METRICS
 from evaluation.predictions import make_predictions
 from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
 
+CALIBRATION_METRICS = ("brier", "ece", "ap_normal", "ap_pneumonia", "ap_COVID-19", "macro_ap")
 # Four images, hand-computed below: labels normal, pneumonia, COVID-19, COVID-19.
 LABELS = np.array([0, 1, 2, 2])
 PROBS = np.array([[0.8, 0.1, 0.1],

@@ -10,8 +10,10 @@ import pytest
 import compare
 from common.disclaimer import DISCLAIMER
 from evaluation import ensemble
+from evaluation.agreement import pair_agreement
 from evaluation.bootstrap import metrics_with_ci
-from evaluation.compare import TABLE_METRICS, default_names, mcnemar_test
+from evaluation.compare import default_names, mcnemar_test
+from evaluation.metrics import metric_table
 from evaluation.predictions import read_predictions, write_predictions
 
 N_BOOT = ["--n-bootstrap", "100"]
@@ -127,13 +129,13 @@ def test_compare_main_weights_come_from_validation_only(
     # The table's intervals are the library's patient-bootstrap intervals.
     test_b = read_predictions(study["test_b"])
     direct = metrics_with_ci(labels=test_a.labels, probabilities=test_a.probabilities,
-                             patient_ids=test_a.patient_ids, n_bootstrap=100, seed=0, include_auc=False)
+                             patient_ids=test_a.patient_ids, n_bootstrap=100, seed=0)
     row = table[(table.model == "A") & (table.metric == "f1_COVID-19")].iloc[0]
     f1 = direct["f1_COVID-19"]
     assert (row.value, row.ci_low, row.ci_high, row.n_resamples) == pytest.approx(
         (f1["value"], f1["ci_low"], f1["ci_high"], 100)
     )
-    assert len(table) == 4 * len(TABLE_METRICS) == 4 * 17  # 11 classification + 6 calibration metrics
+    assert len(table) == 4 * len(metric_table(comparison=True)) == 4 * 17  # 11 classification + 6 calibration
 
     # McNemar A vs B: A right on 45, B right on all 90 -> b = 0, c = 45.
     mcnemar = pd.read_csv(out / "mcnemar.csv")
@@ -142,7 +144,8 @@ def test_compare_main_weights_come_from_validation_only(
     assert ab.p_value == pytest.approx(2 * 0.5**45)
     assert len(mcnemar) == 6  # 4 columns -> 6 pairs
     assert sorted(p.name for p in out.iterdir()) == [
-        "comparison.csv", "comparison.md", "ensemble_weights.csv", "mcnemar.csv"
+        "agreement.csv", "comparison.csv", "comparison.md", "disagreements.csv", "ensemble_weights.csv",
+        "mcnemar.csv",
     ]
     assert (out / "comparison.md").read_text().rstrip().endswith(DISCLAIMER)
     assert test_b.labels.tolist() == test_a.labels.tolist()
@@ -162,6 +165,9 @@ def test_compare_aligns_rows_and_runs_without_validation(
     assert (table[table.metric == "accuracy"]["value"] == 1.0).all()
     mcnemar = pd.read_csv(tmp_path / "o" / "mcnemar.csv")
     assert mcnemar[["b", "c"]].to_numpy().sum() == 0  # identical predictions once aligned
+    agreement = pd.read_csv(tmp_path / "o" / "agreement.csv").iloc[0]
+    assert (agreement.max_abs_diff, agreement.mean_abs_diff, agreement.argmax_disagreements) == (0, 0, 0)
+    assert pd.read_csv(tmp_path / "o" / "disagreements.csv").empty  # identical: no image listed
     assert not (tmp_path / "o" / "ensemble_weights.csv").exists()
 
 
@@ -261,3 +267,65 @@ def test_import_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     args = module.parse_args(["a.csv", "b.csv"])
     defaults = (args.n_bootstrap, args.seed, args.confidence, args.weight_step, args.out)
     assert defaults == (2000, 0, 0.95, 0.05, ".")
+
+
+# --- agreement per image --------------------------------------------------------------------------
+
+
+def test_pair_agreement_hand_computed() -> None:
+    a = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    b = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.2, 0.5, 0.3], [0.1, 0.15, 0.75]])
+    # |dp| per image: (0.1, 0.1, 0), (0.3, 0.3, 0), (0, 0, 0), (0, 0.05, 0.05); sum 0.9 over 12 cells.
+    pair = pair_agreement(a, b, model_a="A", model_b="B")
+    assert (pair.model_a, pair.model_b, pair.n_images) == ("A", "B", 4)
+    assert pair.max_abs_diff == pytest.approx(0.3)
+    assert pair.mean_abs_diff == pytest.approx(0.9 / 12)
+    assert pair.argmax_disagreements == 1  # image 1: normal vs pneumonia
+    assert pair.most_different == (1, 0, 3)  # image 2 is identical, so not listed
+    np.testing.assert_allclose(pair.image_diff, [0.1, 0.3, 0.0, 0.05])
+    assert pair_agreement(a, b, model_a="A", model_b="B", top=2).most_different == (1, 0)
+    same = pair_agreement(a, a, model_a="A", model_b="A2")
+    assert (same.max_abs_diff, same.mean_abs_diff, same.argmax_disagreements, same.most_different) == (
+        0.0, 0.0, 0, ()
+    )
+    with pytest.raises(ValueError, match=r"received \(4, 3\) and \(3, 3\)"):
+        pair_agreement(a, b[:3], model_a="A", model_b="B")
+
+
+def test_one_model_through_two_preprocessings_no_longer_looks_identical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = np.arange(6) % 3
+    first = confident(labels)
+    second = first.copy()
+    second[0] = [0.7, 0.2, 0.1]  # |dp| 0.1, 0.1, 0
+    second[3] = [0.6, 0.25, 0.15]  # |dp| 0.2, 0.15, 0.05; every argmax unchanged
+    files = []
+    for name, probs in (("cv2", first), ("tf", second)):
+        files.append(str(write_predictions(
+            tmp_path / f"{name}.csv", patient_ids=[f"p{i}" for i in range(6)],
+            filenames=[f"img{i:03d}.png" for i in range(6)], labels=labels, probabilities=probs,
+        )))
+    out = tmp_path / "o"
+    assert compare.main([*files, "--out", str(out), *N_BOOT]) == 0
+    report = capsys.readouterr().out
+
+    # What the comparison reported before: the same metrics, and McNemar b = c = 0.
+    table = pd.read_csv(out / "comparison.csv").set_index(["model", "metric"])["value"]
+    assert table[("cv2", "accuracy")] == table[("tf", "accuracy")] == 1.0
+    assert pd.read_csv(out / "mcnemar.csv")[["b", "c"]].to_numpy().sum() == 0
+    # Now the probabilities tell them apart: max 0.2, mean (0.2 + 0.4) / 18, no argmax disagreement.
+    agreement = pd.read_csv(out / "agreement.csv")
+    assert agreement.to_dict("records") == [
+        {"model_a": "cv2", "model_b": "tf", "n_images": 6, "max_abs_diff": pytest.approx(0.2),
+         "mean_abs_diff": pytest.approx(0.6 / 18), "argmax_disagreements": 0}
+    ]
+    top = pd.read_csv(out / "disagreements.csv")
+    assert top["filename"].tolist() == ["img003.png", "img000.png"] and top["rank"].tolist() == [1, 2]
+    assert top["max_abs_diff"].tolist() == pytest.approx([0.2, 0.1])
+    assert top.loc[0, ["predicted_a", "predicted_b", "label"]].tolist() == ["normal"] * 3
+    probabilities = top.loc[0, ["p_normal_a", "p_normal_b", "p_COVID-19_b"]].tolist()
+    assert probabilities == pytest.approx([0.8, 0.6, 0.15])
+    assert "| cv2 | tf | 0.2 | 0.0333 | 0 of 6 | img003.png (0.2) |" in report
+    # The mean ensemble is made of the models: only pairs of models are compared.
+    assert "mean ensemble" not in set(agreement["model_a"]) | set(agreement["model_b"])

@@ -15,14 +15,19 @@ from evaluation.bootstrap import (
     percentile_interval,
     replicate_metrics,
 )
+from evaluation.compare import compare_predictions, comparison_frame, format_comparison
 from evaluation.metrics import (
+    Metric,
+    Statistics,
     confusion_matrix,
+    metric_table,
     metrics_from_confusion,
     point_metrics,
     roc_auc_ovr,
     sensitivity_ppv,
     weighted_roc_auc,
 )
+from evaluation.predictions import make_predictions
 from evaluation.report import (
     evaluate_predictions,
     format_report,
@@ -154,7 +159,7 @@ def test_patient_bootstrap_is_wider_than_image_bootstrap() -> None:
     probs = np.tile([0.9, 0.05, 0.05], (60, 1))
     probs[:30] = [0.05, 0.9, 0.05]
     patients = np.array(["big"] * 30 + [f"p{i}" for i in range(30)])
-    kwargs = dict(labels=labels, probabilities=probs, n_bootstrap=1000, seed=0, include_auc=False)
+    kwargs = dict(labels=labels, probabilities=probs, n_bootstrap=1000, seed=0, metrics=metric_table()[:1])
     by_patient = metrics_with_ci(patient_ids=patients, **kwargs)["accuracy"]
     by_image = metrics_with_ci(patient_ids=np.arange(60).astype(str), **kwargs)["accuracy"]
     assert by_patient["value"] == by_image["value"] == 0.5
@@ -256,3 +261,46 @@ def test_undefined_auc_is_null_in_json(tmp_path: Path) -> None:
     loaded = json.loads(write_metrics_json(tmp_path / "m.json", metrics).read_text())
     assert loaded["metrics"]["macro_auc"]["value"] is None
     assert "n/a" in format_report(metrics)
+
+
+# --- the metric table --------------------------------------------------------------------------
+
+
+def test_one_new_table_entry_reaches_every_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A metric added to evaluation.metrics.METRICS reaches metrics.json, both reports and the bootstrap."""
+    from evaluation import metrics as table
+
+    def mean_p_covid(stats: Statistics) -> np.ndarray:
+        return stats.weights @ stats.probabilities[:, 2] / stats.weights.sum(axis=1)
+
+    new = Metric("mean_p_covid", "mean P(COVID-19)", "mean P(COVID)", mean_p_covid, undefined_without=(2,))
+    monkeypatch.setattr(table, "METRICS", (*table.METRICS, new))
+    patients = ["a", "a", "b", "c", "c", "d", "e", "e", "f"]  # the COVID-19 images are patients e and f
+    metrics = evaluate_predictions(labels=LABELS, probabilities=PROBS, patient_ids=patients, n_bootstrap=300)
+    # 0.1 x 5 + 0.4 + 0.7 + 0.5 + 0.3 = 2.4 over 9 images
+    m = metrics["metrics"]["mean_p_covid"]
+    assert m["value"] == pytest.approx(2.4 / 9)
+    # The bootstrap: each replicate is the mean over the resampled images; those without COVID-19 are skipped.
+    counts = patient_bootstrap_counts(patients, n_bootstrap=300, seed=0)
+    with_covid = counts[:, 6:].sum(axis=1) > 0
+    assert 250 < with_covid.sum() < 300  # a resample misses both e and f with chance (4/6)^6 = 9%
+    assert m["n_resamples"] == with_covid.sum()
+    direct = [PROBS[np.repeat(np.arange(9), c), 2].mean() for c in counts[with_covid]]
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx(tuple(np.percentile(direct, [2.5, 97.5])))
+
+    assert list(metrics["metrics"])[-1] == "mean_p_covid"
+    stored = json.loads(write_metrics_json(tmp_path / "metrics.json", metrics).read_text())
+    assert stored["metrics"]["mean_p_covid"] == m
+    lines = format_report(metrics).splitlines()
+    report_line = next(line for line in lines if line.startswith("mean P(COVID-19)"))
+    assert report_line.split()[2:4] == ["0.267", f"[{m['ci_low']:.3f},"]
+
+    predictions = [make_predictions(patient_ids=patients, filenames=[f"{i}.png" for i in range(9)],
+                                    labels=LABELS, probabilities=PROBS, source=s) for s in ("x", "y")]
+    comparison = compare_predictions(predictions=predictions, names=["x", "y"], n_bootstrap=300)
+    frame = comparison_frame(comparison).set_index(["model", "metric"])
+    assert frame.loc[("x", "mean_p_covid"), "value"] == pytest.approx(2.4 / 9)
+    assert frame.loc[("y", "mean_p_covid"), "n_resamples"] == with_covid.sum()
+    cell = f"0.267 [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+    assert f"| mean P(COVID) | {cell} | {cell} | {cell} |" in format_comparison(comparison)
+    assert ("x", "auc_normal") not in frame.index  # entries with in_comparison=False stay out of it

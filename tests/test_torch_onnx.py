@@ -29,7 +29,7 @@ EXPORTERS = ["torchscript", "dynamo"]
 
 @pytest.fixture(scope="module")
 def study_model():
-    from torch_reference import randomize_batchnorm, resnet18
+    from models.torch_reference import randomize_batchnorm, resnet18
 
     torch.manual_seed(0)
     model = resnet18(num_classes=3)  # the study's model.fc = nn.Linear(512, 3)
