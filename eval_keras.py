@@ -28,12 +28,13 @@ See docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from common.cli import (
     EXIT_OK,
@@ -44,8 +45,15 @@ from common.cli import (
     positive_int,
     setup_logging,
 )
-from common.fsutil import atomic_write_text
-from data.lists import VERIFY_MODES
+from data.lists import VERIFY_MODES, ListEntry
+from evaluation.extras import GRADCAM_DIR, Extras
+
+if TYPE_CHECKING:  # heavy imports happen in main(), after --help is answered
+    import numpy as np
+    import tensorflow as tf
+
+    from evaluation.loaders import Predictor
+    from evaluation.predictions import Predictions
 
 log = logging.getLogger("eval_keras")
 
@@ -55,6 +63,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="eval_keras.py", description=__doc__, formatter_class=DefaultsHelpFormatter
     )
+    _add_model_arguments(parser)
+    _add_architecture_arguments(parser)
+    _add_evaluation_arguments(parser)
+    _add_explanation_arguments(parser)
+    _add_output_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     base = parser.add_argument_group("model and test list (SURFsara's flag names)")
     base.add_argument(
         "--checkpoint",
@@ -83,6 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "model's size is fixed; 512 for a weights-only file without run_config.json)",
     )
 
+
+def _add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
     arch = parser.add_argument_group(
         "architecture of a weights-only checkpoint",
         "Only used when there is no run_config.json beside the weights file (with one, they may be "
@@ -108,6 +127,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="image channels of the model input (default: 3)",
     )
 
+
+def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--batch_size", type=positive_int, default=32, help="images per prediction batch")
     ev.add_argument(
@@ -136,6 +157,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "prediction on the first N test images; writes timing.json (0: off)",
     )
 
+
+def _add_explanation_arguments(parser: argparse.ArgumentParser) -> None:
     expl = parser.add_argument_group("explanations (Keras kinds only)")
     expl.add_argument(
         "--gradcam",
@@ -160,6 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tsne_perplexity", type=float, default=50.0, help="t-SNE perplexity (capped at (images - 1) / 3)"
     )
 
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument(
         "--out",
@@ -169,7 +194,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "output/run/cp-10-0.35_eval/)",
     )
     out.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
-    return parser.parse_args(argv)
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
@@ -185,10 +209,195 @@ def default_out_dir(checkpoint: str | Path) -> Path:
     return path.parent / f"{name}_eval"
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the command line says, resolved and checked once (only :func:`main` sees ``args``)."""
+
+    checkpoint: Path
+    architecture: dict[str, Any]  # load_predictor's model, img_size, head, channels (None: not given)
+    testfile: str
+    image_dir: Path
+    image_dir_given: bool
+    out_dir: Path
+    batch_size: int
+    verify_images: str
+    n_bootstrap: int
+    confidence: float
+    seed: int
+    extras: Extras
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """:class:`Settings` from the parsed arguments; ``ValueError`` for flags that contradict each other."""
+    if not 0.0 < args.confidence < 1.0:
+        raise ValueError(f"--confidence must be between 0 and 1 (e.g. 0.95), received {args.confidence}")
+    if hasattr(args, "gradcam_layer") and not args.gradcam:
+        raise ValueError(
+            f"--gradcam_layer {args.gradcam_layer} needs --gradcam N (the number of images per class to "
+            f"explain), received --gradcam {args.gradcam}"
+        )
+    checkpoint = Path(args.checkpoint)
+    out_flag = "--out" if hasattr(args, "out") else "--out (default: beside --checkpoint)"
+    return Settings(
+        checkpoint=checkpoint,
+        architecture={key: getattr(args, key, None) for key in ("model", "img_size", "head", "channels")},
+        testfile=args.testfile,
+        image_dir=Path(getattr(args, "image_dir", None) or Path(args.data_path) / "test"),
+        image_dir_given=hasattr(args, "image_dir"),
+        out_dir=check_output_dir(getattr(args, "out", None) or default_out_dir(checkpoint), flag=out_flag),
+        batch_size=args.batch_size,
+        verify_images=args.verify_images,
+        n_bootstrap=args.n_bootstrap,
+        confidence=args.confidence,
+        seed=args.seed,
+        extras=Extras(
+            gradcam=args.gradcam,
+            gradcam_layer=getattr(args, "gradcam_layer", None),
+            tsne=args.tsne,
+            tsne_perplexity=args.tsne_perplexity,
+            time_loop=args.time_loop,
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationList:
+    """The list's entries, where their images are, and the fingerprint of both."""
+
+    testfile: str
+    image_dir: Path
+    entries: list[ListEntry]
+    fingerprint: str
+
+
+def read_test_list(testfile: str, image_dir: Path, *, image_dir_given: bool, verify: str) -> EvaluationList:
+    """Read and check the whole list (before any model is built) and fingerprint it."""
+    from data.fingerprint import fingerprint_list_files
+    from data.pipeline import load_entries
+
+    if image_dir_given and not image_dir.is_dir():
+        raise FileNotFoundError(
+            f"--image_dir {image_dir} is not a folder (it holds the images of --testfile {testfile})"
+        )
+    entries = load_entries(testfile, image_dir, verify=verify, what="--testfile")
+    # SHA256SUMS is in the dataset folder (create_covidx.py --out), the parent of DATA_PATH/test.
+    fingerprint, _ = fingerprint_list_files(entries, image_dir, dataset_dir=image_dir.parent)
+    return EvaluationList(
+        testfile=testfile, image_dir=image_dir, entries=list(entries), fingerprint=fingerprint
+    )
+
+
 def _without_op_decorations(text: str) -> str:
     """A TensorFlow error message without ``{{function_node ...}}`` and `` [Op:DecodeImage] name:``."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
     return re.sub(r"\s*\[Op:\w+\](\s*name:\s*)?", "", text).strip()
+
+
+def _unreadable_image(exc: tf.errors.OpError, test: EvaluationList, *, verified: str) -> ValueError:
+    """The one-line error for a decoding failure during prediction, naming the culprit files."""
+    from data.pipeline import find_image_problems
+
+    message = _without_op_decorations(exc.message)
+    first = message.splitlines()[0] if message else type(exc).__name__
+    # tf.data does not say which file failed; decoding them all is only paid on this error path
+    # (and not at all when every file was already decoded before predicting).
+    culprits = [] if verified == "full" else find_image_problems(test.entries, test.image_dir, verify="full")
+    named = "; ".join(
+        f"{test.image_dir / e.filename}: {_without_op_decorations(reason)}" for e, reason in culprits[:3]
+    ) + (f" (and {len(culprits) - 3} more)" if len(culprits) > 3 else "")
+    hint = f": {named}" if named else ""
+    return ValueError(
+        f"--testfile {test.testfile}: an image in {test.image_dir} could not be read or decoded "
+        f"({first}){hint}"
+    )
+
+
+def predict_list(
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    test: EvaluationList,
+    *,
+    img_size: int,
+    channels: int,
+    batch_size: int,
+    verified: str,
+) -> tuple[np.ndarray, float]:
+    """``(probabilities, seconds)`` of the whole list through the one prediction path."""
+    import tensorflow as tf
+
+    from evaluation.inference import predict_images
+
+    start = time.perf_counter()
+    try:
+        probabilities = predict_images(
+            predict_batch, test.entries, test.image_dir, img_size=img_size, channels=channels,
+            batch_size=batch_size,
+        )
+    except tf.errors.OpError as exc:
+        raise _unreadable_image(exc, test, verified=verified) from None
+    return probabilities, time.perf_counter() - start
+
+
+def evaluate(
+    predictions: Predictions, predictor: Predictor, test: EvaluationList, settings: Settings
+) -> dict[str, Any]:
+    """``metrics.json``'s content: the metrics with intervals and what was evaluated."""
+    from evaluation.report import evaluate_predictions
+
+    metrics = evaluate_predictions(
+        labels=predictions.labels,
+        probabilities=predictions.probabilities,
+        patient_ids=predictions.patient_ids,
+        n_bootstrap=settings.n_bootstrap,
+        seed=settings.seed,
+        confidence=settings.confidence,
+    )
+    metrics["evaluated"] = {
+        "checkpoint": str(settings.checkpoint),
+        "kind": predictor.kind,
+        "description": predictor.description,
+        "model_output": predictor.output,
+        "img_size": predictor.img_size,
+        "channels": predictor.channels,
+        "testfile": str(test.testfile),
+        "testfile_fingerprint": test.fingerprint,
+        "image_dir": str(test.image_dir),
+    }
+    return metrics
+
+
+def print_summary(
+    settings: Settings,
+    *,
+    predictor: Predictor,
+    test: EvaluationList,
+    seconds: float,
+    notes: Sequence[str],
+    written: dict[str, Path],
+    metrics: dict[str, Any],
+) -> None:
+    """What was evaluated, how fast, the files written, then the report (ends with the disclaimer)."""
+    from data.fingerprint import short
+    from evaluation.report import format_report
+
+    n, out_dir = len(test.entries), settings.out_dir
+    print(
+        f"Checkpoint: {settings.checkpoint}\n  {predictor.description}"
+        + ("; logits, softmax applied" if predictor.output == "logits" else "")
+    )
+    print(
+        f"Test list: {test.testfile}: {n} images from {test.image_dir}, fingerprint {short(test.fingerprint)}"
+    )
+    print(
+        f"Batched prediction: {n} images in {seconds:.1f} s "
+        f"({n / seconds if seconds > 0 else 0:.1f} images/s incl. start-up, batch {settings.batch_size})"
+    )
+    for note in notes:
+        print(note)
+    print(f"Wrote to {out_dir}: {', '.join(sorted(written))}")
+    if settings.extras.gradcam:
+        print(f"  and {out_dir / GRADCAM_DIR}/")
+    print()
+    print(format_report(metrics))  # ends with the research-use disclaimer
 
 
 @handle_errors
@@ -196,197 +405,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate the checkpoint on the test list; returns the exit code."""
     args = parse_args(argv)
     setup_logging(args.verbose)
-    if not 0.0 < args.confidence < 1.0:
-        raise ValueError(f"--confidence must be between 0 and 1 (e.g. 0.95), received {args.confidence}")
-    if hasattr(args, "gradcam_layer") and not args.gradcam:
-        raise ValueError("--gradcam_layer needs --gradcam N (the number of images per class to explain)")
-    checkpoint = Path(args.checkpoint)
-    out_flag = "--out" if hasattr(args, "out") else "--out (default: beside --checkpoint)"
-    out_dir = check_output_dir(getattr(args, "out", None) or default_out_dir(checkpoint), flag=out_flag)
+    settings = resolve_settings(args)
     # Heavy imports after argument parsing, so --help is instant.
-    import tensorflow as tf
-
-    from data.pipeline import find_image_problems, image_paths, load_entries
-    from evaluation.inference import entries_predictions, predict_images
-    from evaluation.loaders import KIND_NAMES, detect_kind, load_predictor, with_article
-    from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
+    from evaluation.extras import check_extras_fit, write_extras
+    from evaluation.inference import entries_predictions
+    from evaluation.loaders import load_predictor
+    from evaluation.report import write_evaluation_files
 
     # The cheap checks first: the checkpoint's kind and the whole list, before any model is built.
-    kind = detect_kind(checkpoint)
-    wanted = [
-        flag
-        for flag, on in (
-            ("--gradcam", args.gradcam > 0),
-            ("--tsne", args.tsne),
-            ("--gradcam_layer", hasattr(args, "gradcam_layer")),
-        )
-        if on
-    ]
-    if wanted and kind in ("savedmodel", "onnx"):
-        raise ValueError(
-            f"{', '.join(wanted)}: needs a Keras model to take gradients and layer outputs from; checkpoint "
-            f"{checkpoint} is {with_article(KIND_NAMES[kind])} (evaluate the Keras checkpoint it was "
-            "exported from)"
-        )
-    image_dir = Path(getattr(args, "image_dir", None) or Path(args.data_path) / "test")
-    if hasattr(args, "image_dir") and not image_dir.is_dir():
-        raise FileNotFoundError(
-            f"--image_dir {image_dir} is not a folder (it holds the images of --testfile {args.testfile})"
-        )
-    entries = load_entries(args.testfile, image_dir, verify=args.verify_images, what="--testfile")
-    from data.fingerprint import fingerprint_list_files, short
-
-    # SHA256SUMS is in the dataset folder (create_covidx.py --out), the parent of DATA_PATH/test.
-    fingerprint, _ = fingerprint_list_files(entries, image_dir, dataset_dir=image_dir.parent)
-
-    predictor = load_predictor(
-        checkpoint,
-        model=getattr(args, "model", None),
-        img_size=getattr(args, "img_size", None),
-        head=getattr(args, "head", None),
-        channels=getattr(args, "channels", None),
+    check_extras_fit(settings.extras, checkpoint=settings.checkpoint)
+    test = read_test_list(
+        settings.testfile, settings.image_dir, image_dir_given=settings.image_dir_given,
+        verify=settings.verify_images,
     )
+    predictor = load_predictor(settings.checkpoint, **settings.architecture)
     log.info("loaded %s", predictor.description)
-    collector = None
-    predict_batch = predictor.predict_batch
-    if args.tsne:
+
+    predict_batch, collector = predictor.predict_batch, None
+    if settings.extras.tsne:  # the penultimate features are collected during the one prediction pass
         from evaluation.tsne import FeatureCollector
 
         collector = FeatureCollector(predictor.keras_model)
         predict_batch = collector.wrap(predictor.to_probabilities)
-
-    start = time.perf_counter()
-    try:
-        probabilities = predict_images(
-            predict_batch,
-            entries,
-            image_dir,
-            img_size=predictor.img_size,
-            channels=predictor.channels,
-            batch_size=args.batch_size,
-        )
-    except tf.errors.OpError as exc:
-        message = _without_op_decorations(exc.message)
-        first = message.splitlines()[0] if message else type(exc).__name__
-        # tf.data does not say which file failed; decoding them all is only paid on this error path.
-        checked = args.verify_images == "full"  # then every file decoded before; nothing more to find
-        culprits = [] if checked else find_image_problems(entries, image_dir, verify="full")
-        named = "; ".join(
-            f"{image_dir / e.filename}: {_without_op_decorations(reason)}" for e, reason in culprits[:3]
-        ) + (f" (and {len(culprits) - 3} more)" if len(culprits) > 3 else "")
-        hint = f": {named}" if named else ""
-        raise ValueError(
-            f"--testfile {args.testfile}: an image in {image_dir} could not be read or decoded "
-            f"({first}){hint}"
-        ) from None
-    seconds = time.perf_counter() - start
-
-    predictions = entries_predictions(entries, probabilities, source=str(args.testfile))
-    metrics = evaluate_predictions(
-        labels=predictions.labels,
-        probabilities=predictions.probabilities,
-        patient_ids=predictions.patient_ids,
-        n_bootstrap=args.n_bootstrap,
-        seed=args.seed,
-        confidence=args.confidence,
+    probabilities, seconds = predict_list(
+        predict_batch, test, img_size=predictor.img_size, channels=predictor.channels,
+        batch_size=settings.batch_size, verified=settings.verify_images,
     )
-    metrics["evaluated"] = {
-        "checkpoint": str(checkpoint),
-        "kind": predictor.kind,
-        "description": predictor.description,
-        "model_output": predictor.output,
-        "img_size": predictor.img_size,
-        "channels": predictor.channels,
-        "testfile": str(args.testfile),
-        "testfile_fingerprint": fingerprint,
-        "image_dir": str(image_dir),
-    }
-    written = dict(write_evaluation_files(out_dir, predictions=predictions, metrics=metrics))
+    predictions = entries_predictions(test.entries, probabilities, source=str(test.testfile))
 
-    notes = []
-    if args.gradcam:
-        from evaluation.gradcam import write_gradcam_overlays
-
-        cam = write_gradcam_overlays(
-            predictor.keras_model,
-            entries,
-            image_dir,
-            out_dir / "gradcam",
-            per_class=args.gradcam,
-            img_size=predictor.img_size,
-            channels=predictor.channels,
-            layer_name=getattr(args, "gradcam_layer", None),
-            batch_size=min(args.batch_size, 16),
-        )
-        notes.append(
-            f"Grad-CAM: {len(cam.paths)} overlays in {out_dir / 'gradcam'} "
-            f"(layer {cam.layer}, score: predicted class {cam.score})"
-        )
-    if collector is not None:
-        from evaluation.tsne import write_tsne
-
-        tsne = write_tsne(
-            out_dir,
-            features=collector.features,
-            labels=predictions.labels,
-            predicted=predictions.predicted,
-            filenames=predictions.filenames,
-            patient_ids=predictions.patient_ids,
-            perplexity=args.tsne_perplexity,
-            seed=args.seed,
-        )
-        written.update({tsne.png.name: tsne.png, tsne.csv.name: tsne.csv})
-        notes.append(f"t-SNE: {tsne.n_features} penultimate features, perplexity {tsne.perplexity:g}")
-    if args.time_loop:
-        from evaluation.timing import keras_single_predict, time_batched, time_per_image_loop
-
-        paths = image_paths(entries[: args.time_loop], image_dir)
-        batched = time_batched(
-            predictor.predict_batch,
-            paths,
-            img_size=predictor.img_size,
-            channels=predictor.channels,
-            batch_size=args.batch_size,
-            method=f"batched (tf.data, batch {args.batch_size})",
-        )
-        if predictor.keras_model is not None:
-            one, method = keras_single_predict(predictor.keras_model), "per-image loop (cv2 + model.predict)"
-        else:
-            one, method = predictor.predict_batch, "per-image loop (cv2 + one-image batches)"
-        loop = time_per_image_loop(
-            one, paths, img_size=predictor.img_size, channels=predictor.channels, method=method
-        )
-        timing = {
-            "batched": batched.to_dict(),
-            "per_image_loop": loop.to_dict(),
-            "speedup": batched.images_per_second / loop.images_per_second,
-        }
-        written["timing.json"] = atomic_write_text(
-            out_dir / "timing.json", json.dumps(timing, indent=2) + "\n"
-        )
-        notes.append(
-            f"Timing on {len(paths)} images: {batched.method} {batched.images_per_second:.1f} images/s, "
-            f"{loop.method} {loop.images_per_second:.1f} images/s ({timing['speedup']:.1f}x)"
-        )
-
-    print(
-        f"Checkpoint: {checkpoint}\n  {predictor.description}"
-        + ("; logits, softmax applied" if predictor.output == "logits" else "")
+    metrics = evaluate(predictions, predictor, test, settings)
+    written = dict(write_evaluation_files(settings.out_dir, predictions=predictions, metrics=metrics))
+    extras = write_extras(
+        settings.extras, predictor=predictor, entries=test.entries, image_dir=test.image_dir,
+        predictions=predictions, features=collector.features if collector else None,
+        out_dir=settings.out_dir, batch_size=settings.batch_size, seed=settings.seed,
     )
-    print(f"Test list: {args.testfile}: {len(entries)} images from {image_dir}, "
-          f"fingerprint {short(fingerprint)}")
-    print(
-        f"Batched prediction: {len(entries)} images in {seconds:.1f} s "
-        f"({len(entries) / seconds if seconds > 0 else 0:.1f} images/s incl. start-up, batch "
-        f"{args.batch_size})"
+    print_summary(
+        settings, predictor=predictor, test=test, seconds=seconds, notes=extras.notes,
+        written={**written, **extras.files}, metrics=metrics,
     )
-    for note in notes:
-        print(note)
-    print(f"Wrote to {out_dir}: {', '.join(sorted(written))}")
-    if args.gradcam:
-        print(f"  and {out_dir / 'gradcam'}/")
-    print()
-    print(format_report(metrics))  # ends with the research-use disclaimer
     return EXIT_OK
 
 

@@ -29,7 +29,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from common.cli import (
     EXIT_OK,
@@ -40,6 +41,9 @@ from common.cli import (
     positive_int,
     setup_logging,
 )
+
+if TYPE_CHECKING:  # numpy is imported in main(), after --help is answered
+    import numpy as np
 
 log = logging.getLogger("predict")
 
@@ -115,6 +119,76 @@ def _report_problems(result: dict) -> None:
         print(f"error: {result['image']}: {result['error']}", file=sys.stderr, flush=True)
 
 
+def read_images(
+    images: Sequence[str], *, img_size: int, channels: int
+) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    """One result per image (``{"image", "error"}`` or ``{"image", "warnings"}``) and, by position,
+    the pixels of every image that could be read."""
+    from evaluation.inference import progress_bar
+    from evaluation.loaders import check_radiograph_shape, read_image
+
+    results: list[dict[str, Any]] = []
+    pixels: dict[int, np.ndarray] = {}
+    # Progress bars on stderr only when it is a terminal: stdout stays the results alone.
+    with progress_bar(len(images), progress=None, desc="reading") as bar:
+        for image in images:
+            bar.update()
+            try:
+                loaded = read_image(image, img_size=img_size, channels=channels)
+                warning = check_radiograph_shape(loaded.height, loaded.width)
+            except (ValueError, OSError) as exc:
+                # The line already names the image: an OSError's path would repeat it.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else error_message(exc)
+                results.append({"image": image, "error": reason})
+                continue
+            pixels[len(results)] = loaded.pixels
+            results.append({"image": image, "warnings": [warning] if warning else []})
+    return results, pixels
+
+
+def predict_pixels(
+    predict_batch: Callable[[np.ndarray], np.ndarray], pixels: dict[int, np.ndarray], *, batch_size: int
+) -> dict[int, np.ndarray]:
+    """Class probabilities of each image in ``pixels``, by the same keys, ``batch_size`` images at a time."""
+    import numpy as np
+
+    from evaluation.inference import progress_bar
+
+    keys = list(pixels)
+    out: dict[int, np.ndarray] = {}
+    with progress_bar(len(keys), progress=None, desc="predicting") as bar:
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start : start + batch_size]
+            out.update(zip(chunk, predict_batch(np.stack([pixels[k] for k in chunk]))))
+            bar.update(len(chunk))
+    return out
+
+
+def print_results(results: Sequence[dict[str, Any]], *, as_json: bool, checkpoint: str, model: str) -> None:
+    """Errors and warnings on stderr; a line per image (or one JSON document) and the disclaimer on stdout."""
+    from common.disclaimer import DISCLAIMER
+    from data.labels import CLASSES
+
+    if as_json:
+        for r in results:  # stdout stays one JSON document; the errors and warnings are in it too
+            _report_problems(r)
+        document = {
+            "checkpoint": checkpoint,
+            "model": model,
+            "classes": list(CLASSES),
+            "results": list(results),
+            "disclaimer": DISCLAIMER,
+        }
+        print(json.dumps(document, indent=2))
+        return
+    for r in results:
+        _report_problems(r)
+        if "error" not in r:
+            probs = "  ".join(f"p_{c}={v:.4f}" for c, v in r["probabilities"].items())
+            print(f"{r['image']}: {r['predicted']}  {probs}", flush=True)
+    print(f"\n{DISCLAIMER}")
+
+
 @handle_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Predict every image; returns 0, or 2 when any image could not be predicted."""
@@ -123,10 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Heavy imports after argument parsing, so --help is instant.
     import numpy as np
 
-    from common.disclaimer import DISCLAIMER
     from data.labels import CLASSES
-    from evaluation.inference import progress_bar
-    from evaluation.loaders import check_radiograph_shape, load_predictor, read_image
+    from evaluation.loaders import load_predictor
 
     predictor = load_predictor(
         args.checkpoint,
@@ -136,51 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels=getattr(args, "channels", None),
     )
     log.info("loaded %s", predictor.description)
-
-    results: list[dict] = []
-    ready: list[tuple[int, np.ndarray]] = []
-    # Progress bars on stderr only when it is a terminal: stdout stays the results alone.
-    with progress_bar(len(args.images), progress=None, desc="reading") as bar:
-        for image in args.images:
-            bar.update()
-            try:
-                loaded = read_image(image, img_size=predictor.img_size, channels=predictor.channels)
-                warning = check_radiograph_shape(loaded.height, loaded.width)
-            except (ValueError, OSError) as exc:
-                # The line already names the image: an OSError's path would repeat it.
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else error_message(exc)
-                results.append({"image": image, "error": reason})
-                continue
-            ready.append((len(results), loaded.pixels))
-            results.append({"image": image, "warnings": [warning] if warning else []})
-    with progress_bar(len(ready), progress=None, desc="predicting") as bar:
-        for start in range(0, len(ready), args.batch_size):
-            chunk = ready[start : start + args.batch_size]
-            probabilities = predictor.predict_batch(np.stack([x for _, x in chunk]))
-            for (index, _), p in zip(chunk, probabilities):
-                results[index]["predicted"] = CLASSES[int(np.argmax(p))]
-                results[index]["probabilities"] = {c: float(v) for c, v in zip(CLASSES, p)}
-            bar.update(len(chunk))
+    results, pixels = read_images(args.images, img_size=predictor.img_size, channels=predictor.channels)
+    probabilities = predict_pixels(predictor.predict_batch, pixels, batch_size=args.batch_size)
+    for index, p in probabilities.items():
+        results[index]["predicted"] = CLASSES[int(np.argmax(p))]
+        results[index]["probabilities"] = {c: float(v) for c, v in zip(CLASSES, p)}
+    print_results(results, as_json=args.json, checkpoint=str(predictor.path), model=predictor.description)
 
     failed = [r for r in results if "error" in r]
-    if args.json:
-        for r in results:  # stdout stays one JSON document; the errors and warnings are in it too
-            _report_problems(r)
-        document = {
-            "checkpoint": str(predictor.path),
-            "model": predictor.description,
-            "classes": list(CLASSES),
-            "results": results,
-            "disclaimer": DISCLAIMER,
-        }
-        print(json.dumps(document, indent=2))
-    else:
-        for r in results:
-            _report_problems(r)
-            if "error" not in r:
-                probs = "  ".join(f"p_{c}={v:.4f}" for c, v in r["probabilities"].items())
-                print(f"{r['image']}: {r['predicted']}  {probs}", flush=True)
-        print(f"\n{DISCLAIMER}")
     if failed:
         log.debug("%d of %d images could not be predicted", len(failed), len(results))
         return EXIT_USAGE

@@ -42,9 +42,9 @@ _BLOCK = 256
 def check_bootstrap_settings(*, n_bootstrap: int, confidence: float) -> None:
     """``ValueError`` naming the setting when ``n_bootstrap`` or ``confidence`` is unusable."""
     if int(n_bootstrap) != n_bootstrap or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be a whole number >= 0, got {n_bootstrap}")
+        raise ValueError(f"n_bootstrap must be a whole number >= 0, received {n_bootstrap}")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
+        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), received {confidence}")
 
 
 def patient_bootstrap_counts(

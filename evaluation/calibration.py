@@ -39,7 +39,7 @@ def _as_weights(weights: np.ndarray, n: int) -> np.ndarray:
     if w.ndim != 2 or w.shape[1] != n:
         raise ValueError(f"weights must have shape (replicates, {n}), received {w.shape}")
     if (w < 0).any():
-        raise ValueError("weights must be >= 0 (counts of each image in a resample)")
+        raise ValueError(f"weights must be >= 0 (counts of each image in a resample), received {w.min():g}")
     return w
 
 

@@ -271,7 +271,7 @@ def compare_predictions(
     """
     check_bootstrap_settings(n_bootstrap=n_bootstrap, confidence=confidence)
     if not predictions:
-        raise ValueError("no predictions files given; compare.py needs at least one PREDICTIONS_CSV")
+        raise ValueError("predictions: a comparison needs at least one predictions file, received none")
     check_names(names, n_files=len(predictions), reserved=(MEAN_ENSEMBLE, WEIGHTED_ENSEMBLE))
     test = align_predictions(predictions)
     ref = test[0]

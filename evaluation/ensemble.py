@@ -33,10 +33,10 @@ _BLOCK = 512
 
 def _stack(probabilities: Sequence[np.ndarray]) -> np.ndarray:
     if len(probabilities) == 0:
-        raise ValueError("an ensemble needs at least one model's probabilities, got none")
+        raise ValueError("an ensemble needs at least one model's probabilities, received none")
     stacked = np.stack([np.asarray(p, dtype=np.float64) for p in probabilities])
     if stacked.ndim != 3 or stacked.shape[2] != NUM_CLASSES:
-        raise ValueError(f"probabilities must be (n, {NUM_CLASSES}) per model, got {stacked.shape[1:]}")
+        raise ValueError(f"probabilities must be (n, {NUM_CLASSES}) per model, received {stacked.shape[1:]}")
     return stacked
 
 
@@ -53,7 +53,7 @@ def weighted_ensemble(
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (len(stacked),) or np.any(w < 0) or not math.isclose(w.sum(), 1.0, abs_tol=1e-9):
         raise ValueError(
-            f"weights must be {len(stacked)} non-negative numbers summing to 1, got {w.tolist()}"
+            f"weights must be {len(stacked)} non-negative numbers summing to 1, received {w.tolist()}"
         )
     return np.tensordot(w, stacked, axes=1)
 
@@ -64,12 +64,12 @@ def simplex_grid(n_models: int, *, step: float = DEFAULT_WEIGHT_STEP) -> np.ndar
     Returns ``(G, n_models)`` floats; ``G = C(1/step + n_models - 1, n_models - 1)``.
     """
     if n_models < 1:
-        raise ValueError(f"n_models must be >= 1, got {n_models}")
+        raise ValueError(f"n_models must be >= 1, received {n_models}")
     if not 0.0 < step <= 1.0:
-        raise ValueError(f"weight step must be in (0, 1], got {step}")
+        raise ValueError(f"weight step must be in (0, 1], received {step}")
     parts = round(1.0 / step)
     if not math.isclose(parts * step, 1.0, abs_tol=1e-9):
-        raise ValueError(f"weight step must divide 1 (e.g. 0.05, 0.1, 0.25), got {step}")
+        raise ValueError(f"weight step must divide 1 (e.g. 0.05, 0.1, 0.25), received {step}")
     size = math.comb(parts + n_models - 1, n_models - 1)
     if size > MAX_GRID_POINTS:
         raise ValueError(
@@ -118,7 +118,9 @@ def fit_ensemble_weights(
     stacked = _stack(probabilities)
     labels = np.asarray(labels)
     if len(labels) != stacked.shape[1]:
-        raise ValueError(f"{len(labels)} validation labels for {stacked.shape[1]} predictions per model")
+        raise ValueError(
+            f"labels must be one per validation image ({stacked.shape[1]} per model), received {len(labels)}"
+        )
     grid = simplex_grid(len(stacked), step=step)
     scores = np.empty(len(grid))
     for start in range(0, len(grid), _BLOCK):

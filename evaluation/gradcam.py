@@ -162,11 +162,19 @@ def select_per_class(entries: Sequence[ListEntry], per_class: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class GradCamResult:
-    """What :func:`write_gradcam_overlays` wrote."""
+    """What :func:`write_gradcam_overlays` wrote, into ``folder``."""
 
     layer: str
     score: str
     paths: list[Path]
+    folder: Path
+
+    def summary(self) -> str:
+        """One line for the evaluation's output."""
+        return (
+            f"Grad-CAM: {len(self.paths)} overlays in {self.folder} "
+            f"(layer {self.layer}, score: predicted class {self.score})"
+        )
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -221,4 +229,4 @@ def write_gradcam_overlays(
                 if not cv2.imwrite(str(tmp), image):
                     raise OSError(f"could not write Grad-CAM overlay {target}")
             written.append(target)
-    return GradCamResult(layer=cam.layer_name, score=cam.score, paths=written)
+    return GradCamResult(layer=cam.layer_name, score=cam.score, paths=written, folder=out)

@@ -541,7 +541,7 @@ def onnx_layout(shape: Sequence[Any]) -> str:
     it, a square spatial pair decides; otherwise ``ValueError``.
     """
     if len(shape) != 4:
-        raise ValueError(f"expected a 4-D image input, found shape {list(shape)}")
+        raise ValueError(f"expected a 4-D image input, received shape {list(shape)}")
     last = shape[3] in (1, 3)
     first = shape[1] in (1, 3)
     if last and not first:
@@ -657,21 +657,56 @@ def _onnx_preprocess(conventions: OnnxConventions) -> Callable[[np.ndarray], np.
     return lambda images: images
 
 
-def _load_onnx(path: Path, img_size: int | None, given: Mapping[str, str] | None = None) -> Predictor:
+@dataclasses.dataclass(frozen=True, eq=False)
+class _OnnxRun:
+    """An ONNX session as ``Predictor.run``: 0-1 NHWC float32 images in, raw outputs in CLASSES order out."""
+
+    session: Any
+    input_name: str
+    output_name: str
+    dtype: type
+    layout: str
+    batch: int | None  # a fixed batch size, or None
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    columns: list[int] | None  # output column of each of CLASSES, when the model's order differs
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self.batch is None or len(images) == self.batch:
+            return self._forward(images)
+        # A fixed batch size: feed chunks of exactly that size, padding the last one.
+        outs = []
+        for start in range(0, len(images), self.batch):
+            chunk = images[start : start + self.batch]
+            n = len(chunk)
+            if n < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self._forward(chunk)[:n])
+        return np.concatenate(outs) if outs else np.zeros((0, NUM_CLASSES))
+
+    def _forward(self, images: np.ndarray) -> np.ndarray:
+        x = self.preprocess(images).astype(self.dtype, copy=False)
+        if self.layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        out = np.asarray(self.session.run([self.output_name], {self.input_name: x})[0])
+        return out[:, self.columns] if self.columns is not None and out.ndim == 2 else out
+
+
+def _onnx_session(path: Path) -> Any:
+    """An onnxruntime CPU session of ``path``; ``ValueError`` with onnxruntime's reason when it fails."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - onnxruntime is in requirements.txt
         raise ValueError(f"checkpoint {path}: evaluating ONNX models needs onnxruntime ({exc})") from None
-    problem = _onnx_external_data_problem(path)
-    if problem:
-        raise ValueError(problem)
-    conventions = _onnx_conventions(path, given)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, ...
         raise ValueError(f"checkpoint {path} cannot be loaded as an ONNX model ({_ort_reason(exc)})") from exc
+
+
+def _onnx_image_input(path: Path, session: Any) -> Any:
+    """The session's one input, checked to take float images."""
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ValueError(
@@ -683,56 +718,54 @@ def _load_onnx(path: Path, img_size: int | None, given: Mapping[str, str] | None
         raise ValueError(
             f"checkpoint {path}: ONNX input {inp.name!r} is {inp.type}; float images in [0, 1] are expected"
         )
-    dtype = _ONNX_FLOAT_TYPES[inp.type]
+    return inp
+
+
+def _onnx_description(inp: Any, run: _OnnxRun, conventions: OnnxConventions, size: int, channels: int) -> str:
+    batch_text = f"fixed batch {run.batch}" if run.batch else "any batch size"
+    said = [
+        f"classes {','.join(conventions.class_order)}" if conventions.class_order else "",
+        f"pixels {conventions.pixel_range}" if conventions.pixel_range else "",
+        f"normalisation {conventions.normalization}" if conventions.normalization else "",
+    ]
+    return (
+        f"{KIND_NAMES['onnx']} (onnxruntime CPU), input {inp.name!r} {run.layout} {size}x{size}x{channels} "
+        f"{inp.type}, {batch_text}, output {run.output_name!r}"
+        + "".join(f", {text}" for text in said if text)
+    )
+
+
+def _load_onnx(path: Path, img_size: int | None, given: Mapping[str, str] | None = None) -> Predictor:
+    problem = _onnx_external_data_problem(path)
+    if problem:
+        raise ValueError(problem)
+    conventions = _onnx_conventions(path, given)
+    session = _onnx_session(path)
+    inp = _onnx_image_input(path, session)
     shape = list(inp.shape)
     try:
         layout = conventions.layout or onnx_layout(shape)
     except ValueError as exc:
         raise ValueError(f"checkpoint {path}: ONNX input {inp.name!r}: {exc}") from None
     size, channels = _square_size(path, shape, img_size, layout=layout)
-    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-    output_name = session.get_outputs()[0].name
     _warn_guesses(path, conventions, layout)
-    preprocess = _onnx_preprocess(conventions)
-    # Output columns in the model's class order -> CLASSES order.
-    columns = [conventions.class_order.index(c) for c in CLASSES] if conventions.class_order else None
-
-    def forward(images: np.ndarray) -> np.ndarray:
-        x = preprocess(images).astype(dtype, copy=False)
-        if layout == "NCHW":
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        out = np.asarray(session.run([output_name], {inp.name: x})[0])
-        return out[:, columns] if columns is not None and out.ndim == 2 else out
-
-    def run(images: np.ndarray) -> np.ndarray:
-        if batch is None or len(images) == batch:
-            return forward(images)
-        # A fixed batch size: feed chunks of exactly that size, padding the last one.
-        outs = []
-        for start in range(0, len(images), batch):
-            chunk = images[start : start + batch]
-            n = len(chunk)
-            if n < batch:
-                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(forward(chunk)[:n])
-        return np.concatenate(outs) if outs else np.zeros((0, NUM_CLASSES))
-
-    batch_text = f"fixed batch {batch}" if batch else "any batch size"
-    said = [
-        f"classes {','.join(conventions.class_order)}" if conventions.class_order else "",
-        f"pixels {conventions.pixel_range}" if conventions.pixel_range else "",
-        f"normalisation {conventions.normalization}" if conventions.normalization else "",
-    ]
-    description = (
-        f"{KIND_NAMES['onnx']} (onnxruntime CPU), input {inp.name!r} {layout} {size}x{size}x{channels} "
-        f"{inp.type}, {batch_text}, output {output_name!r}" + "".join(f", {text}" for text in said if text)
+    run = _OnnxRun(
+        session=session,
+        input_name=inp.name,
+        output_name=session.get_outputs()[0].name,
+        dtype=_ONNX_FLOAT_TYPES[inp.type],
+        layout=layout,
+        batch=shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None,
+        preprocess=_onnx_preprocess(conventions),
+        # Output columns in the model's class order -> CLASSES order.
+        columns=[conventions.class_order.index(c) for c in CLASSES] if conventions.class_order else None,
     )
     return Predictor(
         path=path,
         kind="onnx",
         img_size=size,
         channels=channels,
-        description=description,
+        description=_onnx_description(inp, run, conventions, size, channels),
         run=run,
         output=conventions.output or "unknown",
     )

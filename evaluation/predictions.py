@@ -99,7 +99,7 @@ def as_label_indices(
         if bad:
             raise ValueError(
                 f"{source}: label indices must be 0..{NUM_CLASSES - 1} ({', '.join(CLASSES)}), "
-                f"got {abbreviate(map(str, bad))}"
+                f"received {abbreviate(map(str, bad))}"
             )
         return values.astype(np.int64)
     names = [str(v) for v in values]
@@ -202,14 +202,18 @@ def make_predictions(
     probs = np.asarray(probabilities, dtype=np.float64)
     n = len(filenames)
     if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES:
-        raise ValueError(f"{source}: probabilities must have shape (n, {NUM_CLASSES}), got {probs.shape}")
+        raise ValueError(
+            f"{source}: probabilities must have shape (n, {NUM_CLASSES}), received {probs.shape}"
+        )
     lengths = {
         "patient_ids": len(patient_ids), "filenames": n, "labels": len(labels), "probabilities": len(probs)
     }
     if len(set(lengths.values())) != 1:
-        raise ValueError(f"{source}: inputs differ in length: {lengths}")
+        raise ValueError(
+            f"{source}: inputs differ in length; they must have one entry per image, received {lengths}"
+        )
     if n == 0:
-        raise ValueError(f"{source}: no predictions (0 images)")
+        raise ValueError(f"{source}: no predictions; at least one image is needed, received 0")
     return _validated(
         patient_ids=np.array([str(p) for p in patient_ids], dtype=object),
         filenames=np.array([str(f) for f in filenames], dtype=object),
@@ -273,6 +277,20 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
     """
     path = Path(path)
     context = f"predictions file {path}"
+    text = _read_columns(path, context)
+    return _validated(
+        patient_ids=text["patient_id"],
+        filenames=text["filename"],
+        labels=_parse_labels(text["label"], context),
+        probabilities=np.stack([_parse_numbers(text[c], c, context) for c in PROBABILITY_COLUMNS], axis=1),
+        where=_line,
+        context=context,
+        source=str(path),
+    )
+
+
+def _read_columns(path: Path, context: str) -> dict[str, np.ndarray]:
+    """The required columns of the CSV as stripped text, after checking the file and its header."""
     if path.is_dir():
         raise IsADirectoryError(
             f"{context} is a folder, not a CSV file (give a file, e.g. {path / 'predictions.csv'})"
@@ -285,7 +303,7 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
                          f"{','.join(REQUIRED_COLUMNS)} and one row per image")
     try:
         # Everything as text and no NA guessing: a patient id "NA" stays "NA",
-        # and probabilities are parsed below so bad cells can be named.
+        # and probabilities are parsed later so bad cells can be named.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -306,34 +324,29 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
         )
     if frame.empty:
         raise ValueError(f"{context}: no rows (only a header)")
+    return {c: frame[c].astype(str).str.strip().to_numpy(dtype=object) for c in REQUIRED_COLUMNS}
 
-    text = {c: frame[c].astype(str).str.strip().to_numpy(dtype=object) for c in REQUIRED_COLUMNS}
-    labels = text["label"]
-    bad_labels = [i for i, v in enumerate(labels) if v not in CLASS_TO_INDEX]
-    if bad_labels:
+
+def _parse_labels(labels: np.ndarray, context: str) -> np.ndarray:
+    """Class indices of the label column; ``ValueError`` naming the lines with unknown labels."""
+    bad = [i for i, v in enumerate(labels) if v not in CLASS_TO_INDEX]
+    if bad:
         raise ValueError(
-            f"{context}: unknown label on {len(bad_labels)} rows: "
-            f"{abbreviate(f'{_line(i)} ({labels[i]!r})' for i in bad_labels)}; "
+            f"{context}: unknown label on {len(bad)} rows: "
+            f"{abbreviate(f'{_line(i)} ({labels[i]!r})' for i in bad)}; "
             f"allowed labels are {', '.join(CLASSES)}"
         )
-    probabilities = np.empty((len(frame), NUM_CLASSES), dtype=np.float64)
-    for k, column in enumerate(PROBABILITY_COLUMNS):
-        numbers = pd.to_numeric(pd.Series(text[column]), errors="coerce").to_numpy(dtype=np.float64)
-        # "nan"/"inf" parse as numbers and are caught as non-finite below; this is for "abc" or "".
-        cells = text[column]
-        unparsed = [i for i in np.flatnonzero(np.isnan(numbers)) if cells[i].lower() != "nan"]
-        if unparsed:
-            raise ValueError(
-                f"{context}: {column} is not a number on {len(unparsed)} rows: "
-                f"{abbreviate(f'{_line(i)} ({cells[i]!r})' for i in unparsed)}"
-            )
-        probabilities[:, k] = numbers
-    return _validated(
-        patient_ids=text["patient_id"],
-        filenames=text["filename"],
-        labels=np.fromiter((CLASS_TO_INDEX[v] for v in labels), dtype=np.int64, count=len(frame)),
-        probabilities=probabilities,
-        where=_line,
-        context=context,
-        source=str(path),
-    )
+    return np.fromiter((CLASS_TO_INDEX[v] for v in labels), dtype=np.int64, count=len(labels))
+
+
+def _parse_numbers(cells: np.ndarray, column: str, context: str) -> np.ndarray:
+    """A probability column as float64; ``ValueError`` naming the lines that are not numbers."""
+    numbers = pd.to_numeric(pd.Series(cells), errors="coerce").to_numpy(dtype=np.float64)
+    # "nan"/"inf" parse as numbers and are caught as non-finite by _validated; this is for "abc" or "".
+    unparsed = [i for i in np.flatnonzero(np.isnan(numbers)) if cells[i].lower() != "nan"]
+    if unparsed:
+        raise ValueError(
+            f"{context}: {column} is not a number on {len(unparsed)} rows: "
+            f"{abbreviate(f'{_line(i)} ({cells[i]!r})' for i in unparsed)}"
+        )
+    return numbers

@@ -13,13 +13,15 @@ path (tf.data decoding in parallel, ``predict_on_batch`` on batches), the one
 first warmed up, untimed, with every input shape they will use (one image for
 the loop; a full and the last, partial batch for the batched path), because
 tracing the predict function is a one-off start-up cost, not throughput. Both
-return a :class:`Throughput`. :func:`compare_throughput` runs both on the same
-files; :func:`synthetic_benchmark` does it for registry models at several
-sizes on generated images (for ``docs/evaluation.md`` and benchmark scripts).
+return a :class:`Throughput`. :func:`time_evaluation` runs both on the same
+files for ``eval_keras.py --time_loop`` (written as ``timing.json``);
+:func:`compare_throughput` does it for a Keras model with one loop per predict
+call (``benchmarks/``).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import time
@@ -29,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from common.fsutil import atomic_write_text
+
 LOOP_CALLS = ("predict", "predict_on_batch")
+TIMING_JSON = "timing.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,7 @@ def time_per_image_loop(
 ) -> Throughput:
     """Time the baseline loop over ``paths``: read, resize, scale and predict one image at a time."""
     if not paths:
-        raise ValueError("no images to time")
+        raise ValueError("paths: no images to time, received an empty list")
     predict_one(np.expand_dims(baseline_read(paths[0], img_size=img_size, channels=channels), 0))  # warm-up
     times = []
     for _ in range(_check_repeats(repeats)):
@@ -121,7 +126,7 @@ def time_batched(
     from data.pipeline import make_predict_dataset
 
     if not paths:
-        raise ValueError("no images to time")
+        raise ValueError("paths: no images to time, received an empty list")
     # Warm-up with every batch shape the pass will use (a full batch and the remainder): tracing
     # the predict function once per shape is a fixed start-up cost, not throughput.
     for n in sorted({min(batch_size, len(paths)), len(paths) % batch_size} - {0}):
@@ -176,25 +181,68 @@ def compare_throughput(
     return {"batched": batched, "loops": loops, "speedup": speedup}
 
 
-def write_synthetic_images(
-    folder: str | os.PathLike[str], n: int, *, size: int = 512, seed: int = 0
-) -> list[str]:
-    """``n`` grayscale PNGs of ``size`` x ``size`` px with X-ray-like noise; returns their paths."""
-    import cv2
+@dataclasses.dataclass(frozen=True)
+class BatchedVersusLoop:
+    """Batched evaluation and the per-image loop, timed on the same files."""
 
-    from common.fsutil import atomic_path
+    batched: Throughput
+    loop: Throughput
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        image = np.clip(rng.normal(110, 40, (size, size)), 0, 255).astype(np.uint8)
-        target = folder / f"bench{i:04d}.png"
-        with atomic_path(target) as tmp:
-            cv2.imwrite(str(tmp), image)
-        paths.append(str(target))
-    return paths
+    @property
+    def speedup(self) -> float:
+        """How many times faster the batched path is."""
+        return self.batched.images_per_second / self.loop.images_per_second
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``timing.json`` holds: ``batched``, ``per_image_loop`` and ``speedup``."""
+        return {
+            "batched": self.batched.to_dict(),
+            "per_image_loop": self.loop.to_dict(),
+            "speedup": self.speedup,
+        }
+
+    def summary(self) -> str:
+        """One line for the evaluation's output."""
+        b, loop = self.batched, self.loop
+        return (
+            f"Timing on {b.n_images} images: {b.method} {b.images_per_second:.1f} images/s, "
+            f"{loop.method} {loop.images_per_second:.1f} images/s ({self.speedup:.1f}x)"
+        )
+
+    def write_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_dict` as indented JSON, atomically; returns the path."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def time_evaluation(
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    paths: Sequence[str],
+    *,
+    img_size: int,
+    channels: int = 3,
+    batch_size: int = 32,
+    keras_model: Any = None,
+) -> BatchedVersusLoop:
+    """``eval_keras.py --time_loop``: the evaluation's batched path against SURFsara's per-image loop.
+
+    The loop calls ``keras_model.predict`` once per image, as SURFsara did; a model
+    without Keras (SavedModel, ONNX) is called through ``predict_batch`` with
+    one-image batches instead.
+    """
+    batched = time_batched(
+        predict_batch,
+        paths,
+        img_size=img_size,
+        channels=channels,
+        batch_size=batch_size,
+        method=f"batched (tf.data, batch {batch_size})",
+    )
+    if keras_model is not None:
+        one, method = keras_single_predict(keras_model), "per-image loop (cv2 + model.predict)"
+    else:
+        one, method = predict_batch, "per-image loop (cv2 + one-image batches)"
+    loop = time_per_image_loop(one, paths, img_size=img_size, channels=channels, method=method)
+    return BatchedVersusLoop(batched=batched, loop=loop)
 
 
 def machine_description() -> str:
@@ -215,68 +263,3 @@ def machine_description() -> str:
         f"{cpu}, {cores} cores available, {gpus} GPU(s), Python {platform.python_version()}, "
         f"TensorFlow {tf.__version__}"
     )
-
-
-def synthetic_benchmark(
-    folder: str | os.PathLike[str],
-    *,
-    models: Sequence[str] = ("smallcnn", "resnet50v2"),
-    img_sizes: Sequence[int] = (64, 224),
-    n_images: int = 100,
-    image_px: int = 512,
-    batch_size: int = 32,
-    head: str = "flatten",
-    loop_calls: Sequence[str] = LOOP_CALLS,
-    repeats: int = 3,
-) -> list[dict[str, Any]]:
-    """Images/s of batched evaluation and the per-image loop(s) for registry models (random weights).
-
-    Writes ``n_images`` synthetic ``image_px`` px PNGs to ``folder`` once; every
-    model and size reads the same files. Each method is timed ``repeats`` times
-    and the fastest pass is reported. One row per (model, size).
-    """
-    import keras
-
-    from models import build_model
-
-    paths = write_synthetic_images(folder, n_images, size=image_px)
-    rows = []
-    for name in models:
-        for size in img_sizes:
-            keras.utils.set_random_seed(0)
-            model = build_model(name, input_shape=(size, size, 3), weights=None, head=head)
-            result = compare_throughput(
-                model, paths, img_size=size, batch_size=batch_size, loop_calls=loop_calls, repeats=repeats
-            )
-            rows.append(
-                {
-                    "model": name,
-                    "img_size": size,
-                    "head": head,
-                    "n_images": n_images,
-                    "image_px": image_px,
-                    "batch_size": batch_size,
-                    "repeats": repeats,
-                    "batched": result["batched"].to_dict(),
-                    "loops": {call: t.to_dict() for call, t in result["loops"].items()},
-                    "speedup": result["speedup"],
-                }
-            )
-            del model
-            keras.backend.clear_session()
-    return rows
-
-
-def format_benchmark(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows of :func:`synthetic_benchmark` as a Markdown table."""
-    calls = list(rows[0]["loops"]) if rows else []
-    header = ["model", "input", "batched img/s"]
-    for call in calls:
-        header += [f"loop `{call}` img/s", f"speed-up vs `{call}`"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [f"`{row['model']}`", f"{row['img_size']} px", f"{row['batched']['images_per_second']:.1f}"]
-        for call in calls:
-            cells += [f"{row['loops'][call]['images_per_second']:.1f}", f"{row['speedup'][call]:.1f}x"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

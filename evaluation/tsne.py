@@ -79,7 +79,7 @@ class FeatureCollector:
 def effective_perplexity(n_images: int, perplexity: float) -> float:
     """``perplexity`` capped at ``(n - 1) / 3`` (t-SNE needs perplexity well below the sample count)."""
     if n_images < MIN_IMAGES:
-        raise ValueError(f"--tsne needs at least {MIN_IMAGES} images, the test list has {n_images}")
+        raise ValueError(f"--tsne needs at least {MIN_IMAGES} images, received a test list of {n_images}")
     if not perplexity > 0:
         raise ValueError(f"--tsne_perplexity must be > 0, received {perplexity}")
     return float(min(perplexity, (n_images - 1) / 3.0))
@@ -145,6 +145,10 @@ class TsneResult:
     csv: Path
     perplexity: float
     n_features: int
+
+    def summary(self) -> str:
+        """One line for the evaluation's output."""
+        return f"t-SNE: {self.n_features} penultimate features, perplexity {self.perplexity:g}"
 
 
 def write_tsne(

@@ -149,7 +149,7 @@ def test_missing_file() -> None:
 
 
 def test_make_predictions_rejects_bad_arrays() -> None:
-    with pytest.raises(ValueError, match=r"probabilities must have shape \(n, 3\), got \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"probabilities must have shape \(n, 3\), received \(2, 2\)"):
         make_predictions(patient_ids=["1", "2"], filenames=["a", "b"], labels=[0, 1], probabilities=np.eye(2))
     with pytest.raises(ValueError, match="inputs differ in length"):
         make_predictions(patient_ids=["1"], filenames=["a", "b"], labels=[0, 1], probabilities=np.eye(3)[:2])
