@@ -38,8 +38,6 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import functools
-import io
 import json
 import logging
 import multiprocessing
@@ -56,27 +54,31 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from common.fsutil import PARTIAL_PREFIX, atomic_path, atomic_write_bytes, remove_partials
 from data.dicom import DicomError, dicom_to_uint8
 from data.fingerprint import SHA256SUMS, format_sha256sums, image_hashes, list_fingerprint, sha256_hex
+from data.images import (
+    JPEG_END,
+    PNG_END,
+    cv2_decode,
+    decode_problem,
+    exif_orientation,
+    image_format,
+    upright_jpeg,
+)
 from data.labels import CLASSES
 from data.lists import LIST_FORMATS, ListEntry, format_entry
+from data.records import COPY, DICOM, FAILED, GRAY, OUTPUT_FAILED, PRESENT, WRITTEN, Record, Skip, TaskResult
 from data.report import build_report
-from data.sources import BY_OPTION, SOURCES, Record, ScanContext, ScanResult, Skip
-from data.sources.base import COPY, DICOM, GRAY, describe_os_error, out_name_problem, resolve_path
+from data.sources import BY_OPTION, SOURCES, ScanContext, ScanResult
+from data.sources.base import describe_os_error, out_name_problem, resolve_path
 from data.splits import LISTS, SPLITS, SplitAssignment, SplitRules, assign_splits, get_rules, image_folder
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.json"
-WRITTEN = "written"
-PRESENT = "present"
-FAILED = "failed"
-# The output could not be written: an error of the run, never a skipped image.
-OUTPUT_FAILED = "output failed"
 
 
 class OutputError(OSError):
@@ -93,15 +95,6 @@ def list_name(split: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class WriteOptions:
-    """How output images are written.
-
-    Empty today; later options (say, a resized cache of every image) become
-    fields here and reach every worker without changing the task plumbing.
-    """
-
-
-@dataclasses.dataclass(frozen=True)
 class ImageTask:
     """One output image: where it comes from, where it goes, how it is converted."""
 
@@ -112,23 +105,7 @@ class ImageTask:
     crop: tuple[int, int, int, int] | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskResult:
-    """What happened to one :class:`ImageTask`."""
-
-    index: int
-    status: str
-    reason: str = ""
-    detail: str = ""
-    # SHA-256 of a written image, of the bytes already in memory (the dataset fingerprint needs no re-read)
-    sha256: str = ""
-
-
 # -- the worker side ---------------------------------------------------------------------------
-
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"IEND\xaeB`\x82"
-
 
 def is_intact_image(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a complete image: PNG/JPEG end markers, else a full decode."""
@@ -141,70 +118,13 @@ def is_intact_image(path: str | os.PathLike[str]) -> bool:
             tail = fh.read(8)
     except OSError:
         return False
-    if head.startswith(_PNG_MAGIC) and tail == _PNG_END:
-        return True
-    if head.startswith(b"\xff\xd8") and tail.endswith(b"\xff\xd9"):
+    kind = image_format(head)
+    if (kind == "PNG" and tail == PNG_END) or (kind == "JPEG" and tail.endswith(JPEG_END)):
         return True
     try:
         return decode_problem(path.read_bytes()) is None
     except OSError:
         return False
-
-
-def _decode(data: bytes, flags: int) -> np.ndarray | None:
-    if not data:
-        return None
-    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
-
-
-def decode_problem(data: bytes) -> str | None:
-    """Why ``data`` is not a complete, decodable image, or None.
-
-    libjpeg only warns about a JPEG that ends early and OpenCV may then return
-    a half-grey image, so JPEGs are checked with Pillow, which refuses
-    truncated files (decoded at 1/8 scale: the check reads every byte but
-    costs a fraction of a full decode). Other formats must decode with OpenCV.
-    """
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.draft("L", (max(1, im.width // 8), max(1, im.height // 8)))
-                im.load()
-        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on damaged data
-            return f"damaged JPEG ({type(exc).__name__}: {exc})"
-        return None
-    if _decode(data, cv2.IMREAD_UNCHANGED) is None:
-        return "cannot be decoded (damaged, truncated or not an image)"
-    return None
-
-
-_EXIF_ORIENTATION = 0x0112
-
-
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation of a JPEG: 1 when stored upright or untagged, 2-8 when flipped or rotated."""
-    if data[:3] != b"\xff\xd8\xff":
-        return 1
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except Exception:  # a damaged header has no usable orientation; decode_problem reports the damage
-        return 1
-
-
-def upright_jpeg(data: bytes) -> bytes:
-    """The JPEG rotated/flipped as its EXIF orientation says, re-encoded without the tag.
-
-    cv2.imread (SURFsara's and COVID-Net's reader) applies the EXIF orientation;
-    TensorFlow's decoders do not. Writing the image upright makes every reader
-    see the same pixels. Re-encoding is at quality 100 without chroma
-    subsampling, the closest to lossless a JPEG allows.
-    """
-    with Image.open(io.BytesIO(data)) as im:
-        upright = ImageOps.exif_transpose(im)
-        out = io.BytesIO()
-        upright.save(out, format="JPEG", quality=100, subsampling=0)
-    return out.getvalue()
 
 
 def _encode(image: np.ndarray, suffix: str) -> bytes:
@@ -240,7 +160,7 @@ def _convert(task: ImageTask) -> bytes | TaskResult:
         if task.convert == COPY:
             return data if exif_orientation(data) == 1 else upright_jpeg(data)
         # COVID-Net: cv2.imread (3 channels, 8 bit), then BGR -> gray
-        gray = cv2.cvtColor(_decode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
+        gray = cv2.cvtColor(cv2_decode(data, color=True), cv2.COLOR_BGR2GRAY)
         return _encode(gray, Path(task.dest).suffix)
     if task.convert == DICOM:
         image = dicom_to_uint8(task.src)
@@ -254,7 +174,7 @@ def _convert(task: ImageTask) -> bytes | TaskResult:
     return TaskResult(task.index, FAILED, "internal error", f"unknown conversion {task.convert!r}")
 
 
-def write_image(task: ImageTask, options: WriteOptions = WriteOptions()) -> TaskResult:
+def write_image(task: ImageTask) -> TaskResult:
     """Produce one output image (runs in a worker process); never raises for a bad input.
 
     Reading and converting the source comes first, writing the output second,
@@ -411,12 +331,11 @@ def run_tasks(
     *,
     workers: int,
     progress: bool = False,
-    options: WriteOptions = WriteOptions(),
-    func: Callable[..., TaskResult] = write_image,
+    func: Callable[[ImageTask], TaskResult] = write_image,
 ) -> list[TaskResult]:
     """Run ``tasks`` (in worker processes when ``workers > 1``); results come back in task order.
 
-    ``func(task, options=options)`` produces one result (default
+    ``func(task)`` produces one result (default
     :func:`write_image`); it must be importable by the worker processes.
 
     A worker that dies (a decoder crash, the out-of-memory killer) does not stop
@@ -425,32 +344,38 @@ def run_tasks(
     as failed. A result whose output could not be written (``OUTPUT_FAILED``)
     stops everything: the workers are ended and :class:`OutputError` is raised.
     """
-    results: list[TaskResult | None] = [None] * len(tasks)
-    work = functools.partial(func, options=options)
     with tqdm(
         total=len(tasks), unit="img", desc="writing images", disable=not progress, dynamic_ncols=True
     ) as bar:
-
-        def done(result: TaskResult) -> None:
-            if result.status == OUTPUT_FAILED:
-                raise OutputError(f"cannot write {result.detail}")
-            results[result.index] = result
-            bar.update()
-
+        done = _InTaskOrder(len(tasks), bar)
         if workers <= 1 or len(tasks) <= 1:
             for task in tasks:
-                done(work(task))
+                done(func(task))
         else:
             pending = collections.deque(tasks)
             while pending:
-                suspects = _run_pool(pending, work, min(workers, len(tasks)), done)
+                suspects = _run_pool(pending, func, min(workers, len(tasks)), done)
                 for task in suspects:
-                    retried = _run_pool(collections.deque([task]), work, 1, done)
+                    retried = _run_pool(collections.deque([task]), func, 1, done)
                     if retried:
                         log.warning("a worker died while converting %s", task.src)
                         done(_crashed(task))
-    assert all(r is not None for r in results)
-    return results  # type: ignore[return-value]
+    assert all(r is not None for r in done.results)
+    return done.results  # type: ignore[return-value]
+
+
+class _InTaskOrder:
+    """Collects results at their task's index and advances the progress bar; an output failure raises."""
+
+    def __init__(self, n: int, bar: tqdm) -> None:
+        self.results: list[TaskResult | None] = [None] * n
+        self.bar = bar
+
+    def __call__(self, result: TaskResult) -> None:
+        if result.status == OUTPUT_FAILED:
+            raise OutputError(f"cannot write {result.detail}")
+        self.results[result.index] = result
+        self.bar.update()
 
 
 # -- the planning side -------------------------------------------------------------------------
@@ -521,54 +446,63 @@ def plan_outputs(
     source folder (``roots``: list name -> folder), is skipped as "bad file
     name" and never read.
     """
-    tasks: list[ImageTask] = []
-    planned: list[tuple[Record, str]] = []
-    by_src: dict[Path, tuple[Record, str]] = {}
-    by_dest: dict[tuple[str, str], Record] = {}
+    plan = _OutputPlan(out)
     for rec, split_name in assigned:
-        problem = out_name_problem(rec.out_name)
-        root = roots.get(rec.source) if roots is not None else None
-        if problem is None and root is not None and not _inside(rec.src, root):
-            problem = f"{rec.src} is outside the source folder {root}"
+        problem = _name_problem(rec, roots.get(rec.source) if roots is not None else None)
         if problem:
-            skips[rec.source].append(Skip(rec.row, rec.patient_id, "bad file name", problem))
-            continue
+            skip = Skip(rec.row, rec.patient_id, "bad file name", problem)
+        else:
+            skip = plan.add(rec, split_name)
+        if skip is not None:
+            skips[rec.source].append(skip)
+    return plan.tasks, plan.planned
+
+
+def _name_problem(rec: Record, root: Path | None) -> str | None:
+    """Why a record's output name or source path cannot be used (never read, never written), or None."""
+    problem = out_name_problem(rec.out_name)
+    if problem is None and root is not None and not _inside(rec.src, root):
+        problem = f"{rec.src} is outside the source folder {root}"
+    return problem
+
+
+class _OutputPlan:
+    """The output files planned so far: one task per source file and per output name."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.tasks: list[ImageTask] = []
+        self.planned: list[tuple[Record, str]] = []
+        self.by_src: dict[Path, tuple[Record, str]] = {}
+        self.by_dest: dict[tuple[str, str], Record] = {}
+
+    def add(self, rec: Record, split_name: str) -> Skip | None:
+        """Plan ``rec``'s output, or return why it is skipped (its file or output name is taken)."""
         try:
             src = rec.src.resolve()
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (Python < 3.13)
-            skips[rec.source].append(Skip(rec.row, rec.patient_id, "unreadable image", f"{rec.src}: {exc}"))
-            continue
-        if src in by_src:
-            first, first_split = by_src[src]
-            skips[rec.source].append(
-                Skip(
-                    rec.row,
-                    rec.patient_id,
-                    "duplicate image",
-                    f"same file as {first.source} row {first.row} (patient {first.patient_id}, "
-                    f"{first_split})",
-                )
+            return Skip(rec.row, rec.patient_id, "unreadable image", f"{rec.src}: {exc}")
+        if src in self.by_src:
+            first, first_split = self.by_src[src]
+            return Skip(
+                rec.row, rec.patient_id, "duplicate image",
+                f"same file as {first.source} row {first.row} (patient {first.patient_id}, {first_split})",
             )
-            continue
         folder = image_folder(split_name)
         key = (folder, rec.out_name.casefold())  # case-insensitive file systems exist
-        if key in by_dest:
-            first = by_dest[key]
-            skips[rec.source].append(
-                Skip(
-                    rec.row,
-                    rec.patient_id,
-                    "name collision",
-                    f"{folder}/{rec.out_name} is already written for {first.source} row {first.row} "
-                    f"(patient {first.patient_id})",
-                )
+        if key in self.by_dest:
+            first = self.by_dest[key]
+            return Skip(
+                rec.row, rec.patient_id, "name collision",
+                f"{folder}/{rec.out_name} is already written for {first.source} row {first.row} "
+                f"(patient {first.patient_id})",
             )
-            continue
-        by_src[src] = (rec, split_name)
-        by_dest[key] = rec
-        tasks.append(ImageTask(len(tasks), str(src), str(out / folder / rec.out_name), rec.convert, rec.crop))
-        planned.append((rec, split_name))
-    return tasks, planned
+        self.by_src[src] = (rec, split_name)
+        self.by_dest[key] = rec
+        dest = self.out / folder / rec.out_name
+        self.tasks.append(ImageTask(len(self.tasks), str(src), str(dest), rec.convert, rec.crop))
+        self.planned.append((rec, split_name))
+        return None
 
 
 def _resolve_sources(
@@ -580,7 +514,7 @@ def _resolve_sources(
     given = {k: Path(v) for k, v in sources.items() if v is not None}
     unknown = sorted(set(given) - set(BY_OPTION))
     if unknown:
-        raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(BY_OPTION)}")
+        raise ValueError(f"unknown source(s): allowed {', '.join(BY_OPTION)}; received {', '.join(unknown)}")
     if not given:
         raise ValueError(f"no source given: use at least one of {', '.join(s.flag for s in SOURCES)}")
     if allowed is not None:
@@ -665,42 +599,26 @@ def write_together(files: Mapping[Path, str]) -> None:
 
 
 def _read_and_plan(
-    given: Mapping[str, Path],
-    out: Path,
-    rules: SplitRules,
-    ricord_list: str | os.PathLike[str] | None,
-    split_seed: int,
-    split_fractions: Sequence[float],
+    given: Mapping[str, Path], out: Path, context: ScanContext
 ) -> tuple[
     list[ScanResult], SplitAssignment, dict[str, list[Skip]], list[ImageTask], list[tuple[Record, str]]
 ]:
     """Steps 2-4 of :func:`build_covidx`: read the sources, order and split the records, plan the outputs."""
-    # 2. read
-    context = ScanContext(
-        rules=rules,
-        ricord_list=Path(ricord_list) if ricord_list is not None else None,
-        split_seed=split_seed,
-        split_fractions=tuple(split_fractions),
-    )
+    # 2. read, in SOURCES order; each reader sees what the earlier ones found (SIRM needs cohen's URLs)
     scans: list[ScanResult] = []
     for spec in SOURCES:
         if spec.option not in given:
             continue
         scan = spec.scan(given[spec.option], context)
-        if spec.name == "cohen":
-            context = dataclasses.replace(context, exclude_urls=scan.urls)
+        context = dataclasses.replace(context, earlier={**context.earlier, spec.name: scan})
         log.info(
-            "%s: %d rows read, %d usable, %d skipped",
-            spec.name,
-            scan.rows_read,
-            len(scan.records),
+            "%s: %d rows read, %d usable, %d skipped", spec.name, scan.rows_read, len(scan.records),
             len(scan.skipped),
         )
         scans.append(scan)
 
     # 3. order and split
-    ordered = order_records(scans)
-    assignment = assign_splits(ordered, rules)
+    assignment = assign_splits(order_records(scans), context.rules)
     extra_skips: dict[str, list[Skip]] = {s.source: [] for s in scans}
     for rec, why in assignment.duplicates:
         extra_skips[rec.source].append(Skip(rec.row, rec.patient_id, "duplicate", why))
@@ -721,74 +639,42 @@ def build_covidx(
     split_seed: int = 0,
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
     progress: bool = False,
-    options: WriteOptions = WriteOptions(),
     list_format: str = "covidnet",
 ) -> BuildResult:
     """Build COVIDx under ``out_dir`` from ``sources`` (option name -> folder).
 
     ``sources`` keys are the command-line option names (``cohen``,
     ``figure1``, ``actualmed``, ``sirm``, ``rsna``, ``ricord``, or
-    ``radiography_db`` alone); ``split`` is ``covidnet``, ``surfsara`` or
-    ``radiography`` (then ``split_seed`` and ``split_fractions`` draw the
-    train/val/test split); ``workers`` defaults to ``os.cpu_count()``;
-    ``list_format`` is the lists' line form (:data:`data.lists.LIST_FORMATS`:
-    COVID-Net's 4 fields or SURFsara's 3). Beside the lists it writes
-    ``SHA256SUMS`` (every listed image, ``sha256sum -c`` form) and records each
-    list's fingerprint (:mod:`data.fingerprint`) in the report.
-    Raises ``ValueError``/``FileNotFoundError`` naming the flag and path for
-    unusable arguments (checked before any work); bad rows and images are
-    skipped and reported. Raises :class:`OutputError` when the output cannot
-    be written during the build, leaving the previous lists and report as
-    they were. Check :attr:`BuildResult.usable`: nothing usable is not an
+    ``radiography_db`` alone); ``split`` is the split rule, ``covidnet``,
+    ``surfsara`` or ``radiography`` (then ``split_seed`` and
+    ``split_fractions`` draw the train/val/test split); ``workers`` defaults to
+    ``os.cpu_count()``; ``list_format`` is the lists' line form
+    (:data:`data.lists.LIST_FORMATS`: COVID-Net's 4 fields or SURFsara's 3).
+    Beside the lists it writes ``SHA256SUMS`` (every listed image, ``sha256sum
+    -c`` form) and records each list's fingerprint (:mod:`data.fingerprint`) in
+    the report. Raises ``ValueError``/``FileNotFoundError`` naming the flag and
+    path for unusable arguments (checked before any work); bad rows and images
+    are skipped and reported. Raises :class:`OutputError` when the output
+    cannot be written during the build, leaving the previous lists and report
+    as they were. Check :attr:`BuildResult.usable`: nothing usable is not an
     exception.
     """
     rules = get_rules(split)
-    if list_format not in LIST_FORMATS:
-        raise ValueError(f"--list-format must be one of {', '.join(LIST_FORMATS)}, received {list_format!r}")
-    given = _resolve_sources(sources, rules.name, rules.allowed_sources, rules.why_sources)
-    if ricord_list is not None and "ricord" not in given:
-        raise ValueError("--ricord-list needs --ricord")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
-    out = resolve_path(Path(out_dir), "--out", "a folder to write into")
-    for option, root in given.items():
-        resolved = resolve_path(root, BY_OPTION[option].flag, BY_OPTION[option].layout)
-        if out == resolved or any(out / s == resolved or out / s in resolved.parents for s in SPLITS):
-            raise ValueError(
-                f"--out {out} would write into the {BY_OPTION[option].flag} folder {root}; choose another "
-                "--out"
-            )
-
-    # 1. check every folder before reading any, and that the output can be written
-    for spec in SOURCES:
-        if spec.option in given:
-            spec.check(given[spec.option])
-    created = not out.exists()
+    given = _check_arguments(
+        out_dir, sources, rules, ricord_list=ricord_list, workers=workers, list_format=list_format
+    )
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    created = not Path(out_dir).exists()
     out = prepare_output_folder(out_dir)
-    try:
-        scans, assignment, extra_skips, tasks, planned = _read_and_plan(
-            given, out, rules, ricord_list, split_seed, split_fractions
-        )
-    except BaseException:
-        if created:  # a metadata error should not leave an empty output folder behind
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-
-    # 5. write images
-    with _writing_into(out):
-        # A killed run may leave temporary images in the split folders and temporary lists or reports in out.
-        removed = remove_partials(out)
-        for split_name in SPLITS:
-            (out / split_name).mkdir(parents=True, exist_ok=True)
-            removed += remove_partials(out / split_name)
-        if removed:
-            log.info("removed %d temporary files left by an interrupted run in %s", removed, out)
-        log.info("writing %d images with %d worker(s) into %s", len(tasks), workers, out)
-        results = run_tasks(tasks, workers=workers, progress=progress, options=options)
-
+    context = ScanContext(
+        rules=rules,
+        ricord_list=Path(ricord_list) if ricord_list is not None else None,
+        split_seed=split_seed,
+        split_fractions=tuple(split_fractions),
+    )
+    with _removed_on_failure(out, created):
+        scans, assignment, extra_skips, tasks, planned = _read_and_plan(given, out, context)
+    results = _write_images(out, tasks, workers=workers, progress=progress)
     # 6. lists, SHA256SUMS and the report, renamed together
     list_names = LISTS if rules.val_list else SPLITS
     entries, outcomes, hashes = _collect_outcomes(planned, results, extra_skips, list_names)
@@ -803,6 +689,68 @@ def build_covidx(
         adjustments=assignment.adjustments,
         list_format=list_format,
     )
+
+
+def _check_arguments(
+    out_dir: str | os.PathLike[str],
+    sources: Mapping[str, str | os.PathLike[str] | None],
+    rules: SplitRules,
+    *,
+    ricord_list: str | os.PathLike[str] | None,
+    workers: int | None,
+    list_format: str,
+) -> dict[str, Path]:
+    """Step 1 of :func:`build_covidx`: every argument and source folder checked before any work.
+
+    Returns the given sources (option -> folder).
+    """
+    if list_format not in LIST_FORMATS:
+        raise ValueError(f"--list-format must be one of {', '.join(LIST_FORMATS)}, received {list_format!r}")
+    given = _resolve_sources(sources, rules.name, rules.allowed_sources, rules.why_sources)
+    if ricord_list is not None and "ricord" not in given:
+        raise ValueError(f"--ricord-list needs --ricord; received --ricord-list {ricord_list} alone")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, received {workers}")
+    out = resolve_path(Path(out_dir), "--out", "a folder to write into")
+    for option, root in given.items():
+        spec = BY_OPTION[option]
+        resolved = resolve_path(root, spec.flag, spec.layout)
+        if out == resolved or any(out / s == resolved or out / s in resolved.parents for s in SPLITS):
+            raise ValueError(
+                f"--out must not be inside a source folder; received --out {out}, which would write into the "
+                f"{spec.flag} folder {root}"
+            )
+    # every folder before reading any
+    for spec in SOURCES:
+        if spec.option in given:
+            spec.check(given[spec.option])
+    return given
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: Path, created: bool) -> Iterator[None]:
+    """Remove ``out`` again if this run created it and fails here: a metadata error leaves no empty folder."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _write_images(out: Path, tasks: Sequence[ImageTask], *, workers: int, progress: bool) -> list[TaskResult]:
+    """Step 5 of :func:`build_covidx`: every planned image written into ``out``'s split folders."""
+    with _writing_into(out):
+        # A killed run may leave temporary images in the split folders and temporary lists or reports in out.
+        removed = remove_partials(out)
+        for split_name in SPLITS:
+            (out / split_name).mkdir(parents=True, exist_ok=True)
+            removed += remove_partials(out / split_name)
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run in %s", removed, out)
+        log.info("writing %d images with %d worker(s) into %s", len(tasks), workers, out)
+        return run_tasks(tasks, workers=workers, progress=progress)
 
 
 def _collect_outcomes(

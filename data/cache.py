@@ -40,6 +40,8 @@ import tensorflow as tf
 
 from common.fsutil import atomic_path, atomic_write_text, remove_partials
 from data.build import OutputError
+from data.fingerprint import fingerprint_list_files, short
+from data.images import RESIZE_METHODS, decode_image, resize_uint8
 from data.labels import CLASS_TO_INDEX, CLASSES
 from data.lists import ListEntry, read_list, write_list
 from data.sources.base import describe_os_error
@@ -93,11 +95,9 @@ def _shard_plan(
     return plan
 
 
-def _decode_gray(path: tf.Tensor, size: int) -> tf.Tensor:
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=1, dtype=tf.uint8, expand_animations=False)
-    image = tf.image.resize(image, [size, size], method="bilinear", antialias=False)
-    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+def _decode_gray(path: tf.Tensor, size: int, resize: str) -> tf.Tensor:
+    """The training pipeline's decode and resize (``data.images``), on one channel, rounded to uint8."""
+    return resize_uint8(decode_image(tf.io.read_file(path), channels=1), size, method=resize)
 
 
 def _example(image: np.ndarray, entry: ListEntry) -> bytes:
@@ -119,7 +119,7 @@ def _op_message(exc: tf.errors.OpError) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _write_shard(path: Path, entries: Sequence[ListEntry], image_dir: Path, size: int) -> None:
+def _write_shard(path: Path, entries: Sequence[ListEntry], image_dir: Path, size: int, resize: str) -> None:
     """Write one shard through a temporary name.
 
     An image that cannot be read or decoded is a :class:`CacheError` naming
@@ -130,7 +130,7 @@ def _write_shard(path: Path, entries: Sequence[ListEntry], image_dir: Path, size
     paths = [str(image_dir / e.filename) for e in entries]
     images = iter(
         tf.data.Dataset.from_tensor_slices(paths).map(
-            lambda p: _decode_gray(p, size), num_parallel_calls=AUTOTUNE, deterministic=True
+            lambda p: _decode_gray(p, size, resize), num_parallel_calls=AUTOTUNE, deterministic=True
         )
     )
     with atomic_path(path) as tmp:
@@ -172,14 +172,20 @@ def build_cache(
     lists: dict[str, tuple[Sequence[ListEntry], str | os.PathLike[str]]],
     size: int,
     shard_images: int = DEFAULT_SHARD_IMAGES,
+    resize: str = "baseline",
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> Path:
     """Build (or finish building) the cache of ``lists`` at ``size`` x ``size`` pixels.
 
     ``lists`` maps a split name (``train``, ``test``) to its entries and image
-    folder. Shards already recorded in the manifest with an intact file are
-    kept, so an interrupted build continues where it stopped; a manifest of a
-    different size or different lists is replaced. ``progress`` wraps the shard
+    folder; ``resize`` is the resize method (:data:`data.images.RESIZE_METHODS`).
+    The manifest records each list's fingerprint (:mod:`data.fingerprint`, the
+    value ``create_covidx.py`` writes to ``report.json``; image hashes come from
+    the dataset's ``SHA256SUMS`` beside the image folder when it has them), so
+    that :func:`open_cache` can refuse other lists. Shards already recorded in
+    the manifest with an intact file are kept, so an interrupted build
+    continues where it stopped; a manifest of a different size, method or
+    different lists (or images) is replaced. ``progress`` wraps the shard
     iterator (e.g. ``tqdm``). A cache folder that cannot be written (full disk,
     read-only) raises :class:`~data.build.OutputError` naming it; the shards
     recorded so far stay valid and a re-run continues from them.
@@ -188,11 +194,19 @@ def build_cache(
         raise ValueError(f"cache size must be >= 8 px, received {size}")
     if shard_images < 1:
         raise ValueError(f"images per shard must be >= 1, received {shard_images}")
+    if resize not in RESIZE_METHODS:
+        raise ValueError(f"resize method must be one of {', '.join(RESIZE_METHODS)}, received {resize!r}")
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"cache folder {root} is an existing file; expected a folder")
+    fingerprints = {s: _list_fingerprint(entries, Path(folder)) for s, (entries, folder) in lists.items()}
     try:
-        return _build_cache(root, lists=lists, size=size, shard_images=shard_images, progress=progress)
+        root.mkdir(parents=True, exist_ok=True)
+        remove_partials(root)
+        manifest = _manifest_to_continue(
+            root, lists=lists, fingerprints=fingerprints, size=size, shard_images=shard_images, resize=resize
+        )
+        _write_shards(root, manifest, lists=lists, progress=progress)
     except OutputError as exc:
         raise OutputError(
             f"cache {root}: {exc}; the shards recorded in {MANIFEST} are kept, re-run to finish"
@@ -202,56 +216,73 @@ def build_cache(
             f"cache {root}: cannot write ({describe_os_error(exc)}); the shards recorded in "
             f"{MANIFEST} are kept, re-run to finish"
         ) from None
+    return root
 
 
-def _build_cache(
+def _list_fingerprint(entries: Sequence[ListEntry], image_dir: Path) -> str:
+    """The list's fingerprint; an image that cannot be read is a :class:`CacheError` naming it."""
+    try:
+        return fingerprint_list_files(entries, image_dir, dataset_dir=image_dir.parent)[0]
+    except OSError as exc:
+        raise CacheError(f"cannot cache {exc.filename or image_dir}: {describe_os_error(exc)}") from None
+
+
+def _manifest_to_continue(
     root: Path,
     *,
     lists: dict[str, tuple[Sequence[ListEntry], str | os.PathLike[str]]],
+    fingerprints: dict[str, str],
     size: int,
     shard_images: int,
-    progress: Callable[[Iterable], Iterable] | None,
-) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    remove_partials(root)
-    digests = {split: _entries_digest(entries) for split, (entries, _) in lists.items()}
+    resize: str,
+) -> dict:
+    """The manifest in ``root`` when it was built for these lists and settings, else a new, empty one."""
+    splits = {
+        s: {"entries_sha256": _entries_digest(entries), "fingerprint": fingerprints[s], "count": len(entries)}
+        for s, (entries, _) in lists.items()
+    }
     try:
         manifest = _read_manifest(root)
     except CacheError:
         manifest = {}
-    compatible = (
-        manifest.get("version") == FORMAT_VERSION
-        and manifest.get("size") == size
-        and manifest.get("shard_images") == shard_images
-        and {s: v.get("entries_sha256") for s, v in manifest.get("splits", {}).items()} == digests
-    )
-    if not compatible:
-        if manifest:
-            log.warning("cache %s was built for other lists or sizes; rebuilding it", root)
-        manifest = {
-            "version": FORMAT_VERSION,
-            "size": size,
-            "channels": 1,
-            "shard_images": shard_images,
-            "splits": {
-                split: {"entries_sha256": digests[split], "count": len(entries), "shards": {}}
-                for split, (entries, _) in lists.items()
-            },
-        }
+    settings = {"version": FORMAT_VERSION, "size": size, "channels": 1, "shard_images": shard_images}
+    recorded = {
+        s: {k: v.get(k) for k in ("entries_sha256", "fingerprint", "count")}
+        for s, v in manifest.get("splits", {}).items()
+    }
+    if (
+        all(manifest.get(k) == v for k, v in settings.items())
+        and manifest.get("resize", "baseline") == resize
+        and recorded == splits
+    ):
+        return manifest
+    if manifest:
+        log.warning("cache %s was built for other lists, images or settings; rebuilding it", root)
+    return {**settings, "resize": resize, "splits": {s: {**v, "shards": {}} for s, v in splits.items()}}
+
+
+def _write_shards(
+    root: Path,
+    manifest: dict,
+    *,
+    lists: dict[str, tuple[Sequence[ListEntry], str | os.PathLike[str]]],
+    progress: Callable[[Iterable], Iterable] | None,
+) -> None:
+    """Write the lists and every shard the manifest does not record intact, recording each when done."""
+    size, resize = manifest["size"], manifest["resize"]
     work = []
     for split, (entries, image_dir) in lists.items():
         write_list(root / f"{split}_COVIDx.txt", entries)
         recorded = manifest["splits"][split]["shards"]
-        for name, shard_entries in _shard_plan(split, entries, shard_images):
+        for name, shard_entries in _shard_plan(split, entries, manifest["shard_images"]):
             info = recorded.get(name)
             path = root / name
             if info and path.is_file() and path.stat().st_size == info["bytes"]:
                 continue
             work.append((split, name, shard_entries, Path(image_dir)))
-    iterator = progress(work) if progress else work
-    for split, name, shard_entries, image_dir in iterator:
+    for split, name, shard_entries, image_dir in progress(work) if progress else work:
         path = root / name
-        _write_shard(path, shard_entries, image_dir, size)
+        _write_shard(path, shard_entries, image_dir, size, resize)
         manifest["splits"][split]["shards"][name] = {
             "count": len(shard_entries),
             "label": shard_entries[0].label,
@@ -260,7 +291,6 @@ def _build_cache(
         }
         atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-    return root
 
 
 def verify_cache(cache_dir: str | os.PathLike[str], *, full: bool = False) -> list[str]:
@@ -312,6 +342,10 @@ class CacheSplit:
     size: int
     shards_by_label: dict[str, tuple[str, ...]]
     entries: tuple[ListEntry, ...]
+    # How the images were resized (data.images.RESIZE_METHODS); caches of older versions: "baseline".
+    resize: str = "baseline"
+    # The fingerprint of the list the split was built from; None for a cache of an older version.
+    fingerprint: str | None = None
 
     def shard_paths(self, labels: Iterable[str]) -> list[str]:
         """Paths of the shards holding images of ``labels``."""
@@ -319,11 +353,23 @@ class CacheSplit:
 
 
 def open_cache(
-    cache_dir: str | os.PathLike[str], split: str, *, entries: Sequence[ListEntry], full_check: bool = False
+    cache_dir: str | os.PathLike[str],
+    split: str,
+    *,
+    entries: Sequence[ListEntry],
+    full_check: bool = False,
+    fingerprint: str | None = None,
+    what: str = "the list",
 ) -> CacheSplit:
     """Open ``split`` of a cache after checking it is intact and holds every image of ``entries``.
 
-    Raises :class:`CacheError` naming the folder and the first problems.
+    ``fingerprint`` is the fingerprint of the list ``entries`` come from
+    (:func:`data.fingerprint.fingerprint_list_files`, computed from its images),
+    when known: a cache built from another list, or from other images under
+    the same names, is then refused. ``what`` names that list in the messages
+    (e.g. ``"--trainfile train_COVIDx.txt"``). A cache of an older version,
+    without fingerprints, is read with a log line. Raises :class:`CacheError`
+    naming the folder and the first problems.
     """
     root = Path(cache_dir)
     manifest = _read_manifest(root)
@@ -333,6 +379,8 @@ def open_cache(
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CacheError(f"cache {root} is damaged: {'; '.join(problems[:3])}{more}; rebuild it")
+    recorded = manifest["splits"][split].get("fingerprint")
+    _check_fingerprint(root, split, recorded=recorded, given=fingerprint, what=what)
     cached = read_list(root / f"{split}_COVIDx.txt").entries
     have = {(e.filename, e.label) for e in cached}
     missing = [e for e in entries if (e.filename, e.label) not in have]
@@ -350,7 +398,25 @@ def open_cache(
         size=int(manifest["size"]),
         shards_by_label={k: tuple(v) for k, v in shards.items()},
         entries=tuple(cached),
+        resize=manifest.get("resize", "baseline"),
+        fingerprint=recorded,
     )
+
+
+def _check_fingerprint(root: Path, split: str, *, recorded: str | None, given: str | None, what: str) -> None:
+    """Refuse a list whose fingerprint is not the one the cache split was built from."""
+    if recorded is None:
+        log.info(
+            "cache %s was built by an older version without list fingerprints: %s cannot be checked against "
+            "its %s split (rebuild the cache to record them)", root, what, split,
+        )
+        return
+    if given is not None and given != recorded:
+        raise CacheError(
+            f"{what} (fingerprint {short(given)}) is not the {split} list cache {root} was built from "
+            f"(fingerprint {short(recorded)}); rebuild the cache from this list (create_covidx.py --out "
+            f"DATA --cache SIZE --cache-dir {root}) or train from the original files"
+        )
 
 
 def parse_record(record: tf.Tensor, *, size: int) -> dict[str, tf.Tensor]:

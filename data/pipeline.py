@@ -64,11 +64,13 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import tensorflow as tf
 
 from data.augment import AugmentConfig, augment_batch, mixup_batch
+from data.images import header_problem, read_resize, resize_image, tf_decode_problem
 from data.labels import CLASS_TO_INDEX, CLASSES, NUM_CLASSES
 from data.lists import VERIFY_MODES, ListEntry, read_list
 
@@ -76,72 +78,14 @@ log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
-# Signatures of the formats tf.io.decode_image reads.
-_MAGIC = {
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"\xff\xd8\xff": "JPEG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-}
-
-
 def image_paths(entries: Sequence[ListEntry], image_dir: str | os.PathLike[str]) -> list[str]:
     """Full paths of the entries' images inside ``image_dir``."""
     root = Path(image_dir)
     return [str(root / e.filename) for e in entries]
 
 
-# The end of a complete file of each format is looked for in its last TAIL_BYTES bytes: writers may pad
-# after the end marker (zeros after a JPEG's FFD9 are common), and a file cut short has no marker there.
-TAIL_BYTES = 1024
-_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC, the last 8 bytes of every PNG
-
-
-def _end_problem(kind: str, head: bytes, tail: bytes, size: int) -> str | None:
-    """Why a file whose first bytes are ``head`` and last bytes ``tail`` is cut short, or None."""
-    if kind == "PNG" and _PNG_END not in tail:
-        return "truncated PNG (no IEND chunk at its end)"
-    if kind == "JPEG" and b"\xff\xd9" not in tail:
-        return "truncated JPEG (no FFD9 end marker at its end)"
-    if kind == "GIF" and not tail.rstrip(b"\x00").endswith(b";"):
-        return "truncated GIF (no trailer byte at its end)"
-    if kind == "BMP" and len(head) >= 6:
-        declared = int.from_bytes(head[2:6], "little")
-        if declared > size:
-            return f"truncated BMP ({size} of the {declared} bytes its header declares)"
-    return None
-
-
-def _header_problem(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if not head:
-                return "empty file"
-            kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
-            if kind is None:
-                return "not a PNG, JPEG, BMP or GIF image"
-            size = os.fstat(fh.fileno()).st_size
-            fh.seek(max(0, size - TAIL_BYTES))
-            tail = fh.read(TAIL_BYTES)
-    except FileNotFoundError:
-        return "file does not exist"
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    return _end_problem(kind, head, tail, size)
-
-
-def _decode_problem(path: Path) -> str | None:
-    try:
-        tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
-        return f"cannot be decoded ({exc.message.splitlines()[0]})"
-    return None
-
-
 def _full_problem(path: Path) -> str | None:
-    return _header_problem(path) or _decode_problem(path)
+    return header_problem(path) or tf_decode_problem(path)
 
 
 def find_image_problems(
@@ -164,7 +108,7 @@ def find_image_problems(
     root = Path(image_dir)
     paths = [root / entry.filename for entry in entries]
     if verify == "header":
-        reasons = [_header_problem(path) for path in paths]
+        reasons = [header_problem(path) for path in paths]
     else:
         workers = workers or min(8, os.cpu_count() or 1)
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -256,17 +200,8 @@ def patient_split(
     return train, val
 
 
-def decode_resize(path: tf.Tensor, *, img_size: int, channels: int = 3) -> tf.Tensor:
-    """Read one image file and return it as float32 ``[img_size, img_size, channels]`` in [0, 1].
-
-    Bilinear resize without antialiasing, aspect ratio not kept, like
-    ``cv2.resize(x, (size, size))``; 16-bit PNGs become 8 bit as cv2.imread did.
-    """
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=channels, dtype=tf.uint8, expand_animations=False)
-    image = tf.image.resize(image, [img_size, img_size], method="bilinear", antialias=False)
-    image = tf.ensure_shape(image, [img_size, img_size, channels])
-    return image / 255.0
+# The pipeline's name for reading one file (other modules and tests import it from here).
+decode_resize = read_resize
 
 
 def _labels_array(entries: Sequence[ListEntry]) -> np.ndarray:
@@ -285,12 +220,49 @@ def pass_key(seed: int, stream: int, pass_index: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([2], folded, minval=None, maxval=None, dtype=tf.int64)
 
 
+@runtime_checkable
+class ImageSource(Protocol):
+    """Where the images of list entries come from: :class:`FileImages` or :class:`CachedImages`.
+
+    ``refs`` gives cheap references to images, shuffled and repeated (the
+    training stream); ``load`` turns one reference into the model's input;
+    ``ordered`` and ``named`` give every image once (evaluation, prediction).
+    ``native_channels`` is the number of channels the source holds (1 for the
+    grey cache), so the training pipeline can augment grey images on one
+    channel and tile them afterwards. Every method takes ``resize``
+    (:data:`data.images.RESIZE_METHODS`, default ``"baseline"``).
+    """
+
+    native_channels: int
+
+    def refs(
+        self, entries: Sequence[ListEntry], *, seed: int, stream: int = ..., start: int = 0
+    ) -> tf.data.Dataset:
+        """``(reference, label)`` forever from position ``start``; every pass over ``entries`` reshuffled."""
+
+    def load(self, ref: tf.Tensor, *, img_size: int, channels: int, resize: str = "baseline") -> tf.Tensor:
+        """The image a reference points to, float32 ``[img_size, img_size, channels]`` in [0, 1]."""
+
+    def ordered(
+        self, entries: Sequence[ListEntry], *, img_size: int, channels: int, resize: str = "baseline"
+    ) -> tf.data.Dataset:
+        """``(image, label)`` for each entry once."""
+
+    def named(
+        self, entries: Sequence[ListEntry], *, img_size: int, channels: int, resize: str = "baseline"
+    ) -> tf.data.Dataset:
+        """``(image, filename)`` for each entry once (for prediction)."""
+
+
 class FileImages:
     """Images read from the original files of a folder (``DATA_PATH/train`` or ``/test``).
 
-    An image source offers ``refs`` (cheap references to images, shuffled),
-    ``load`` (reference to image) and ``ordered`` (every image once).
+    An :class:`ImageSource`: a reference is the file's path, decoded and
+    resized by :func:`data.images.read_resize`.
     """
+
+    # Files may be in colour; they are decoded to the channels asked for.
+    native_channels = 3
 
     def __init__(self, image_dir: str | os.PathLike[str]) -> None:
         self.image_dir = Path(image_dir)
@@ -305,7 +277,7 @@ class FileImages:
         of one started at 0.
         """
         if not entries:
-            raise ValueError("no images to draw training batches from")
+            raise ValueError("no images to draw training batches from; received an empty list")
         paths = tf.constant(image_paths(entries, self.image_dir))
         labels = tf.constant(_labels_array(entries))
         n = tf.constant(len(entries), tf.int64)
@@ -317,26 +289,32 @@ class FileImages:
 
         return tf.data.Dataset.counter(start).map(at)
 
-    def load(self, ref: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
+    def load(self, ref: tf.Tensor, *, img_size: int, channels: int, resize: str = "baseline") -> tf.Tensor:
         """The image a reference points to, float32 in [0, 1]."""
-        return decode_resize(ref, img_size=img_size, channels=channels)
+        return read_resize(ref, img_size=img_size, channels=channels, resize=resize)
 
-    def ordered(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
+    def ordered(
+        self, entries: Sequence[ListEntry], *, img_size: int, channels: int, resize: str = "baseline"
+    ) -> tf.data.Dataset:
         """``(image, label)`` for each entry once, in list order."""
-        paths = image_paths(entries, self.image_dir)
-        ds = tf.data.Dataset.from_tensor_slices((paths, _labels_array(entries)))
-        return ds.map(
-            lambda p, y: (self.load(p, img_size=img_size, channels=channels), y),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
+        labels = _labels_array(entries)
+        return self._each(entries, labels, img_size=img_size, channels=channels, resize=resize)
 
-    def named(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
+    def named(
+        self, entries: Sequence[ListEntry], *, img_size: int, channels: int, resize: str = "baseline"
+    ) -> tf.data.Dataset:
         """``(image, filename)`` for each entry once, in list order (for prediction)."""
-        paths = image_paths(entries, self.image_dir)
-        ds = tf.data.Dataset.from_tensor_slices((paths, [e.filename for e in entries]))
+        names = [e.filename for e in entries]
+        return self._each(entries, names, img_size=img_size, channels=channels, resize=resize)
+
+    def _each(
+        self, entries: Sequence[ListEntry], tags: Sequence | np.ndarray, *, img_size: int, channels: int,
+        resize: str,
+    ) -> tf.data.Dataset:
+        """``(image, tag)`` for each entry once, in list order."""
+        ds = tf.data.Dataset.from_tensor_slices((image_paths(entries, self.image_dir), tags))
         return ds.map(
-            lambda p, name: (self.load(p, img_size=img_size, channels=channels), name),
+            lambda path, tag: (self.load(path, img_size=img_size, channels=channels, resize=resize), tag),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
@@ -345,11 +323,15 @@ class FileImages:
 class CachedImages:
     """Images read from a preprocessed TFRecord cache (``data.cache``) instead of the originals.
 
-    Shards are read in parallel (interleave) and records shuffled in blocks of
+    An :class:`ImageSource`: a reference is a record's stored pixels. Shards
+    are read in parallel (interleave) and records shuffled in blocks of
     ``shuffle_buffer`` images; each pass over the entries is shuffled anew.
-    Cached images are grayscale at the cache size: they are resized to
-    the training size when it differs and replicated to 3 channels.
+    Cached images are grayscale at the cache size: they are resized to the
+    training size when it differs and replicated to 3 channels.
     """
+
+    # The cache stores one grey channel.
+    native_channels = 1
 
     def __init__(self, cache, *, shuffle_buffer: int = 2048) -> None:
         self.cache = cache
@@ -358,7 +340,7 @@ class CachedImages:
     def _selection(self, entries: Sequence[ListEntry]) -> tuple[list[str], list[str] | None]:
         """The labels whose shards hold ``entries`` and the file names to keep (None: every record)."""
         if not entries:
-            raise ValueError("no images to read from the cache")
+            raise ValueError("no images to read from the cache; received an empty list")
         labels = sorted({e.label for e in entries}, key=CLASSES.index)
         wanted = {e.filename for e in entries}
         everything = {e.filename for e in self.cache.entries if e.label in labels}
@@ -370,17 +352,25 @@ class CachedImages:
         labels, keep = self._selection(entries)
         return read_records(self.cache, labels, keep_filenames=keep, shuffle_files_seed=seed)
 
-    def load(self, ref: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
-        """The cached uint8 pixels of a reference as float32 in [0, 1], resized and tiled as needed."""
-        image = tf.cast(ref, tf.float32)
+    def load(self, ref: tf.Tensor, *, img_size: int, channels: int, resize: str = "baseline") -> tf.Tensor:
+        """The cached uint8 pixels of a reference as float32 in [0, 1], resized and tiled as needed.
+
+        The cache was resized with one method (``CacheSplit.resize``); asking
+        for another is a ``ValueError``: those pixels would not be the ones the
+        files give.
+        """
+        if resize != self.cache.resize:
+            raise ValueError(
+                f"cache {self.cache.root} holds images resized with {self.cache.resize!r}; received "
+                f"resize={resize!r} (rebuild the cache with that method or read the original files)"
+            )
         if self.cache.size != img_size:
-            image = tf.image.resize(image, [img_size, img_size], method="bilinear", antialias=False)
+            image = resize_image(ref, img_size, method=resize)
+        else:
+            image = tf.cast(ref, tf.float32) / 255.0
         if channels == 3:
             image = tf.tile(image, [1, 1, 3])
-        return tf.ensure_shape(image / 255.0, [img_size, img_size, channels])
-
-    def _to_image(self, record: dict, img_size: int, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
-        return self.load(record["image"], img_size=img_size, channels=channels), record["label"]
+        return tf.ensure_shape(image, [img_size, img_size, channels])
 
     def refs(
         self, entries: Sequence[ListEntry], *, seed: int, stream: int = STREAM_ALL, start: int = 0
@@ -439,27 +429,32 @@ class CachedImages:
         ds = self._records(entries, seed=None)
         return ds.apply(tf.data.experimental.assert_cardinality(len(entries)))
 
-    def ordered(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
+    def ordered(
+        self, entries: Sequence[ListEntry], *, img_size: int, channels: int, resize: str = "baseline"
+    ) -> tf.data.Dataset:
         """``(image, label)`` for each entry once, in the cache's order."""
-        return self._once(entries).map(
-            lambda r: self._to_image(r, img_size, channels), num_parallel_calls=AUTOTUNE, deterministic=True
-        )
+        return self._each(entries, "label", img_size=img_size, channels=channels, resize=resize)
 
-    def named(self, entries: Sequence[ListEntry], *, img_size: int, channels: int) -> tf.data.Dataset:
+    def named(
+        self, entries: Sequence[ListEntry], *, img_size: int, channels: int, resize: str = "baseline"
+    ) -> tf.data.Dataset:
         """``(image, filename)`` for each entry once, in the cache's order (for prediction)."""
+        return self._each(entries, "filename", img_size=img_size, channels=channels, resize=resize)
+
+    def _each(
+        self, entries: Sequence[ListEntry], tag: str, *, img_size: int, channels: int, resize: str
+    ) -> tf.data.Dataset:
+        """``(image, record[tag])`` for each entry once, in the cache's order."""
         return self._once(entries).map(
-            lambda r: (self._to_image(r, img_size, channels)[0], r["filename"]),
+            lambda r: (self.load(r["image"], img_size=img_size, channels=channels, resize=resize), r[tag]),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
 
 
-ImageSource = FileImages | CachedImages
-
-
 def as_image_source(images: str | os.PathLike[str] | ImageSource) -> ImageSource:
     """An image source as given, or :class:`FileImages` over a folder path."""
-    return images if isinstance(images, (FileImages, CachedImages)) else FileImages(images)
+    return FileImages(images) if isinstance(images, (str, os.PathLike)) else images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,7 +469,7 @@ class TrainData:
 
 def make_train_dataset(
     entries: Sequence[ListEntry],
-    images: str | os.PathLike[str] | FileImages | CachedImages,
+    images: str | os.PathLike[str] | ImageSource,
     *,
     img_size: int,
     batch_size: int,
@@ -491,11 +486,13 @@ def make_train_dataset(
     num_shards: int = 1,
     shard_index: int = 0,
     shard_batch_size: int | None = None,
+    resize: str = "baseline",
 ) -> TrainData:
     """Infinite stream of ``(images, one_hot_labels, sample_weights)`` training batches.
 
     ``images`` is the folder of the entries' files, or an image source
-    (:class:`FileImages`, :class:`CachedImages`).
+    (:class:`FileImages`, :class:`CachedImages`); ``resize`` is the resize
+    method (:data:`data.images.RESIZE_METHODS`).
 
     With ``balance`` (SURFsara's default) each batch has ``batch_size -
     covid_per_batch`` normal/pneumonia images and ``covid_per_batch`` COVID-19
@@ -527,6 +524,37 @@ def make_train_dataset(
     never holds its partner's pixels otherwise), with draws keyed by the batch
     and the shard like the augmentation's.
     """
+    _check_training_batches(batch_size, mixup_alpha, start_epoch, start_step, steps_per_epoch)
+    source = as_image_source(images)
+    streams = _plan_streams(entries, batch_size=batch_size, balance=balance, covid_per_batch=covid_per_batch)
+    steps = math.ceil(len(streams[0].entries) / streams[0].per_batch)
+    first = start_epoch * (steps_per_epoch or steps) + start_step  # global index of the first batch
+    local, out_batch = _worker_batch_sizes(
+        batch_size, num_shards=num_shards, shard_index=shard_index, shard_batch_size=shard_batch_size
+    )
+    refs = _reference_batches(source, streams, seed=seed, first_batch=first)
+    if num_shards > 1:
+        refs = _keep_shard(refs, batch_size, lo=shard_index * local, hi=(shard_index + 1) * local)
+    # Grey sources (the cache) are loaded on one channel: the augmentation and mixup treat every channel
+    # alike, so the result is tiled to three afterwards: the same pixels for a third of the work.
+    load_channels = min(channels, source.native_channels)
+    ds = _load_in_order(refs, source, img_size=img_size, channels=load_channels, resize=resize)
+    ds = ds.batch(out_batch, drop_remainder=True)
+    # The draws' key counts output batches from the start of the run, so they resume with the data.
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter(start=first * (batch_size // out_batch))))
+    finish = _FinishBatch(
+        seed=seed, num_shards=num_shards, shard_index=shard_index, augment=augment, mixup_alpha=mixup_alpha,
+        class_weights=_class_weight_table(class_weights), load_channels=load_channels, channels=channels,
+    )
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    covid = sum(s.per_batch for s in streams if s.number == STREAM_COVID)
+    return TrainData(dataset=ds, steps_per_epoch=steps, batch_size=batch_size, covid_per_batch=covid)
+
+
+def _check_training_batches(
+    batch_size: int, mixup_alpha: float, start_epoch: int, start_step: int, steps_per_epoch: int | None
+) -> None:
+    """``ValueError`` for a batch size, mixup alpha or start position that cannot be."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, received {batch_size}")
     if not mixup_alpha >= 0:
@@ -536,96 +564,143 @@ def make_train_dataset(
             f"the start of the training data must be at epoch >= 0, step >= 0 with epochs of "
             f">= 1 steps; received epoch {start_epoch}, step {start_step}, {steps_per_epoch} steps"
         )
-    source = as_image_source(images)
-    labels = _labels_array(entries)
-    covid = CLASS_TO_INDEX["COVID-19"]
-    if balance:
-        if not 1 <= covid_per_batch < batch_size:
-            raise ValueError(
-                f"balanced batches need 1 <= COVID-19 images per batch < batch size; received "
-                f"{covid_per_batch} COVID-19 images per batch with batch size {batch_size}"
-            )
-        is_covid = labels == covid
-        if not is_covid.any():
-            raise ValueError(
-                "balanced batches need at least one COVID-19 image in the training list; found none"
-            )
-        if is_covid.all():
-            raise ValueError(
-                "balanced batches need normal or pneumonia images in the training list; found none"
-            )
-        others = [e for e, c in zip(entries, is_covid) if not c]
-        covids = [e for e, c in zip(entries, is_covid) if c]
-        steps = math.ceil(len(others) / (batch_size - covid_per_batch))
-        first = start_epoch * (steps_per_epoch or steps) + start_step  # global index of the first batch
-        streams = [
-            source.refs(
-                others, seed=seed, stream=STREAM_OTHERS, start=first * (batch_size - covid_per_batch)
-            ),
-            source.refs(covids, seed=seed, stream=STREAM_COVID, start=first * covid_per_batch),
-        ]
-        pattern = tf.data.Dataset.from_tensor_slices(
-            tf.constant([0] * (batch_size - covid_per_batch) + [1] * covid_per_batch, tf.int64)
-        ).repeat()
-        ds = tf.data.Dataset.choose_from_datasets(streams, pattern)
-    else:
-        covid_per_batch = 0
-        steps = math.ceil(len(entries) / batch_size)
-        first = start_epoch * (steps_per_epoch or steps) + start_step
-        ds = source.refs(entries, seed=seed, stream=STREAM_ALL, start=first * batch_size)
 
+
+@dataclasses.dataclass(frozen=True)
+class _Stream:
+    """One stream of a training batch: its entries, its stream number and its images per batch."""
+
+    entries: Sequence[ListEntry]
+    number: int
+    per_batch: int
+
+
+def _plan_streams(
+    entries: Sequence[ListEntry], *, batch_size: int, balance: bool, covid_per_batch: int
+) -> list[_Stream]:
+    """The streams a batch is drawn from; the first one's pass is an epoch.
+
+    Balanced: ``batch_size - covid_per_batch`` normal/pneumonia images and
+    ``covid_per_batch`` COVID-19 images per batch. Otherwise the whole list.
+    """
+    if not balance:
+        return [_Stream(entries, STREAM_ALL, batch_size)]
+    if not 1 <= covid_per_batch < batch_size:
+        raise ValueError(
+            f"balanced batches need 1 <= COVID-19 images per batch < batch size; received "
+            f"{covid_per_batch} COVID-19 images per batch with batch size {batch_size}"
+        )
+    is_covid = _labels_array(entries) == CLASS_TO_INDEX["COVID-19"]
+    if not is_covid.any():
+        raise ValueError("balanced batches need at least one COVID-19 image in the training list; found none")
+    if is_covid.all():
+        raise ValueError("balanced batches need normal or pneumonia images in the training list; found none")
+    others = [e for e, c in zip(entries, is_covid) if not c]
+    covids = [e for e, c in zip(entries, is_covid) if c]
+    return [
+        _Stream(others, STREAM_OTHERS, batch_size - covid_per_batch),
+        _Stream(covids, STREAM_COVID, covid_per_batch),
+    ]
+
+
+def _reference_batches(
+    source: ImageSource, streams: Sequence[_Stream], *, seed: int, first_batch: int
+) -> tf.data.Dataset:
+    """``(reference, label)`` rows of the global batches from ``first_batch`` on, each stream in its slots."""
+    datasets = [
+        source.refs(s.entries, seed=seed, stream=s.number, start=first_batch * s.per_batch) for s in streams
+    ]
+    if len(datasets) == 1:
+        return datasets[0]
+    slots = [i for i, s in enumerate(streams) for _ in range(s.per_batch)]
+    pattern = tf.data.Dataset.from_tensor_slices(tf.constant(slots, tf.int64)).repeat()
+    return tf.data.Dataset.choose_from_datasets(datasets, pattern)
+
+
+def _worker_batch_sizes(
+    batch_size: int, *, num_shards: int, shard_index: int, shard_batch_size: int | None
+) -> tuple[int, int]:
+    """The rows of each global batch one worker takes, and the size of the batches it outputs.
+
+    ``ValueError`` unless the shards split the batch evenly and the per-replica
+    batch (default: the worker's rows) divides the worker's rows.
+    """
     if num_shards < 1 or not 0 <= shard_index < num_shards or batch_size % num_shards:
         raise ValueError(
             f"cannot split batches of {batch_size} into shard {shard_index} of {num_shards} equal parts"
         )
     local = batch_size // num_shards
-    if num_shards > 1:
-        lo, hi = shard_index * local, (shard_index + 1) * local
-        ds = ds.batch(batch_size, drop_remainder=True)
-        ds = ds.map(lambda refs, y: (tf.nest.map_structure(lambda t: t[lo:hi], refs), y[lo:hi])).unbatch()
-    # Decoding runs in parallel but results keep their order: with a free order,
-    # images of the next pass overtake the last ones of this pass, so an epoch
-    # would no longer show every image exactly once, and a seed would not fix
-    # the batches.
-    # Cached images are grayscale: the augmentation and mixup treat every channel alike, so they run on
-    # one channel and the result is tiled to three afterwards: the same pixels for a third of the work.
-    load_channels = 1 if isinstance(source, CachedImages) else channels
-    ds = ds.map(
-        lambda ref, y: (source.load(ref, img_size=img_size, channels=load_channels), y),
+    out_batch = shard_batch_size or local
+    if local % out_batch:
+        raise ValueError(
+            f"per-replica batch {out_batch} does not divide the per-worker batch {local}; received "
+            f"shard_batch_size={out_batch}"
+        )
+    return local, out_batch
+
+
+def _load_in_order(
+    refs: tf.data.Dataset, source: ImageSource, *, img_size: int, channels: int, resize: str
+) -> tf.data.Dataset:
+    """``(image, label)`` for each ``(reference, label)``, loaded in parallel and kept in order.
+
+    With a free order, images of the next pass would overtake the last ones of
+    this pass, so an epoch would no longer show every image exactly once, and a
+    seed would not fix the batches.
+    """
+    return refs.map(
+        lambda ref, y: (source.load(ref, img_size=img_size, channels=channels, resize=resize), y),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    out_batch = shard_batch_size or local
-    if local % out_batch:
-        raise ValueError(f"per-replica batch {out_batch} does not divide the per-worker batch {local}")
 
+
+def _keep_shard(refs: tf.data.Dataset, batch_size: int, *, lo: int, hi: int) -> tf.data.Dataset:
+    """Rows ``[lo, hi)`` of every global batch of ``refs``, before anything is decoded."""
+    ds = refs.batch(batch_size, drop_remainder=True)
+    return ds.map(lambda ref, y: (tf.nest.map_structure(lambda t: t[lo:hi], ref), y[lo:hi])).unbatch()
+
+
+def _class_weight_table(class_weights: dict[int, float] | None) -> tuple[float, ...]:
+    """Per-class sample weights, 1 for a class without one."""
     weights = np.ones(NUM_CLASSES, np.float32)
     for index, w in (class_weights or {}).items():
         weights[index] = w
-    weight_table = tf.constant(weights)
+    return tuple(float(w) for w in weights)
 
-    ds = ds.batch(out_batch, drop_remainder=True)
-    per_step = batch_size // out_batch  # batches of this size in one global batch
-    # The draws' key counts output batches from the start of the run, so they resume with the data.
-    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter(start=first * per_step)))
 
-    def finish(batch, counter):
+@dataclasses.dataclass(frozen=True)
+class _FinishBatch:
+    """The last step of a training batch: augmentation, one-hot labels and weights, mixup, channels.
+
+    Called with ``((images, labels), counter)``; the draws are keyed by the
+    seed and the batch's position ``counter`` (and the shard: each worker's
+    batches get their own draws).
+    """
+
+    seed: int
+    num_shards: int
+    shard_index: int
+    augment: AugmentConfig | None
+    mixup_alpha: float
+    class_weights: tuple[float, ...]
+    load_channels: int
+    channels: int
+
+    def __call__(self, batch: tuple[tf.Tensor, tf.Tensor], counter: tf.Tensor):
         images, y = batch
-        # Each worker's batches get their own draws: the key mixes in the shard.
-        key = tf.stack([tf.cast(seed, tf.int64), counter * num_shards + shard_index])
-        if augment is not None:
-            images = _augment_channels_once(images, key, augment)
-        labels, sample_weights = tf.one_hot(y, NUM_CLASSES), tf.gather(weight_table, y)
-        if mixup_alpha > 0:
-            images, labels, sample_weights = mixup_batch(images, labels, sample_weights, key, mixup_alpha)
-        if load_channels != channels:
-            images = tf.tile(images, [1, 1, 1, channels])
+        key = tf.stack([tf.cast(self.seed, tf.int64), counter * self.num_shards + self.shard_index])
+        if self.augment is not None:
+            images = _augment_channels_once(images, key, self.augment)
+        labels = tf.one_hot(y, NUM_CLASSES)
+        sample_weights = tf.gather(tf.constant(self.class_weights, tf.float32), y)
+        if self.mixup_alpha > 0:
+            images, labels, sample_weights = mixup_batch(
+                images, labels, sample_weights, key, self.mixup_alpha
+            )
+        if self.load_channels != self.channels:
+            images = tf.tile(images, [1, 1, 1, self.channels])
         return images, labels, sample_weights
-
-    ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
-    return TrainData(
-        dataset=ds, steps_per_epoch=steps, batch_size=batch_size, covid_per_batch=covid_per_batch
-    )
 
 
 def _augment_channels_once(images: tf.Tensor, key: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
@@ -648,11 +723,12 @@ def _augment_channels_once(images: tf.Tensor, key: tf.Tensor, config: AugmentCon
 
 def make_eval_dataset(
     entries: Sequence[ListEntry],
-    images: str | os.PathLike[str] | FileImages | CachedImages,
+    images: str | os.PathLike[str] | ImageSource,
     *,
     img_size: int,
     batch_size: int,
     channels: int = 3,
+    resize: str = "baseline",
 ) -> tf.data.Dataset:
     """Finite ``(images, one_hot_labels)`` batches, each image exactly once.
 
@@ -660,18 +736,18 @@ def make_eval_dataset(
     (SURFsara's generator instead repeated the last image to fill it, counting
     it several times).
     """
-    ds = as_image_source(images).ordered(entries, img_size=img_size, channels=channels)
+    ds = as_image_source(images).ordered(entries, img_size=img_size, channels=channels, resize=resize)
     ds = ds.map(lambda x, y: (x, tf.one_hot(y, NUM_CLASSES)))
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
 def make_predict_dataset(
-    paths: Iterable[str], *, img_size: int, batch_size: int, channels: int = 3
+    paths: Iterable[str], *, img_size: int, batch_size: int, channels: int = 3, resize: str = "baseline"
 ) -> tf.data.Dataset:
     """Finite batches of images only, in the given order (for prediction)."""
     ds = tf.data.Dataset.from_tensor_slices(list(paths))
     ds = ds.map(
-        lambda p: decode_resize(p, img_size=img_size, channels=channels),
+        lambda p: read_resize(p, img_size=img_size, channels=channels, resize=resize),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )

@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data.labels import CLASSES
+from data.records import FAILED, WRITTEN, Record, Skip, TaskResult
 from data.sources import BY_NAME
 
 if TYPE_CHECKING:
-    from data.build import TaskResult
-    from data.sources.base import Record, ScanResult, Skip
+    from data.sources import ScanResult
     from data.splits import Adjustment
 
 REPORT_VERSION = 1
@@ -60,47 +60,8 @@ def build_report(
 ) -> dict[str, Any]:
     """Assemble the report from what each build step found (see the module docstring)."""
     splits = tuple(lists)
-    totals = {s: {c: 0 for c in CLASSES} for s in splits}
-    per_source: dict[str, dict[str, Any]] = {}
-    warnings: list[str] = []
-    for scan in scans:
-        spec = BY_NAME[scan.source]
-        classes = {c: {"rows": 0, **{s: 0 for s in splits}} for c in CLASSES}
-        for rec in scan.records:
-            classes[rec.label]["rows"] += 1
-        skipped = list(scan.skipped) + list(extra_skips.get(scan.source, ()))
-        per_source[scan.source] = {
-            "title": spec.title,
-            "flag": spec.flag,
-            "root": str(scan.root),
-            "rows_read": scan.rows_read,
-            "usable_rows": len(scan.records),
-            "classes": classes,
-            "images_written": 0,
-            "images_already_present": 0,
-            "skipped_count": len(skipped),
-            "skip_summary": dict(sorted(Counter(s.reason for s in skipped).items())),
-            "skipped": [s.as_dict() for s in skipped],
-            "warnings": list(scan.warnings),
-            "info": dict(scan.info),
-        }
-        warnings.extend(f"{scan.source}: {w}" for w in scan.warnings)
-
-    images = {"written": 0, "already_present": 0, "failed": 0}
-    for rec, split_name, result in outcomes:
-        entry = per_source[rec.source]
-        if result.status == "failed":
-            images["failed"] += 1
-            continue
-        entry["classes"][rec.label][split_name] += 1
-        totals[split_name][rec.label] += 1
-        if result.status == "written":
-            images["written"] += 1
-            entry["images_written"] += 1
-        else:
-            images["already_present"] += 1
-            entry["images_already_present"] += 1
-
+    per_source = {s.source: _source_entry(s, extra_skips.get(s.source, ()), splits) for s in scans}
+    totals, images = _count_outcomes(outcomes, per_source, splits)
     return {
         "report_version": REPORT_VERSION,
         "split": split,
@@ -108,7 +69,7 @@ def build_report(
         "lists": dict(lists),
         "totals": {s: {**totals[s], "total": sum(totals[s].values())} for s in splits},
         "images": images,
-        "warnings": warnings,
+        "warnings": [f"{scan.source}: {w}" for scan in scans for w in scan.warnings],
         "split_adjustments": [
             {
                 "source": a.record.source,
@@ -121,6 +82,51 @@ def build_report(
         ],
         "sources": per_source,
     }
+
+
+def _source_entry(scan: ScanResult, later_skips: Sequence[Skip], splits: Sequence[str]) -> dict[str, Any]:
+    """A source's part of the report, with the image counts still at zero (see :func:`_count_outcomes`)."""
+    spec = BY_NAME[scan.source]
+    classes = {c: {"rows": 0, **{s: 0 for s in splits}} for c in CLASSES}
+    for rec in scan.records:
+        classes[rec.label]["rows"] += 1
+    skipped = list(scan.skipped) + list(later_skips)
+    return {
+        "title": spec.title,
+        "flag": spec.flag,
+        "root": str(scan.root),
+        "rows_read": scan.rows_read,
+        "usable_rows": len(scan.records),
+        "classes": classes,
+        "images_written": 0,
+        "images_already_present": 0,
+        "skipped_count": len(skipped),
+        "skip_summary": dict(sorted(Counter(s.reason for s in skipped).items())),
+        "skipped": [s.as_dict() for s in skipped],
+        "warnings": list(scan.warnings),
+        "info": dict(scan.info),
+    }
+
+
+def _count_outcomes(
+    outcomes: Sequence[tuple[Record, str, TaskResult]],
+    per_source: dict[str, dict[str, Any]],
+    splits: Sequence[str],
+) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Count each image outcome into ``per_source`` (in place); return per-split totals and image counts."""
+    totals = {s: {c: 0 for c in CLASSES} for s in splits}
+    images = {"written": 0, "already_present": 0, "failed": 0}
+    for rec, split_name, result in outcomes:
+        entry = per_source[rec.source]
+        if result.status == FAILED:
+            images["failed"] += 1
+            continue
+        entry["classes"][rec.label][split_name] += 1
+        totals[split_name][rec.label] += 1
+        key = "written" if result.status == WRITTEN else "already_present"
+        images[key] += 1
+        entry[f"images_{key}"] += 1
+    return totals, images
 
 
 def format_summary(report: Mapping[str, Any], *, max_reasons: int = 4) -> str:

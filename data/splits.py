@@ -1,4 +1,4 @@
-"""The dataset recipes: label mapping, view filter and fixed test patients.
+"""The split rules: label mapping, view filter and fixed test patients.
 
 ``covidnet`` reproduces lindawangg/COVID-Net's ``create_COVIDx.ipynb`` (with
 RICORD, ``create_ricord_dataset.ipynb``); ``surfsara`` reproduces
@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from data.labels import CLASSES
-
-if TYPE_CHECKING:
-    from data.sources.base import Record
+from data.records import Record
 
 TRAIN = "train"
 TEST = "test"
@@ -144,20 +141,43 @@ def first_comma(finding: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class CohenRules:
+    """Which rows of the cohen metadata a split rule keeps, and how it reads their finding."""
+
+    views: frozenset[str]
+    finding: Callable[[str], str]
+    # COVID-19 rows whose URL contains one of these are skipped (their images are SIRM's).
+    url_skip: tuple[str, ...] = ()
+
+
+def covidnet_ricord_test_patients(records: Sequence[Record]) -> dict[str, set[str]]:
+    """COVID-Net's RICORD rule: every RICORD patient with exactly one image is a COVID-19 test patient,
+    and so are :data:`RICORD_EXTRA_TEST_PATIENTS`."""
+    per_patient = Counter(r.patient_id for r in records if r.source == "ricord")
+    single = {p for p, n in per_patient.items() if n == 1}
+    return {"COVID-19": single | set(RICORD_EXTRA_TEST_PATIENTS)}
+
+
+@dataclasses.dataclass(frozen=True)
 class SplitRules:
-    """One recipe: which cohen rows count, how findings map, who is a test patient."""
+    """One split rule: which sources it takes, how findings map, who is a test patient.
+
+    A field that concerns a single source is set only by the rules that use it
+    (``cohen`` is None for a rule that does not read cohen).
+    """
 
     name: str
-    mapping: Mapping[str, str]
-    cohen_views: frozenset[str]
-    cohen_finding: Callable[[str], str]
-    cohen_url_skip: tuple[str, ...]
-    test_patients: Mapping[str, tuple[str, ...]]
-    ricord_test_rule: bool
-    # Source options this recipe knows (None: all).
+    # What it reproduces, for --help.
+    description: str
+    # Source options this rule takes (None: all), and why, for the error that refuses another one.
     allowed_sources: frozenset[str] | None
     why_sources: str = ""
-    # Whether the recipe writes a validation list (val_COVIDx.txt) besides train and test.
+    mapping: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    test_patients: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # Test patients that depend on the records read (per class); None: only the fixed ones.
+    more_test_patients: Callable[[Sequence[Record]], Mapping[str, Iterable[str]]] | None = None
+    cohen: CohenRules | None = None
+    # Whether the rule writes a validation list (val_COVIDx.txt) besides train and test.
     val_list: bool = False
 
     def label(self, finding: str) -> str | None:
@@ -167,50 +187,46 @@ class SplitRules:
 
 COVIDNET = SplitRules(
     name="covidnet",
-    mapping=COVIDNET_MAPPING,
-    cohen_views=COVIDNET_VIEWS,
-    cohen_finding=hierarchical_or_first,
-    cohen_url_skip=COVIDNET_COHEN_URL_SKIP,
-    test_patients=COVIDNET_TEST_PATIENTS,
-    ricord_test_rule=True,
+    description="COVID-Net's create_COVIDx",
     allowed_sources=COVIDX_SOURCES,
     why_sources="COVID-Net's create_COVIDx builds COVIDx from the cohen, Figure1, Actualmed, SIRM, "
     "RICORD and RSNA datasets",
+    mapping=COVIDNET_MAPPING,
+    test_patients=COVIDNET_TEST_PATIENTS,
+    more_test_patients=covidnet_ricord_test_patients,
+    cohen=CohenRules(views=COVIDNET_VIEWS, finding=hierarchical_or_first, url_skip=COVIDNET_COHEN_URL_SKIP),
 )
 SURFSARA = SplitRules(
     name="surfsara",
-    mapping=SURFSARA_MAPPING,
-    cohen_views=SURFSARA_VIEWS,
-    cohen_finding=hierarchical_or_exact,
-    cohen_url_skip=(),
-    test_patients=SURFSARA_TEST_PATIENTS,
-    ricord_test_rule=False,
+    description="SURFsara's create_COVIDx_v2 (cohen PA views and RSNA only)",
     allowed_sources=frozenset({"cohen", "rsna"}),
     why_sources="SURFsara's create_COVIDx_v2 only used the cohen and RSNA datasets",
+    mapping=SURFSARA_MAPPING,
+    test_patients=SURFSARA_TEST_PATIENTS,
+    cohen=CohenRules(views=SURFSARA_VIEWS, finding=hierarchical_or_exact),
 )
 # The ResNet-18 study's dataset: the reader draws the split itself (data.sources.radiography).
 RADIOGRAPHY = SplitRules(
     name="radiography",
-    mapping={},
-    cohen_views=frozenset(),
-    cohen_finding=first_comma,
-    cohen_url_skip=(),
-    test_patients={},
-    ricord_test_rule=False,
+    description="the ResNet-18 study's seeded split of the COVID-19 Radiography Database",
     allowed_sources=frozenset({"radiography_db"}),
     why_sources="the ResNet-18 study used the COVID-19 Radiography Database alone, with a seeded "
     "70/10/20 split",
     val_list=True,
 )
 RULES: Mapping[str, SplitRules] = {r.name: r for r in (COVIDNET, SURFSARA, RADIOGRAPHY)}
+# The rule used when --split is not given and no source calls for another (SourceSpec.split_rule).
+DEFAULT_RULES = COVIDNET.name
 
 
 def get_rules(name: str) -> SplitRules:
-    """The recipe called ``name``; ``ValueError`` naming ``--split`` otherwise."""
+    """The split rule called ``name``; ``ValueError`` naming ``--split`` otherwise."""
     try:
         return RULES[name]
     except KeyError:
-        raise ValueError(f"--split: unknown recipe {name!r}; allowed: {', '.join(RULES)}") from None
+        raise ValueError(
+            f"--split: unknown split rule; allowed: {', '.join(RULES)}; received {name!r}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,12 +248,11 @@ class SplitAssignment:
 
 
 def fixed_test_patients(records: Sequence[Record], rules: SplitRules) -> dict[str, frozenset[str]]:
-    """Per class, the patient ids the recipe puts in test (RSNA's are fixed by the RSNA reader)."""
+    """Per class, the patient ids the split rule puts in test (RSNA's are fixed by the RSNA reader)."""
     sets = {label: set(rules.test_patients.get(label, ())) for label in CLASSES}
-    if rules.ricord_test_rule:
-        per_patient = Counter(r.patient_id for r in records if r.source == "ricord")
-        sets["COVID-19"].update(p for p, n in per_patient.items() if n == 1)
-        sets["COVID-19"].update(RICORD_EXTRA_TEST_PATIENTS)
+    if rules.more_test_patients is not None:
+        for label, ids in rules.more_test_patients(records).items():
+            sets[label].update(ids)
     return {label: frozenset(ids) for label, ids in sets.items()}
 
 

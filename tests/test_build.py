@@ -249,7 +249,7 @@ def test_nothing_usable_and_argument_errors(tmp_path: Path) -> None:
     assert result.report["sources"]["cohen"]["skip_summary"] == {"missing image": 1}
     with pytest.raises(ValueError, match="--figure1 cannot be used with --split surfsara"):
         build_covidx(out_dir=tmp_path / "o", sources={"cohen": root, "figure1": root}, split="surfsara")
-    with pytest.raises(ValueError, match="--split: unknown recipe 'other'"):
+    with pytest.raises(ValueError, match="--split: unknown split rule; allowed: .*received 'other'"):
         build_covidx(out_dir=tmp_path / "o", sources={"cohen": root}, split="other")
     with pytest.raises(ValueError, match="no source given"):
         build_covidx(out_dir=tmp_path / "o", sources={})
@@ -405,7 +405,8 @@ def test_exif_rotated_jpegs_are_written_upright(tmp_path: Path) -> None:
     """
     import tensorflow as tf
 
-    from data.build import exif_orientation, write_image
+    from data.build import write_image
+    from data.images import exif_orientation
 
     src = tmp_path / "rotated.jpg"
     _tagged_jpeg(src, 6)  # 6: the viewer rotates 90 degrees clockwise

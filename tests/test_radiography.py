@@ -88,7 +88,7 @@ def test_bad_folder_and_fractions_name_the_flag(tmp_path: Path, db: Path) -> Non
     with pytest.raises(
         FileNotFoundError, match=r"--radiography-db: .* has none of the class folders .*found: masks"
     ):
-        radiography.check(tmp_path)
+        radiography.SPEC.check(tmp_path)
     with pytest.raises(
         ValueError, match=r"--radiography-split must be three fractions .* received 0.8,0.1,0.2"
     ):

@@ -9,7 +9,18 @@ import cv2
 import numpy as np
 import pytest
 
-from data.sources import BY_OPTION, SOURCES, ScanContext, actualmed, cohen, figure1, ricord, rsna, sirm
+from data.sources import (
+    BY_OPTION,
+    SOURCES,
+    ScanContext,
+    ScanResult,
+    actualmed,
+    cohen,
+    figure1,
+    ricord,
+    rsna,
+    sirm,
+)
 from data.splits import COVIDNET, SURFSARA
 from data.synthetic import render_cxr, write_ricord_dicom, write_rsna_dicom, write_xlsx
 
@@ -128,7 +139,7 @@ def test_cohen_missing_column_and_missing_files_name_the_flag(tmp_path: Path) ->
         cohen.scan(tmp_path / "nowhere", CTX)
     (tmp_path / "c").mkdir()
     with pytest.raises(FileNotFoundError, match=r"--cohen: .*metadata.csv not found"):
-        cohen.check(tmp_path / "c")
+        cohen.SPEC.check(tmp_path / "c")
     write_csv(
         tmp_path / "c" / "metadata.csv", ["patientid", "finding", "filename"], [["1", "COVID-19", "a.png"]]
     )
@@ -207,9 +218,8 @@ def test_sirm_duplicates_discards_fallback_names_and_gray(tmp_path: Path) -> Non
         ["COVID 5", "PNG", "32*32", "https://www.sirm.org/e"],
     ]
     write_xlsx(root / "COVID.metadata.xlsx", ["FILE NAME", "FORMAT", "SIZE", "URL"], rows)
-    result = sirm.scan(
-        root, ScanContext(rules=COVIDNET, exclude_urls=frozenset({"https://radiopaedia.org/in-cohen"}))
-    )
+    cohen_scan = ScanResult(source="cohen", root=tmp_path, urls=frozenset({"https://radiopaedia.org/in-cohen"}))
+    result = sirm.scan(root, ScanContext(rules=COVIDNET, earlier={"cohen": cohen_scan}))
     assert [(r.patient_id, r.image, r.out_name, r.convert) for r in result.records] == [
         ("COVID 1", "COVID 1.png", "COVID1.png", "gray"),
         ("COVID 3", "COVID (3).png", "COVID(3).png", "gray"),

@@ -15,20 +15,38 @@ radiography_db radiography  COVID-19 Radiography Database, all classes: not part
 ============== ============ =====================================================
 
 :data:`SOURCES` is in COVID-Net's processing order. Adding a source means
-adding a module with a ``SPEC`` (:class:`~data.sources.base.SourceSpec`) and
-listing it here; the command line and the builder pick it up from this tuple.
+adding a module with a ``scan`` function and a ``SPEC``
+(:class:`~data.sources.base.SourceSpec`) and its name to :data:`MODULES`; the
+command line (flags and their help), the builder and the report pick it up
+from there.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Iterable, Mapping
 
-from data.sources import actualmed, cohen, figure1, radiography, ricord, rsna, sirm
-from data.sources.base import Record, ScanContext, ScanResult, Skip, SourceSpec
+from data.records import Record, Skip
+from data.sources.base import ScanContext, ScanResult, SourceSpec
+from data.splits import DEFAULT_RULES
 
-SOURCES: tuple[SourceSpec, ...] = (
-    cohen.SPEC, figure1.SPEC, actualmed.SPEC, sirm.SPEC, ricord.SPEC, rsna.SPEC, radiography.SPEC,
-)
+# The reader modules, in COVID-Net's processing order.
+MODULES = ("cohen", "figure1", "actualmed", "sirm", "ricord", "rsna", "radiography")
+
+SOURCES: tuple[SourceSpec, ...] = tuple(importlib.import_module(f"{__name__}.{m}").SPEC for m in MODULES)
 BY_OPTION: Mapping[str, SourceSpec] = {s.option: s for s in SOURCES}
 BY_NAME: Mapping[str, SourceSpec] = {s.name: s for s in SOURCES}
 
-__all__ = ["SOURCES", "BY_OPTION", "BY_NAME", "Record", "ScanContext", "ScanResult", "Skip", "SourceSpec"]
+
+def implied_split_rule(options: Iterable[str]) -> str:
+    """The split rule for these source options when ``--split`` is not given.
+
+    A source that calls for its own rule (``SourceSpec.split_rule``: the
+    Radiography Database's seeded split) decides; otherwise the default.
+    """
+    return next((BY_OPTION[o].split_rule for o in options if BY_OPTION[o].split_rule), DEFAULT_RULES)
+
+
+__all__ = [
+    "BY_NAME", "BY_OPTION", "MODULES", "SOURCES", "Record", "ScanContext", "ScanResult", "Skip", "SourceSpec",
+    "implied_split_rule",
+]

@@ -21,74 +21,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.sources.base import (
-    COPY,
-    Record,
-    ScanContext,
-    ScanResult,
-    SourceSpec,
-    agchung_label,
-    clean_id,
-    out_name_problem,
-    read_table,
-    require_dir,
-    require_file,
-    strip_whitespace,
-)
+from data.sources.base import ScanContext, ScanResult, SourceSpec, agchung_label, clean_id, read_table
 
-NAME = "actmed"
-OPTION = "actualmed"
 METADATA = "metadata.csv"
-LAYOUT = "the Actualmed-COVID-chestxray-dataset folder with metadata.csv and images/"
-
-
-def check(root: Path) -> None:
-    """Fail early, naming ``--actualmed``, when the folder or its metadata is missing."""
-    require_dir(root, f"--{OPTION}", LAYOUT)
-    require_file(root / METADATA, f"--{OPTION}", f"the metadata of {LAYOUT}")
 
 
 def scan(root: Path, context: ScanContext) -> ScanResult:
     """Read ``metadata.csv`` and return the usable rows in file order."""
-    rules = context.rules
-    check(root)
-    table = read_table(root / METADATA, flag=f"--{OPTION}", required=("patientid", "finding", "imagename"))
-    result = ScanResult(source=NAME, root=root, rows_read=len(table))
+    SPEC.check(root)
+    table = read_table(root / METADATA, flag=SPEC.flag, required=("patientid", "finding", "imagename"))
+    result = ScanResult(source=SPEC.name, root=root, rows_read=len(table))
     for row_no, row in enumerate(table.to_dict("records"), start=1):
         pid = clean_id(row["patientid"])
-        label = agchung_label(result, row_no, pid, row["finding"], rules)
+        label = agchung_label(result, row_no, pid, row["finding"], context.rules)
         if label is None:
             continue
-        name = str(row["imagename"]).strip()
-        problem = out_name_problem(name)
-        if problem:
-            result.skip(row_no, pid, "bad file name", problem)
-            continue
-        src = root / "images" / name
-        if not src.is_file():
-            result.skip(row_no, pid, "missing image", f"images/{name} not found")
-            continue
-        result.records.append(
-            Record(
-                source=NAME,
-                row=row_no,
-                patient_id=pid,
-                label=label,
-                image=name,
-                src=src,
-                out_name=strip_whitespace(name),
-                convert=COPY,
-            )
-        )
+        src = result.find_image(row_no, pid, root / "images", [str(row["imagename"]).strip()])
+        if src is not None:
+            result.add(row_no, pid, label, src)
     return result
 
 
 SPEC = SourceSpec(
-    name=NAME,
-    option=OPTION,
+    name="actmed",
+    option="actualmed",
     title="Actualmed COVID-19 Chest X-ray Dataset (agchung)",
     url="https://github.com/agchung/Actualmed-COVID-chestxray-dataset",
-    layout=LAYOUT,
-    check=check,
+    layout="the Actualmed-COVID-chestxray-dataset folder with metadata.csv and images/",
+    help="agchung/Actualmed-COVID-chestxray-dataset folder (metadata.csv, images/)",
     scan=scan,
+    required=(METADATA,),
 )

@@ -17,63 +17,16 @@ import dataclasses
 import errno
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from data.lists import check_relative_filename
-from data.splits import first_comma
+from data.records import Record, Skip
+from data.splits import CohenRules, SplitRules, first_comma
 
 if TYPE_CHECKING:
-    from data.splits import SplitRules
-
-# How the image of a record is turned into the output file.
-COPY = "copy"  # the file's bytes, after checking that it decodes (COVID-Net copied them)
-GRAY = "gray"  # decoded, converted to one channel, re-encoded in the same format (COVID-Net's SIRM step)
-DICOM = "dicom"  # converted with data.dicom.dicom_to_uint8 and written as PNG
-CONVERSIONS = (COPY, GRAY, DICOM)
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One image a source offers for COVIDx.
-
-    ``image`` is the name the source gives the image (COVID-Net's de-duplication
-    key with the patient id); ``out_name`` is the file name written under
-    ``OUT/<split>/`` and listed. ``split`` is None when the split rules decide,
-    or ``"train"``/``"test"`` when the source fixes it (RSNA's shipped test
-    patients; a future source with its own seeded split).
-    """
-
-    source: str
-    row: int | str
-    patient_id: str
-    label: str
-    image: str
-    src: Path
-    out_name: str
-    convert: str = COPY
-    crop: tuple[int, int, int, int] | None = None
-    split: str | None = None
-    # RSNA: one image per patient; a patient already present is skipped.
-    dedup_by_patient: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Skip:
-    """A row (or image) that was not used: where it is, whose it is, and why."""
-
-    row: int | str
-    id: str
-    reason: str
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form for the report."""
-        return {"row": self.row, "id": self.id, "reason": self.reason, "detail": self.detail}
-
+    import pandas as pd
 
 @dataclasses.dataclass
 class ScanResult:
@@ -85,14 +38,62 @@ class ScanResult:
     records: list[Record] = dataclasses.field(default_factory=list)
     skipped: list[Skip] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
-    # URLs of the rows that passed the view filter (cohen), used to drop the
-    # SIRM images that duplicate them.
+    # URLs of the rows this source offers (cohen: every row that passed the view filter), so that a
+    # source read later can drop its images that duplicate them (SIRM).
     urls: frozenset[str] = frozenset()
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def skip(self, row: int | str, id_: str, reason: str, detail: str = "") -> None:
         """Record one skipped row."""
         self.skipped.append(Skip(row, id_, reason, detail))
+
+    def find_image(
+        self,
+        row: int | str,
+        patient_id: str,
+        folders: Path | Sequence[Path],
+        names: Sequence[str],
+        *,
+        problem: str | None = None,
+    ) -> Path | None:
+        """The first of ``folders`` x ``names`` that is a file, or None with the row skipped.
+
+        The row is skipped as "bad file name" when ``problem`` says why its
+        file name cannot be used or when a name is not a plain file name (see
+        :func:`out_name_problem`), and as "missing image" when no candidate
+        exists.
+        """
+        folders = [folders] if isinstance(folders, Path) else list(folders)
+        problem = problem or next(filter(None, map(out_name_problem, names)), None)
+        if problem:
+            self.skip(row, patient_id, "bad file name", problem)
+            return None
+        src = next((folder / n for folder in folders for n in names if (folder / n).is_file()), None)
+        if src is None:
+            where = [_relative(folders[0] / n, self.root) for n in names]
+            detail = f"{where[0]} not found" if len(where) == 1 else f"none of {', '.join(where)} exists"
+            self.skip(row, patient_id, "missing image", detail)
+        return src
+
+    def add(self, row: int | str, patient_id: str, label: str, src: Path, **fields: Any) -> Record:
+        """Keep one usable row as a :class:`Record` of this source.
+
+        ``fields`` are the other :class:`Record` fields; ``image`` defaults to
+        the file's name and ``out_name`` to that name without whitespace
+        (:func:`strip_whitespace`).
+        """
+        fields.setdefault("image", src.name)
+        fields.setdefault("out_name", strip_whitespace(src.name))
+        record = Record(source=self.source, row=row, patient_id=patient_id, label=label, src=src, **fields)
+        self.records.append(record)
+        return record
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +105,9 @@ class ScanContext:
     """
 
     rules: SplitRules
-    # cohen's URLs (None when --cohen was not given: the SIRM check cannot run).
-    exclude_urls: frozenset[str] | None = None
+    # What the sources read before this one found, by source name (data.sources.SOURCES order):
+    # SIRM drops the images whose URL cohen has.
+    earlier: Mapping[str, ScanResult] = dataclasses.field(default_factory=dict)
     # COVID-Net's ricord_data_set.txt when given explicitly (else DIR/ricord_data_set.txt if present).
     ricord_list: Path | None = None
     # Sources that draw their own split (the COVID-19 Radiography Database): seed and train/val/test
@@ -113,16 +115,28 @@ class ScanContext:
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
 
+    def cohen_rules(self) -> CohenRules:
+        """The split rule's cohen rules; ``ValueError`` when the rule does not read cohen."""
+        if self.rules.cohen is None:
+            raise ValueError(
+                f"--cohen cannot be used with --split {self.rules.name}: {self.rules.why_sources}"
+            )
+        return self.rules.cohen
+
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    """A public source: its names, where it comes from, and its reader.
+    """A public source: its names, where it comes from, what its folder holds, and its reader.
 
     ``option`` is the command-line flag without dashes and the key of
     :func:`data.build.build_covidx`'s ``sources``; ``name`` is what COVIDx
     lists write in their 4th column. Stage-0 sources are visited per class in
     :data:`data.sources.SOURCES` order, stage-1 sources (RSNA) afterwards, which
-    is COVID-Net's order.
+    is COVID-Net's order. ``required`` names the files (and, ending in ``/``,
+    the folders) the source folder must hold; :meth:`check` tests them, then
+    runs ``validate`` for anything else. ``split_rule`` is the split rule the
+    source calls for when ``--split`` is not given (None: the default,
+    :data:`data.splits.DEFAULT_RULES`).
     """
 
     name: str
@@ -130,14 +144,28 @@ class SourceSpec:
     title: str
     url: str
     layout: str
-    check: Callable[[Path], None]
+    help: str
     scan: Callable[[Path, ScanContext], ScanResult]
+    required: tuple[str, ...] = ()
+    validate: Callable[[Path], None] | None = None
     stage: int = 0
+    split_rule: str | None = None
 
     @property
     def flag(self) -> str:
         """The command-line flag, e.g. ``--cohen`` or ``--radiography-db`` (option ``radiography_db``)."""
         return f"--{self.option.replace('_', '-')}"
+
+    def check(self, root: Path) -> None:
+        """Fail early, naming the flag, when the folder or one of its required parts is missing."""
+        require_dir(root, self.flag, self.layout)
+        for part in self.required:
+            if part.endswith("/"):
+                require_dir(root / part.rstrip("/"), self.flag, f"part of {self.layout}")
+            else:
+                require_file(root / part, self.flag, f"part of {self.layout}")
+        if self.validate is not None:
+            self.validate(root)
 
 
 # -- helpers shared by the readers -------------------------------------------------------------
@@ -217,6 +245,8 @@ def read_table(
     order. Raises ``ValueError`` naming the flag and file when a required
     column is missing or the file cannot be parsed.
     """
+    import pandas as pd
+
     try:
         if excel:
             frame = pd.read_excel(path, dtype=str, keep_default_na=False)

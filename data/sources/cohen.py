@@ -36,107 +36,83 @@ from pathlib import Path
 
 from data.lists import check_relative_filename
 from data.sources.base import (
-    COPY,
-    Record,
     ScanContext,
     ScanResult,
     SourceSpec,
     clean_id,
-    out_name_problem,
     read_table,
-    require_dir,
-    require_file,
-    strip_whitespace,
 )
+from data.splits import CohenRules, SplitRules
 
-NAME = "cohen"
-OPTION = "cohen"
 METADATA = "metadata.csv"
 LAYOUT = "the covid-chestxray-dataset folder with metadata.csv and images/"
 REQUIRED = ("patientid", "finding", "view", "filename")
 
 
-def check(root: Path) -> None:
-    """Fail early, naming ``--cohen``, when the folder or its metadata is missing."""
-    require_dir(root, f"--{OPTION}", LAYOUT)
-    require_file(root / METADATA, f"--{OPTION}", f"the metadata of {LAYOUT}")
-
-
 def scan(root: Path, context: ScanContext) -> ScanResult:
     """Read ``metadata.csv`` and return the usable rows in file order."""
-    rules = context.rules
-    flag = f"--{OPTION}"
-    check(root)
-    table = read_table(root / METADATA, flag=flag, required=REQUIRED)
+    SPEC.check(root)
+    rules = context.cohen_rules()
+    table = read_table(root / METADATA, flag=SPEC.flag, required=REQUIRED)
     has_folder = "folder" in table.columns
-    has_url = "url" in table.columns
-    result = ScanResult(source=NAME, root=root, rows_read=len(table))
+    result = ScanResult(source=SPEC.name, root=root, rows_read=len(table))
     result.info["metadata"] = str(root / METADATA)
     result.info["folder_column"] = has_folder
-    if not has_url:
+    if "url" not in table.columns:
         result.warnings.append(f"{root / METADATA} has no 'url' column: the URL rules cannot run")
     urls: set[str] = set()
     for row_no, row in enumerate(table.to_dict("records"), start=1):
         pid = clean_id(row["patientid"])
         view = str(row["view"]).strip()
-        if view not in rules.cohen_views:
-            result.skip(
-                row_no, pid, "view not kept", f"view {view!r} (kept: {', '.join(sorted(rules.cohen_views))})"
-            )
+        if view not in rules.views:
+            kept = ", ".join(sorted(rules.views))
+            result.skip(row_no, pid, "view not kept", f"view {view!r} (kept: {kept})")
             continue
-        url = str(row.get("url", "")).strip() if has_url else ""
+        url = str(row.get("url", "")).strip()
         if url:
             urls.add(url)
-        raw_finding = str(row["finding"]).strip()
-        if not raw_finding:
-            result.skip(row_no, pid, "empty finding")
-            continue
-        finding = rules.cohen_finding(raw_finding)
-        label = rules.label(finding)
+        label = _label(result, row_no, pid, str(row["finding"]).strip(), url, context.rules, rules)
         if label is None:
-            result.skip(row_no, pid, "finding not mapped", f"finding {raw_finding!r} not mapped")
-            continue
-        if label == "COVID-19":
-            site = next((s for s in rules.cohen_url_skip if s in url), None)
-            if site is not None:
-                result.skip(row_no, pid, "COVID-19 image duplicated in SIRM", f"url contains {site!r}: {url}")
-                continue
-        if not pid:
-            result.skip(row_no, pid, "empty patient id")
             continue
         filename = str(row["filename"]).strip()
-        folder = str(row.get("folder", "")).strip() if has_folder else ""
-        folder = folder or "images"
-        problem = check_relative_filename(folder) or out_name_problem(filename)
-        if problem:
-            result.skip(row_no, pid, "bad file name", problem)
-            continue
-        src = root / folder / filename
-        if not src.is_file():
-            result.skip(row_no, pid, "missing image", f"{folder}/{filename} not found")
-            continue
-        result.records.append(
-            Record(
-                source=NAME,
-                row=row_no,
-                patient_id=pid,
-                label=label,
-                image=filename,
-                src=src,
-                out_name=strip_whitespace(filename),
-                convert=COPY,
-            )
-        )
+        folder = (str(row.get("folder", "")).strip() if has_folder else "") or "images"
+        problem = check_relative_filename(folder)
+        src = result.find_image(row_no, pid, root / folder, [filename], problem=problem)
+        if src is not None:
+            result.add(row_no, pid, label, src)
     result.urls = frozenset(urls)
     return result
 
 
+def _label(
+    result: ScanResult, row_no: int, pid: str, raw_finding: str, url: str, split_rules: SplitRules,
+    rules: CohenRules,
+) -> str | None:
+    """The class of a row that passed the view filter, or None with the row skipped."""
+    if not raw_finding:
+        result.skip(row_no, pid, "empty finding")
+        return None
+    label = split_rules.label(rules.finding(raw_finding))
+    if label is None:
+        result.skip(row_no, pid, "finding not mapped", f"finding {raw_finding!r} not mapped")
+        return None
+    site = next((s for s in rules.url_skip if s in url), None) if label == "COVID-19" else None
+    if site is not None:
+        result.skip(row_no, pid, "COVID-19 image duplicated in SIRM", f"url contains {site!r}: {url}")
+        return None
+    if not pid:
+        result.skip(row_no, pid, "empty patient id")
+        return None
+    return label
+
+
 SPEC = SourceSpec(
-    name=NAME,
-    option=OPTION,
+    name="cohen",
+    option="cohen",
     title="COVID-19 Image Data Collection (ieee8023/covid-chestxray-dataset)",
     url="https://github.com/ieee8023/covid-chestxray-dataset",
     layout=LAYOUT,
-    check=check,
+    help="ieee8023/covid-chestxray-dataset folder (metadata.csv, images/)",
     scan=scan,
+    required=(METADATA,),
 )

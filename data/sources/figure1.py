@@ -21,75 +21,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.sources.base import (
-    COPY,
-    Record,
-    ScanContext,
-    ScanResult,
-    SourceSpec,
-    agchung_label,
-    clean_id,
-    out_name_problem,
-    read_table,
-    require_dir,
-    require_file,
-)
+from data.sources.base import ScanContext, ScanResult, SourceSpec, agchung_label, clean_id, read_table
 
-NAME = "fig1"
-OPTION = "figure1"
 METADATA = "metadata.csv"
-LAYOUT = "the Figure1-COVID-chestxray-dataset folder with metadata.csv and images/"
 EXTENSIONS = (".jpg", ".png")
-
-
-def check(root: Path) -> None:
-    """Fail early, naming ``--figure1``, when the folder or its metadata is missing."""
-    require_dir(root, f"--{OPTION}", LAYOUT)
-    require_file(root / METADATA, f"--{OPTION}", f"the metadata of {LAYOUT}")
 
 
 def scan(root: Path, context: ScanContext) -> ScanResult:
     """Read ``metadata.csv`` (ISO-8859-1) and return the usable rows in file order."""
-    rules = context.rules
-    check(root)
+    SPEC.check(root)
     table = read_table(
-        root / METADATA, flag=f"--{OPTION}", required=("patientid", "finding"), encodings=("ISO-8859-1",)
+        root / METADATA, flag=SPEC.flag, required=("patientid", "finding"), encodings=("ISO-8859-1",)
     )
-    result = ScanResult(source=NAME, root=root, rows_read=len(table))
+    result = ScanResult(source=SPEC.name, root=root, rows_read=len(table))
     for row_no, row in enumerate(table.to_dict("records"), start=1):
         pid = clean_id(row["patientid"])
-        label = agchung_label(result, row_no, pid, row["finding"], rules)
+        label = agchung_label(result, row_no, pid, row["finding"], context.rules)
         if label is None:
             continue
-        problem = out_name_problem(pid + EXTENSIONS[0])
-        if problem or " " in pid:
-            result.skip(row_no, pid, "bad file name", problem or f"patient id {pid!r} contains a space")
-            continue
-        name = next((pid + ext for ext in EXTENSIONS if (root / "images" / (pid + ext)).is_file()), None)
-        if name is None:
-            result.skip(row_no, pid, "missing image", f"neither images/{pid}.jpg nor images/{pid}.png exists")
-            continue
-        result.records.append(
-            Record(
-                source=NAME,
-                row=row_no,
-                patient_id=pid,
-                label=label,
-                image=name,
-                src=root / "images" / name,
-                out_name=name,
-                convert=COPY,
-            )
-        )
+        # The file is named after the patient id, which therefore must not hold a space either.
+        problem = f"patient id {pid!r} contains a space" if " " in pid else None
+        names = [pid + ext for ext in EXTENSIONS]
+        src = result.find_image(row_no, pid, root / "images", names, problem=problem)
+        if src is not None:
+            result.add(row_no, pid, label, src, out_name=src.name)
     return result
 
 
 SPEC = SourceSpec(
-    name=NAME,
-    option=OPTION,
+    name="fig1",
+    option="figure1",
     title="Figure1 COVID-19 Chest X-ray Dataset (agchung)",
     url="https://github.com/agchung/Figure1-COVID-chestxray-dataset",
-    layout=LAYOUT,
-    check=check,
+    layout="the Figure1-COVID-chestxray-dataset folder with metadata.csv and images/",
+    help="agchung/Figure1-COVID-chestxray-dataset folder (metadata.csv, images/)",
     scan=scan,
+    required=(METADATA,),
 )

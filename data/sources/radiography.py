@@ -43,19 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from data.labels import CLASSES
-from data.sources.base import (
-    COPY,
-    Record,
-    ScanContext,
-    ScanResult,
-    SourceSpec,
-    out_name_problem,
-    require_dir,
-    strip_whitespace,
-)
+from data.sources.base import ScanContext, ScanResult, SourceSpec, out_name_problem, strip_whitespace
 
-NAME = "radiography"
-OPTION = "radiography_db"
 LAYOUT = (
     "the COVID-19 Radiography Database folder with one folder per class "
     "(COVID-19/ or COVID/, NORMAL/ or Normal/, Viral Pneumonia/, optionally with images/ inside)"
@@ -89,15 +78,12 @@ def class_folders(root: Path) -> dict[str, Path]:
     }
 
 
-def check(root: Path) -> None:
-    """Fail early, naming ``--radiography-db``, when the folder has no class folder of the study."""
-    flag = "--radiography-db"
-    require_dir(root, flag, LAYOUT)
-    found = class_folders(root)
-    if not any(CLASS_FOLDERS[name] for name in found):
+def _check_class_folders(root: Path) -> None:
+    """``FileNotFoundError`` naming ``--radiography-db`` when the folder has no class folder of the study."""
+    if not any(CLASS_FOLDERS[name] for name in class_folders(root)):
         present = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "no folders"
         raise FileNotFoundError(
-            f"{flag}: {root} has none of the class folders COVID-19/COVID, NORMAL/Normal, "
+            f"{SPEC.flag}: {root} has none of the class folders COVID-19/COVID, NORMAL/Normal, "
             f"Viral Pneumonia (found: {present}); expected {LAYOUT}"
         )
 
@@ -119,9 +105,7 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
 
 
 def check_fractions(fractions: tuple[float, ...]) -> tuple[float, float, float]:
-    """``ValueError`` naming ``--radiography-split`` unless three non-negative fractions sum to 1 with train >
-    0.
-    """
+    """``ValueError`` naming ``--radiography-split`` unless three fractions >= 0 sum to 1, train's > 0."""
     if (
         len(fractions) != 3
         or any(f < 0 for f in fractions)
@@ -137,9 +121,9 @@ def check_fractions(fractions: tuple[float, ...]) -> tuple[float, float, float]:
 
 def scan(root: Path, context: ScanContext) -> ScanResult:
     """List every image of the class folders with its class and its seeded split."""
-    check(root)
+    SPEC.check(root)
     fractions = check_fractions(context.split_fractions)
-    result = ScanResult(source=NAME, root=root)
+    result = ScanResult(source=SPEC.name, root=root)
     result.warnings.append("no patient ids in this database: split by image, as the ResNet-18 study did")
     counts: dict[str, dict[str, int]] = {}
     for name, folder in class_folders(root).items():
@@ -156,47 +140,43 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
                 )
             continue
         # The class index in the seed keeps each class's draw independent of which other folders exist.
-        order = np.random.default_rng([context.split_seed, CLASSES.index(label)]).permutation(len(images))
-        n_train, n_val, _ = split_counts(len(images), fractions)
-        splits = {
-            int(i): SPLIT_NAMES[0]
-            if rank < n_train
-            else SPLIT_NAMES[1]
-            if rank < n_train + n_val
-            else SPLIT_NAMES[2]
-            for rank, i in enumerate(order)
-        }
-        for i, path in enumerate(images):
+        rng = np.random.default_rng([context.split_seed, CLASSES.index(label)])
+        splits = _draw_splits(len(images), fractions, rng)
+        for path, split in zip(images, splits):
             relative = str(path.relative_to(root))
             out_name = strip_whitespace(path.name)
             problem = out_name_problem(out_name)
             if problem:
                 result.skip(relative, path.stem, "bad file name", problem)
                 continue
-            result.records.append(
-                Record(
-                    source=NAME,
-                    row=relative,
-                    patient_id=Path(out_name).stem,
-                    label=label,
-                    image=relative,
-                    src=path,
-                    out_name=out_name,
-                    convert=COPY,
-                    split=splits[i],
-                )
-            )
-        counts[folder.name] = {s: sum(1 for i in range(len(images)) if splits[i] == s) for s in SPLIT_NAMES}
+            patient = Path(out_name).stem  # no patient ids: each image is its own patient
+            result.add(relative, patient, label, path, image=relative, out_name=out_name, split=split)
+        counts[folder.name] = {s: splits.count(s) for s in SPLIT_NAMES}
     result.info = {"split_seed": context.split_seed, "split_fractions": list(fractions), "per_folder": counts}
     return result
 
 
+def _draw_splits(n: int, fractions: tuple[float, float, float], rng: np.random.Generator) -> list[str]:
+    """The split of each of ``n`` images: a random permutation, cut at the :func:`split_counts`."""
+    order = rng.permutation(n)
+    n_train, n_val, _ = split_counts(n, fractions)
+    by_rank = [SPLIT_NAMES[0]] * n_train + [SPLIT_NAMES[1]] * n_val + [SPLIT_NAMES[2]] * (n - n_train - n_val)
+    splits = [""] * n
+    for rank, i in enumerate(order):
+        splits[int(i)] = by_rank[rank]
+    return splits
+
+
 SPEC = SourceSpec(
-    name=NAME,
-    option=OPTION,
+    name="radiography",
+    option="radiography_db",
     title="COVID-19 Radiography Database, all classes (the ResNet-18 study's dataset)",
     url="https://www.kaggle.com/tawsifurrahman/covid19-radiography-database",
     layout=LAYOUT,
-    check=check,
+    help="the whole COVID-19 Radiography Database (class folders COVID-19/COVID, NORMAL/Normal, "
+    "Viral Pneumonia): the ResNet-18 study's dataset, not COVIDx; implies --split radiography and writes "
+    "train/val/test lists",
     scan=scan,
+    validate=_check_class_folders,
+    split_rule="radiography",
 )

@@ -38,28 +38,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data.dicom import DicomError, read_dicom
-from data.sources.base import (
-    DICOM,
-    Record,
-    ScanContext,
-    ScanResult,
-    SourceSpec,
-    out_name_problem,
-    require_dir,
-)
+from data.records import DICOM
+from data.sources.base import ScanContext, ScanResult, SourceSpec, out_name_problem
 
-NAME = "ricord"
-OPTION = "ricord"
 PATIENT_PREFIX = "MIDRC-RICORD-1C-"
 LIST_NAME = "ricord_data_set.txt"
-LAYOUT = "the MIDRC-RICORD-1c download with MIDRC-RICORD-1C-<MRN>/<study>/<series>/*.dcm folders"
 FRONTAL = ("AP", "PA")
 
-
-def check(root: Path) -> None:
-    """Fail early, naming ``--ricord``, when the folder is missing."""
-    require_dir(root, f"--{OPTION}", LAYOUT)
+Crop = tuple[int, int, int, int]
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -87,9 +73,9 @@ def find_patient_dirs(root: Path) -> tuple[Path, list[Path]]:
 
 def read_ricord_list(
     path: Path,
-) -> tuple[list[tuple[int, str, tuple[int, int, int, int] | None]], list[tuple[int, str, str]]]:
+) -> tuple[list[tuple[int, str, Crop | None]], list[tuple[int, str, str]]]:
     """Parse COVID-Net's ``ricord_data_set.txt``: ``(line, name, crop box or None)`` and bad lines."""
-    entries: list[tuple[int, str, tuple[int, int, int, int] | None]] = []
+    entries: list[tuple[int, str, Crop | None]] = []
     bad: list[tuple[int, str, str]] = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         fields = line.split()
@@ -138,78 +124,10 @@ def _study_files(study: Path) -> list[str]:
 
 def scan(root: Path, context: ScanContext) -> ScanResult:
     """Walk the TCIA folders and return the frontal (and, with the list, usable) images."""
-    check(root)
-    result = ScanResult(source=NAME, root=root)
-    list_path = context.ricord_list
-    if list_path is not None and not Path(list_path).is_file():
-        raise FileNotFoundError(f"--ricord-list: {list_path} not found (COVID-Net's {LIST_NAME})")
-    if list_path is None and (root / LIST_NAME).is_file():
-        list_path = root / LIST_NAME
-    base, patients = find_patient_dirs(root)
-    if base != root:
-        result.warnings.append(f"patient folders found under {base}")
-    if not patients:
-        result.warnings.append(f"no {PATIENT_PREFIX}<MRN> folders found in {root}")
-
-    # name -> (row reference, patient id, DICOM path); in folder order.
-    found: dict[str, tuple[str, str, Path]] = {}
-    for patient in patients:
-        mrn = patient.name[len(PATIENT_PREFIX) :]
-        for study in _subdirs(patient):
-            files = _study_files(study)
-            if len(study.name) < 6 or study.name[-6] != "-":
-                for f in files:
-                    result.rows_read += 1
-                    result.skip(
-                        os.path.relpath(f, root),
-                        mrn,
-                        "bad study folder name",
-                        f"{study.name!r} does not end with '-<last 5 characters of the Study UID>'",
-                    )
-                continue
-            uid5 = study.name[-5:]
-            for i, f in enumerate(files):
-                name = f"{PATIENT_PREFIX}{mrn}-{uid5}-{i}.png"
-                ref = os.path.relpath(f, root)
-                result.rows_read += 1
-                if name in found:
-                    result.skip(ref, mrn, "name collision", f"{name} is also the name of {found[name][0]}")
-                    continue
-                found[name] = (ref, mrn, Path(f))
-
-    def make(ref: str, mrn: str, name: str, path: Path, crop: tuple[int, int, int, int] | None) -> None:
-        problem = out_name_problem(name) or (None if mrn.strip() else "empty MRN")
-        if problem:
-            result.skip(ref, mrn, "bad file name", problem)
-            return
-        try:
-            header = read_dicom(path, header_only=True)
-        except (DicomError, OSError) as exc:
-            result.skip(ref, mrn, "unreadable DICOM", str(exc))
-            return
-        view = str(header.get("ViewPosition", "")).strip()
-        if view not in FRONTAL:
-            result.skip(
-                ref,
-                mrn,
-                "view not kept",
-                f"ViewPosition {view!r} is not AP or PA" if view else "no ViewPosition",
-            )
-            return
-        result.records.append(
-            Record(
-                source=NAME,
-                row=ref,
-                patient_id=mrn,
-                label="COVID-19",
-                image=name,
-                src=path,
-                out_name=name,
-                convert=DICOM,
-                crop=crop,
-            )
-        )
-
+    SPEC.check(root)
+    result = ScanResult(source=SPEC.name, root=root)
+    list_path = _list_path(root, context)
+    found = _find_images(result)
     if list_path is None:
         result.warnings.append(
             f"no {LIST_NAME}: every AP/PA image is used, without COVID-Net's selection of usable images "
@@ -217,19 +135,91 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
         )
         result.info["list"] = None
         for name, (ref, mrn, path) in found.items():
-            make(ref, mrn, name, path, None)
-        return result
+            _add_image(result, ref, mrn, name, path, None)
+    else:
+        result.info["list"] = str(list_path)
+        _use_listed_images(result, found, list_path)
+    return result
 
-    result.info["list"] = str(list_path)
-    entries, bad = read_ricord_list(Path(list_path))
+
+def _list_path(root: Path, context: ScanContext) -> Path | None:
+    """``--ricord-list``, else ``DIR/ricord_data_set.txt`` when present, else None."""
+    if context.ricord_list is not None:
+        if not Path(context.ricord_list).is_file():
+            raise FileNotFoundError(
+                f"--ricord-list: {context.ricord_list} not found (expected COVID-Net's {LIST_NAME})"
+            )
+        return Path(context.ricord_list)
+    return root / LIST_NAME if (root / LIST_NAME).is_file() else None
+
+
+def _find_images(result: ScanResult) -> dict[str, tuple[str, str, Path]]:
+    """Every study's DICOM files under their COVID-Net names: ``{name: (row reference, MRN, path)}``.
+
+    In folder order; files of a study folder without the Study UID suffix are
+    skipped, and so is a second file that would get a name already taken.
+    """
+    root = result.root
+    base, patients = find_patient_dirs(root)
+    if base != root:
+        result.warnings.append(f"patient folders found under {base}")
+    if not patients:
+        result.warnings.append(f"no {PATIENT_PREFIX}<MRN> folders found in {root}")
+    found: dict[str, tuple[str, str, Path]] = {}
+    for patient in patients:
+        mrn = patient.name[len(PATIENT_PREFIX) :]
+        for study in _subdirs(patient):
+            files = _study_files(study)
+            result.rows_read += len(files)
+            if len(study.name) < 6 or study.name[-6] != "-":
+                for f in files:
+                    result.skip(
+                        os.path.relpath(f, root),
+                        mrn,
+                        "bad study folder name",
+                        f"{study.name!r} does not end with '-<last 5 characters of the Study UID>'",
+                    )
+                continue
+            for i, f in enumerate(files):
+                name = f"{PATIENT_PREFIX}{mrn}-{study.name[-5:]}-{i}.png"
+                ref = os.path.relpath(f, root)
+                if name in found:
+                    result.skip(ref, mrn, "name collision", f"{name} is also the name of {found[name][0]}")
+                    continue
+                found[name] = (ref, mrn, Path(f))
+    return found
+
+
+def _add_image(result: ScanResult, ref: str, mrn: str, name: str, path: Path, crop: Crop | None) -> None:
+    """Keep a frontal image with a usable name as a record, or skip it with the reason."""
+    from data.dicom import DicomError, read_dicom
+
+    problem = out_name_problem(name) or (None if mrn.strip() else "empty MRN")
+    if problem:
+        result.skip(ref, mrn, "bad file name", problem)
+        return
+    try:
+        header = read_dicom(path, header_only=True)
+    except (DicomError, OSError) as exc:
+        result.skip(ref, mrn, "unreadable DICOM", str(exc))
+        return
+    view = str(header.get("ViewPosition", "")).strip()
+    if view not in FRONTAL:
+        detail = f"ViewPosition {view!r} is not AP or PA" if view else "no ViewPosition"
+        result.skip(ref, mrn, "view not kept", detail)
+        return
+    result.add(ref, mrn, "COVID-19", path, image=name, out_name=name, convert=DICOM, crop=crop)
+
+
+def _use_listed_images(result: ScanResult, found: dict[str, tuple[str, str, Path]], list_path: Path) -> None:
+    """COVID-Net's selection: the images of ``ricord_data_set.txt``, in its order, with their crops."""
+    entries, bad = read_ricord_list(list_path)
     for line_no, text, reason in bad:
         result.rows_read += 1
-        result.skip(
-            f"{Path(list_path).name}:{line_no}", text.split()[0] if text else "", "bad list line", reason
-        )
+        result.skip(f"{list_path.name}:{line_no}", text.split()[0] if text else "", "bad list line", reason)
     listed: set[str] = set()
     for line_no, name, crop in entries:
-        ref = f"{Path(list_path).name}:{line_no}"
+        ref = f"{list_path.name}:{line_no}"
         if name in listed:
             result.rows_read += 1
             result.skip(ref, name, "duplicate list line", f"{name} is listed twice")
@@ -240,19 +230,18 @@ def scan(root: Path, context: ScanContext) -> ScanResult:
             result.skip(ref, name, "missing image", f"{name} is listed but no such DICOM was found")
             continue
         ref_dcm, mrn, path = found[name]
-        make(ref_dcm, mrn, name, path, crop)
+        _add_image(result, ref_dcm, mrn, name, path, crop)
     for name, (ref, mrn, _) in found.items():
         if name not in listed:
             result.skip(ref, mrn, "not in list", f"{name} is not in {LIST_NAME} (unusable per COVID-Net)")
-    return result
 
 
 SPEC = SourceSpec(
-    name=NAME,
-    option=OPTION,
+    name="ricord",
+    option="ricord",
     title="MIDRC-RICORD-1c chest radiographs (TCIA)",
     url="https://wiki.cancerimagingarchive.net/pages/viewpage.action?pageId=70230281",
-    layout=LAYOUT,
-    check=check,
+    layout="the MIDRC-RICORD-1c download with MIDRC-RICORD-1C-<MRN>/<study>/<series>/*.dcm folders",
+    help="MIDRC-RICORD-1c folder (MIDRC-RICORD-1C-<MRN>/<study>/<series>/*.dcm)",
     scan=scan,
 )

@@ -34,40 +34,20 @@ box row, or a patient of the unused class.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from data.sources.base import (
-    DICOM,
-    Record,
-    ScanContext,
-    ScanResult,
-    SourceSpec,
-    clean_id,
-    out_name_problem,
-    read_table,
-    require_dir,
-    require_file,
-)
+from data.records import DICOM
+from data.sources.base import ScanContext, ScanResult, SourceSpec, clean_id, read_table
 
-NAME = "rsna"
-OPTION = "rsna"
 CLASS_INFO = "stage_2_detailed_class_info.csv"
 LABELS = "stage_2_train_labels.csv"
 IMAGES = "stage_2_train_images"
-LAYOUT = f"the RSNA pneumonia challenge folder with {CLASS_INFO}, {LABELS} and {IMAGES}/"
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 TEST_CLASSES = ("normal", "pneumonia")
-
-
-def check(root: Path) -> None:
-    """Fail early, naming ``--rsna``, when the folder, a CSV or the image folder is missing."""
-    flag = f"--{OPTION}"
-    require_dir(root, flag, LAYOUT)
-    require_file(root / CLASS_INFO, flag, f"part of {LAYOUT}")
-    require_file(root / LABELS, flag, f"part of {LAYOUT}")
-    require_dir(root / IMAGES, flag, f"the DICOM folder of {LAYOUT}")
 
 
 def shipped_test_patients() -> dict[str, tuple[str, ...]]:
@@ -85,11 +65,11 @@ def _load_npy_list(path: Path) -> tuple[str, ...]:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise ValueError(f"--{OPTION}: cannot read {path} as a NumPy array of patient ids: {exc}") from None
+        raise ValueError(f"{SPEC.flag}: cannot read {path} as a NumPy array of patient ids: {exc}") from None
     if array.ndim != 1 or array.dtype.kind not in "US":
         raise ValueError(
-            f"--{OPTION}: {path} must be a 1-D array of patient id strings, "
-            f"found shape {array.shape} dtype {array.dtype}"
+            f"{SPEC.flag}: {path} must be a 1-D array of patient id strings, "
+            f"received shape {array.shape} dtype {array.dtype}"
         )
     return tuple(str(x).strip() for x in array.tolist())
 
@@ -118,118 +98,107 @@ def rsna_test_patients(root: Path) -> tuple[dict[str, tuple[str, ...]], str, lis
 
 def scan(root: Path, context: ScanContext) -> ScanResult:
     """Read the two CSVs and return one record per normal or pneumonia patient."""
-    flag = f"--{OPTION}"
-    check(root)
-    info = read_table(root / CLASS_INFO, flag=flag, required=("patientid", "class"))
-    labels = read_table(root / LABELS, flag=flag, required=("patientid", "target"))
-    result = ScanResult(source=NAME, root=root)
+    SPEC.check(root)
+    info = read_table(root / CLASS_INFO, flag=SPEC.flag, required=("patientid", "class"))
+    labels = read_table(root / LABELS, flag=SPEC.flag, required=("patientid", "target"))
+    result = ScanResult(source=SPEC.name, root=root)
     tests, origin, warnings = rsna_test_patients(root)
     result.warnings.extend(warnings)
     result.info["test_patients_from"] = origin
     test_sets = {label: frozenset(ids) for label, ids in tests.items()}
+    patient_class, normal_rows = _normal_patients(info.to_dict("records"))
+    for ref, pid in normal_rows:
+        _add_patient(result, ref, pid, "normal", test_sets)
+    normal_ids = {pid for _, pid in normal_rows}
+    seen = _read_label_rows(result, labels.to_dict("records"), normal_ids, patient_class, test_sets)
+    # Normal patients missing from the labels file still count as rows read.
+    result.rows_read = len(labels) + len(normal_ids - seen)
+    result.info["test_patients"] = {label: len(ids) for label, ids in tests.items()}
+    return result
 
+
+def _normal_patients(rows: list[dict[str, Any]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Every patient's first class, and the normal patients as (row reference, id) in file order."""
     patient_class: dict[str, str] = {}
-    normal_rows: list[tuple[str, str]] = []  # (row reference, patient id) in class-info order
+    normal_rows: list[tuple[str, str]] = []
     normal_ids: set[str] = set()
-    for row_no, row in enumerate(info.to_dict("records"), start=1):
+    for row_no, row in enumerate(rows, start=1):
         pid = clean_id(row["patientid"])
         klass = str(row["class"]).strip()
         patient_class.setdefault(pid, klass)
         if klass == "Normal" and pid not in normal_ids:
             normal_ids.add(pid)
             normal_rows.append((f"{CLASS_INFO}:{row_no}", pid))
+    return patient_class, normal_rows
 
-    def make(row_ref: str, pid: str, label: str) -> Record | None:
-        problem = out_name_problem(pid + ".dcm") if pid else "empty patient id"
-        if problem:
-            # The patient id is the DICOM's file name.
-            result.skip(row_ref, pid, "bad file name", problem)
-            return None
-        src = root / IMAGES / f"{pid}.dcm"
-        if not src.is_file():
-            result.skip(row_ref, pid, "missing image", f"{IMAGES}/{pid}.dcm not found")
-            return None
-        return Record(
-            source=NAME,
-            row=row_ref,
-            patient_id=pid,
-            label=label,
-            image=f"{pid}.dcm",
-            src=src,
-            out_name=f"{pid}.png",
-            convert=DICOM,
-            split="test" if pid in test_sets[label] else "train",
-            dedup_by_patient=True,
+
+def _add_patient(
+    result: ScanResult, ref: str, pid: str, label: str, test_sets: Mapping[str, frozenset[str]]
+) -> None:
+    """One record for the patient's DICOM (its file name is the patient id), or the row skipped."""
+    src = result.find_image(
+        ref, pid, result.root / IMAGES, [f"{pid}.dcm"], problem=None if pid else "empty patient id"
+    )
+    if src is not None:
+        split = "test" if pid in test_sets[label] else "train"
+        result.add(
+            ref, pid, label, src, out_name=f"{pid}.png", convert=DICOM, split=split, dedup_by_patient=True
         )
 
-    normal_records = []
-    for ref, pid in normal_rows:
-        rec = make(ref, pid, "normal")
-        if rec is not None:
-            normal_records.append(rec)
 
-    pneumonia_records = []
+def _read_label_rows(
+    result: ScanResult,
+    rows: list[dict[str, Any]],
+    normal_ids: set[str],
+    patient_class: Mapping[str, str],
+    test_sets: Mapping[str, frozenset[str]],
+) -> set[str]:
+    """Add a record per pneumonia patient and account for every other row of the labels file.
+
+    Returns the normal patients that have a row in it.
+    """
     pneumonia_ids: set[str] = set()
-    seen_label_rows: set[str] = set()
-    rows = 0
-    for row_no, row in enumerate(labels.to_dict("records"), start=1):
-        rows += 1
-        ref = f"{LABELS}:{row_no}"
-        pid = clean_id(row["patientid"])
+    seen_normal: set[str] = set()
+    for row_no, row in enumerate(rows, start=1):
+        ref, pid = f"{LABELS}:{row_no}", clean_id(row["patientid"])
         target = str(row["target"]).strip()
         if target not in ("0", "1"):
             result.skip(ref, pid, "bad Target", f"Target {target!r} is neither 0 nor 1")
-            continue
-        if target == "1":
-            if pid in normal_ids and pid not in seen_label_rows:
+        elif pid in normal_ids:
+            if pid in seen_normal:
+                result.skip(ref, pid, "duplicate row", f"patient already has a row in {LABELS}")
+            elif target == "1":
                 # COVID-Net took normal patients first, so such a patient stays normal.
                 result.warnings.append(
                     f"{LABELS}:{row_no}: patient {pid} has Target 1 but class 'Normal' in {CLASS_INFO}; "
                     "kept as normal"
                 )
-                seen_label_rows.add(pid)
-            elif pid in normal_ids:
-                result.skip(ref, pid, "duplicate row", f"patient already has a row in {LABELS}")
-            elif pid in pneumonia_ids:
+            seen_normal.add(pid)
+        elif target == "1":
+            if pid in pneumonia_ids:
                 result.skip(
                     ref, pid, "extra box row", "one image per patient: this patient is already listed"
                 )
             else:
                 pneumonia_ids.add(pid)
-                rec = make(ref, pid, "pneumonia")
-                if rec is not None:
-                    pneumonia_records.append(rec)
-            continue
-        if pid in normal_ids:
-            if pid in seen_label_rows:
-                result.skip(ref, pid, "duplicate row", f"patient already has a row in {LABELS}")
-            # else: this is the normal patient's row; its record came from the class-info file
-            seen_label_rows.add(pid)
-            continue
-        klass = patient_class.get(pid, "")
-        result.skip(
-            ref,
-            pid,
-            "class not used",
-            f"class {klass!r} is neither normal nor pneumonia"
-            if klass
-            else f"Target 0 and no class in {CLASS_INFO}",
-        )
-    # Normal patients missing from the labels file still count as rows read.
-    rows += len(normal_ids - seen_label_rows)
-    result.rows_read = rows
-    result.records = normal_records + pneumonia_records
-    result.info["test_patients"] = {label: len(ids) for label, ids in tests.items()}
-    return result
+                _add_patient(result, ref, pid, "pneumonia", test_sets)
+        else:
+            klass = patient_class.get(pid, "")
+            if klass:
+                result.skip(ref, pid, "class not used", f"class {klass!r} is neither normal nor pneumonia")
+            else:
+                result.skip(ref, pid, "class not used", f"Target 0 and no class in {CLASS_INFO}")
+    return seen_normal
 
 
 SPEC = SourceSpec(
-    name=NAME,
-    option=OPTION,
+    name="rsna",
+    option="rsna",
     title="RSNA Pneumonia Detection Challenge",
     url="https://www.kaggle.com/c/rsna-pneumonia-detection-challenge",
-    layout=LAYOUT,
-    check=check,
+    layout=f"the RSNA pneumonia challenge folder with {CLASS_INFO}, {LABELS} and {IMAGES}/",
+    help=f"RSNA pneumonia challenge folder ({CLASS_INFO}, {LABELS}, {IMAGES}/)",
     scan=scan,
+    required=(CLASS_INFO, LABELS, IMAGES + "/"),
     stage=1,
 )

@@ -31,55 +31,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from data.sources.base import (
-    GRAY,
-    Record,
-    ScanContext,
-    ScanResult,
-    SourceSpec,
-    clean_id,
-    out_name_problem,
-    read_table,
-    require_dir,
-    require_file,
-    strip_whitespace,
-)
+from data.records import GRAY
+from data.sources.base import ScanContext, ScanResult, SourceSpec, clean_id, read_table
 
-NAME = "sirm"
-OPTION = "sirm"
 METADATA = "COVID.metadata.xlsx"
 IMAGES = "COVID"
-LAYOUT = "the COVID-19 Radiography Database folder with COVID.metadata.xlsx and COVID/"
 COHEN_REPOSITORY_URL = "https://github.com/ieee8023/covid-chestxray-dataset"
 DISCARD = frozenset(
-    {
-        "100",
-        "101",
-        "102",
-        "103",
-        "104",
-        "105",
-        "110",
-        "111",
-        "112",
-        "113",
-        "122",
-        "123",
-        "124",
-        "125",
-        "126",
-        "217",
-    }
+    {"100", "101", "102", "103", "104", "105", "110", "111", "112", "113", "122", "123", "124", "125", "126",
+     "217"}
 )
 _PARENS = re.compile(r"\(([^)]*)\)")
 _COVID_N = re.compile(r"COVID (\d+)")
-
-
-def check(root: Path) -> None:
-    """Fail early, naming ``--sirm``, when the folder, its metadata or its image folder is missing."""
-    require_dir(root, f"--{OPTION}", LAYOUT)
-    require_file(root / METADATA, f"--{OPTION}", f"the metadata of {LAYOUT}")
-    require_dir(root / IMAGES, f"--{OPTION}", f"the image folder of {LAYOUT}")
 
 
 def _candidates(pid: str, fmt: str) -> list[str]:
@@ -90,74 +53,59 @@ def _candidates(pid: str, fmt: str) -> list[str]:
     return names
 
 
-def scan(root: Path, context: ScanContext) -> ScanResult:
-    """Read ``COVID.metadata.xlsx`` and return the usable rows in sheet order."""
-    check(root)
-    table = read_table(
-        root / METADATA, flag=f"--{OPTION}", required=("file name", "format", "url"), excel=True
-    )
-    result = ScanResult(source=NAME, root=root, rows_read=len(table))
-    exclude = context.exclude_urls
-    if exclude is None:
+def _excluded_urls(context: ScanContext, result: ScanResult) -> frozenset[str]:
+    """The URLs whose SIRM rows duplicate cohen's; a warning in ``result`` when cohen was not read."""
+    cohen = context.earlier.get("cohen")
+    if cohen is None:
         result.warnings.append(
             "--sirm without --cohen: the SIRM images that duplicate cohen's cannot be dropped "
             "(COVID-Net dropped every row whose URL is also in cohen's metadata)"
         )
-        exclude = frozenset({COHEN_REPOSITORY_URL})
-    else:
-        exclude = exclude | {COHEN_REPOSITORY_URL}
+        return frozenset({COHEN_REPOSITORY_URL})
+    return cohen.urls | {COHEN_REPOSITORY_URL}
+
+
+def _row_problem(result: ScanResult, row_no: int, pid: str, url: str, exclude: frozenset[str]) -> bool:
+    """Skip the row when cohen has its image, COVID-Net discarded it or it has no id; True if skipped."""
+    if url and url in exclude:
+        result.skip(row_no, pid, "duplicate of a cohen image", f"URL {url} is in cohen's metadata")
+        return True
+    parens = _PARENS.search(pid)
+    if parens and parens.group(1).strip() in DISCARD:
+        number = parens.group(1).strip()
+        result.skip(row_no, pid, "discarded by COVID-Net", f"number {number} is on COVID-Net's discard list")
+        return True
+    if not pid:
+        result.skip(row_no, pid, "empty patient id")
+        return True
+    return False
+
+
+def scan(root: Path, context: ScanContext) -> ScanResult:
+    """Read ``COVID.metadata.xlsx`` and return the usable rows in sheet order."""
+    SPEC.check(root)
+    table = read_table(root / METADATA, flag=SPEC.flag, required=("file name", "format", "url"), excel=True)
+    result = ScanResult(source=SPEC.name, root=root, rows_read=len(table))
+    exclude = _excluded_urls(context, result)
     folders = [root / IMAGES, root / IMAGES / "images"]
     for row_no, row in enumerate(table.to_dict("records"), start=1):
         pid = clean_id(row["file name"])
-        url = str(row["url"]).strip()
-        if url and url in exclude:
-            result.skip(row_no, pid, "duplicate of a cohen image", f"URL {url} is in cohen's metadata")
+        if _row_problem(result, row_no, pid, str(row["url"]).strip(), exclude):
             continue
-        parens = _PARENS.search(pid)
-        if parens and parens.group(1).strip() in DISCARD:
-            result.skip(
-                row_no,
-                pid,
-                "discarded by COVID-Net",
-                f"number {parens.group(1).strip()} is on COVID-Net's discard list",
-            )
-            continue
-        if not pid:
-            result.skip(row_no, pid, "empty patient id")
-            continue
-        fmt = str(row["format"]).strip() or "png"
-        names = _candidates(pid, fmt)
-        problem = next((p for p in map(out_name_problem, names) if p), None)
-        if problem:
-            result.skip(row_no, pid, "bad file name", problem)
-            continue
-        src = next((folder / n for folder in folders for n in names if (folder / n).is_file()), None)
-        if src is None:
-            result.skip(
-                row_no, pid, "missing image", f"none of {', '.join(f'{IMAGES}/{n}' for n in names)} exists"
-            )
-            continue
-        result.records.append(
-            Record(
-                source=NAME,
-                row=row_no,
-                patient_id=pid,
-                label="COVID-19",
-                image=src.name,
-                src=src,
-                out_name=strip_whitespace(src.name),
-                convert=GRAY,
-            )
-        )
+        names = _candidates(pid, str(row["format"]).strip() or "png")
+        src = result.find_image(row_no, pid, folders, names)
+        if src is not None:
+            result.add(row_no, pid, "COVID-19", src, convert=GRAY)
     return result
 
 
 SPEC = SourceSpec(
-    name=NAME,
-    option=OPTION,
+    name="sirm",
+    option="sirm",
     title="COVID-19 Radiography Database, COVID-19 images (SIRM and others)",
     url="https://www.kaggle.com/tawsifurrahman/covid19-radiography-database",
-    layout=LAYOUT,
-    check=check,
+    layout="the COVID-19 Radiography Database folder with COVID.metadata.xlsx and COVID/",
+    help="COVID-19 Radiography Database folder (COVID.metadata.xlsx, COVID/)",
     scan=scan,
+    required=(METADATA, IMAGES + "/"),
 )
