@@ -26,6 +26,7 @@ Research use only: synthetic data, not a medical result.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -74,6 +75,101 @@ def _step(title: str, script: str, main: Callable[[Sequence[str]], int], argv: l
         raise SystemExit(f"error: demo stopped: {script} exited with {code}")
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo writes: the synthetic sources, COVIDx, training runs, evaluations, comparison."""
+
+    out: Path
+
+    @property
+    def sources(self) -> Path:
+        return self.out / "sources"
+
+    @property
+    def covidx(self) -> Path:
+        return self.out / "covidx"
+
+    @property
+    def runs(self) -> Path:
+        return self.out / "output"
+
+    @property
+    def test_list(self) -> Path:
+        return self.covidx / "test_COVIDx.txt"
+
+    @property
+    def eval_final(self) -> Path:
+        return self.out / "eval_final"
+
+    @property
+    def eval_early(self) -> Path:
+        return self.out / "eval_early"
+
+    @property
+    def comparison(self) -> Path:
+        return self.out / "comparison"
+
+
+def create_covidx_argv(paths: DemoPaths, *, synthetic_size: int, seed: int) -> list[str]:
+    """Step 1: synthetic sources in the real formats and COVIDx built from them."""
+    return ["--synthetic", str(paths.sources), "--synthetic-size", str(synthetic_size), "--seed", str(seed),
+            "--out", str(paths.covidx)]
+
+
+def train_argv(
+    paths: DemoPaths, *, name: str, model: str, head: str, img_size: int, lr: float, bs: int, epochs: int,
+    seed: int,
+) -> list[str]:
+    """Step 2: SURFsara's training recipe; ``--weights none`` because nothing is downloaded."""
+    return [
+        "--trainfile", str(paths.covidx / "train_COVIDx.txt"), "--testfile", str(paths.test_list),
+        "--data_path", str(paths.covidx), "--img_size", str(img_size), "--lr", str(lr), "--bs", str(bs),
+        "--epochs", str(epochs), "--name", name, "--model", model, "--head", head, "--weights", "none",
+        "--seed", str(seed), "--output", str(paths.runs), "--resume", "off",
+    ]  # fmt: skip
+
+
+def early_checkpoint(run_dir: Path) -> Path:
+    """The weights-only checkpoint of epoch 2 (the first one saved if the run had fewer epochs)."""
+    found = sorted(run_dir.glob("cp-02-*.hdf5")) or sorted(run_dir.glob("cp-*.hdf5"))
+    if not found:
+        raise FileNotFoundError(f"no epoch checkpoint cp-*.hdf5 in {str(run_dir)!r}; received none")
+    return found[0]
+
+
+def eval_argv(paths: DemoPaths, *, checkpoint: Path, out: Path, gradcam: int = 0) -> list[str]:
+    """Steps 3a/3b: evaluate a checkpoint on the test list (with ``gradcam`` overlays per class)."""
+    argv = ["--checkpoint", str(checkpoint), "--testfile", str(paths.test_list), "--data_path",
+            str(paths.covidx), "--n_bootstrap", "500"]
+    if gradcam:
+        argv += ["--gradcam", str(gradcam)]
+    return [*argv, "--out", str(out)]
+
+
+def compare_argv(paths: DemoPaths, *, early: Path) -> list[str]:
+    """Step 4: the two evaluations side by side, from their prediction files."""
+    return [str(paths.eval_final / "predictions.csv"), str(paths.eval_early / "predictions.csv"),
+            "--names", "final", early.stem, "--n-bootstrap", "500", "--out", str(paths.comparison)]
+
+
+def predict_argv(paths: DemoPaths, *, checkpoint: Path) -> list[str]:
+    """Step 5: one PNG from the test list and one of the RSNA DICOMs the synthetic sources hold."""
+    from data.lists import read_list
+
+    png = paths.covidx / "test" / read_list(paths.test_list).entries[0].filename
+    dicom = next(iter(sorted((paths.sources / "rsna" / "stage_2_train_images").glob("*.dcm"))))
+    return ["--checkpoint", str(checkpoint), str(png), str(dicom)]
+
+
+def _print_outputs(paths: DemoPaths, run_dir: Path, seconds: float) -> None:
+    print(f"\nDemo finished in {seconds:.0f} s. Everything is under {paths.out}/:")
+    print(f"  dataset:      {paths.covidx}/ (train/, test/, train_COVIDx.txt, test_COVIDx.txt, report.json)")
+    print(f"  training run: {run_dir}/ (cp-EE-LOSS.hdf5 per epoch, final_model.hdf5, saved_model/,")
+    print("                run_config.json, training_log.csv, logs/ for TensorBoard, test_evaluation/)")
+    print(f"  evaluations:  {paths.eval_final}/, {paths.eval_early}/ (metrics.json, predictions.csv, plots)")
+    print(f"  comparison:   {paths.comparison}/")
+
+
 @handle_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit code."""
@@ -84,118 +180,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     import eval_keras
     import predict
     import train_keras
-    from data.lists import read_list
     from training.config import run_folder_name
 
-    out: Path = args.out
-    sources, covidx, runs = out / "sources", out / "covidx", out / "output"
+    paths = DemoPaths(args.out)
     started = time.perf_counter()
-
-    _step(
-        "1. Build COVIDx from synthetic sources in the real formats",
-        "create_covidx.py",
-        create_covidx.main,
-        [
-            "--synthetic",
-            str(sources),
-            "--synthetic-size",
-            str(args.synthetic_size),
-            "--seed",
-            str(args.seed),
-            "--out",
-            str(covidx),
-        ],
-    )
-
+    _step("1. Build COVIDx from synthetic sources in the real formats", "create_covidx.py",
+          create_covidx.main, create_covidx_argv(paths, synthetic_size=args.synthetic_size, seed=args.seed))
     name = f"demo-{args.model}-"
-    _step(
-        "2. Train (SURFsara's recipe; --weights none because nothing is downloaded)",
-        "train_keras.py",
-        train_keras.main,
-        [
-            "--trainfile",
-            str(covidx / "train_COVIDx.txt"),
-            "--testfile",
-            str(covidx / "test_COVIDx.txt"),
-            "--data_path",
-            str(covidx),
-            "--img_size",
-            str(args.img_size),
-            "--lr",
-            str(args.lr),
-            "--bs",
-            str(args.bs),
-            "--epochs",
-            str(args.epochs),
-            "--name",
-            name,
-            "--model",
-            args.model,
-            "--head",
-            args.head,
-            "--weights",
-            "none",
-            "--seed",
-            str(args.seed),
-            "--output",
-            str(runs),
-            "--resume",
-            "off",
-        ],
-    )
-    run_dir = runs / run_folder_name(name, args.lr)  # the folder train_keras.py named
-    final = run_dir / "final_model.hdf5"
-    early = sorted(run_dir.glob("cp-02-*.hdf5")) or sorted(run_dir.glob("cp-*.hdf5"))
-
-    test = ["--testfile", str(covidx / "test_COVIDx.txt"), "--data_path", str(covidx), "--n_bootstrap", "500"]
-    _step(
-        "3a. Evaluate the final full model, with Grad-CAM overlays",
-        "eval_keras.py",
-        eval_keras.main,
-        ["--checkpoint", str(final), *test, "--gradcam", "2", "--out", str(out / "eval_final")],
-    )
-    _step(
-        f"3b. Evaluate the weights-only epoch checkpoint {early[0].name} (architecture from run_config.json)",
-        "eval_keras.py",
-        eval_keras.main,
-        ["--checkpoint", str(early[0]), *test, "--out", str(out / "eval_early")],
-    )
-
-    _step(
-        "4. Compare the two from their prediction files",
-        "compare.py",
-        compare.main,
-        [
-            str(out / "eval_final" / "predictions.csv"),
-            str(out / "eval_early" / "predictions.csv"),
-            "--names",
-            "final",
-            early[0].stem,
-            "--n-bootstrap",
-            "500",
-            "--out",
-            str(out / "comparison"),
-        ],
-    )
-
-    # One PNG from the test list and one of the RSNA DICOMs the synthetic sources hold.
-    png = covidx / "test" / read_list(covidx / "test_COVIDx.txt").entries[0].filename
-    dicom = next(iter(sorted((sources / "rsna" / "stage_2_train_images").glob("*.dcm"))))
-    _step(
-        "5. Predict single images (PNG and DICOM)",
-        "predict.py",
-        predict.main,
-        ["--checkpoint", str(final), str(png), str(dicom)],
-    )
-
-    print(f"\nDemo finished in {time.perf_counter() - started:.0f} s. Everything is under {out}/:")
-    print(f"  dataset:      {covidx}/ (train/, test/, train_COVIDx.txt, test_COVIDx.txt, report.json)")
-    print(f"  training run: {run_dir}/ (cp-EE-LOSS.hdf5 per epoch, final_model.hdf5, saved_model/,")
-    print("                run_config.json, training_log.csv, logs/ for TensorBoard, test_evaluation/)")
-    print(
-        f"  evaluations:  {out / 'eval_final'}/, {out / 'eval_early'}/ (metrics.json, predictions.csv, plots)"
-    )
-    print(f"  comparison:   {out / 'comparison'}/")
+    _step("2. Train (SURFsara's recipe; --weights none because nothing is downloaded)", "train_keras.py",
+          train_keras.main,
+          train_argv(paths, name=name, model=args.model, head=args.head, img_size=args.img_size, lr=args.lr,
+                     bs=args.bs, epochs=args.epochs, seed=args.seed))
+    run_dir = paths.runs / run_folder_name(name, args.lr)  # the folder train_keras.py named
+    final, early = run_dir / "final_model.hdf5", early_checkpoint(run_dir)
+    _step("3a. Evaluate the final full model, with Grad-CAM overlays", "eval_keras.py", eval_keras.main,
+          eval_argv(paths, checkpoint=final, out=paths.eval_final, gradcam=2))
+    _step(f"3b. Evaluate the weights-only epoch checkpoint {early.name} (architecture from run_config.json)",
+          "eval_keras.py", eval_keras.main, eval_argv(paths, checkpoint=early, out=paths.eval_early))
+    _step("4. Compare the two from their prediction files", "compare.py", compare.main,
+          compare_argv(paths, early=early))
+    _step("5. Predict single images (PNG and DICOM)", "predict.py", predict.main,
+          predict_argv(paths, checkpoint=final))
+    _print_outputs(paths, run_dir, time.perf_counter() - started)
     return 0
 
 

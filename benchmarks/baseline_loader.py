@@ -181,7 +181,9 @@ def load_image(
     """
     x = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if x is None:
-        raise ValueError(f"{path}: cv2.imread could not read the image")
+        raise ValueError(
+            f"{path}: cv2.imread could not read the image; received a missing or undecodable file"
+        )
     x = cv2.resize(x, (img_size, img_size))
     if augment is not None:
         if rng is None:
@@ -228,7 +230,7 @@ class BalancedSequence:
         if not self._others or len(self._covids) < covid_per_batch:
             raise ValueError(
                 f"balanced batches need normal/pneumonia images and at least {covid_per_batch} "
-                f"COVID-19 images; found {len(self._others)} and {len(self._covids)}"
+                f"COVID-19 images; received {len(self._others)} and {len(self._covids)}"
             )
         self.img_size = img_size
         self.batch_size = batch_size
@@ -247,7 +249,7 @@ class BalancedSequence:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
-            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+            raise IndexError(f"batch index must be in [0, {len(self)}); received {index}")
         n_other = self.batch_size - self.covid_per_batch
         # The last batch of an epoch wraps around so that every batch is full, as fit() expects.
         picks = [self._others[self._order[(index * n_other + j) % len(self._others)]] for j in range(n_other)]

@@ -13,6 +13,9 @@ kind           what is timed
                ``predict_on_batch`` against cv2 + ``model.predict`` per image
 ``fed``        ``model.fit`` fed by the cache pipeline, then by one batch repeated from memory;
                the shortfall of the first is the share of the step spent waiting on input
+``torch``      one network's training step in Keras (``train_on_batch``) and in PyTorch
+               (eager ``forward``/``backward``/``step``, models/torch_reference.py) on the
+               same device, cores, batch and image size, timed in alternating windows
 =============  ===========================================================================
 
 Streams are timed in windows after a warm-up (tracing, XLA compilation and
@@ -32,13 +35,15 @@ memory is added when TensorFlow sees a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +51,9 @@ from common.fsutil import atomic_write_text
 from data.labels import CLASS_TO_INDEX, NUM_CLASSES
 from data.lists import read_list
 
-KINDS = ("pipeline", "baseline", "train_step", "eval", "fed")
+KINDS = ("pipeline", "baseline", "train_step", "eval", "fed", "torch")
+# Registry models with a PyTorch twin in models.torch_reference.BUILDERS (named here without importing torch).
+TORCH_MODELS = ("resnet18", "resnet50v2")
 # SURFsara's class_weight (train_keras.py --class_weights default): COVID-19 counts 25 times.
 CLASS_WEIGHTS = {CLASS_TO_INDEX["COVID-19"]: 25.0}
 LEARNING_RATE = 2e-5
@@ -193,12 +200,12 @@ def measure_baseline(*, list_file: str, image_dir: str, size: int, batch_size: i
     return time_stream(next_batch, **timing)
 
 
-def _compiled_model(model: str, size: int, policy: str, xla: bool) -> Any:
+def _compiled_model(model: str, size: int, policy: str, xla: bool, head: str = "flatten") -> Any:
     import keras
 
     from models import build_model
 
-    net = build_model(model, input_shape=(size, size, 3), weights=None, dtype_policy=policy)
+    net = build_model(model, input_shape=(size, size, 3), weights=None, head=head, dtype_policy=policy)
     # As training.trainer compiles it (Adam with amsgrad, categorical cross-entropy); the per-class
     # metrics are left out: a few argmax ops per step, noise next to the network.
     net.compile(optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE, amsgrad=True),
@@ -206,12 +213,10 @@ def _compiled_model(model: str, size: int, policy: str, xla: bool) -> Any:
     return net
 
 
-def measure_train_step(*, model: str, size: int, batch_size: int, policy: str, xla: bool, warmup: int,
-                       steps: int, windows: int, seed: int) -> dict[str, Any]:
-    """Images/s of ``train_on_batch`` on random tensors (after ``warmup`` steps, which include tracing)."""
+def _keras_train_step(net: Any, *, size: int, batch_size: int, seed: int) -> Callable[[], int]:
+    """One ``train_on_batch`` on a fixed random batch; returns the batch size once the step has finished."""
     import tensorflow as tf
 
-    net = _compiled_model(model, size, policy, xla)
     x = tf.random.uniform([batch_size, size, size, 3], seed=seed)
     labels = tf.random.uniform([batch_size], 0, NUM_CLASSES, dtype=tf.int32, seed=seed)
     y = tf.one_hot(labels, NUM_CLASSES)
@@ -221,6 +226,14 @@ def measure_train_step(*, model: str, size: int, batch_size: int, policy: str, x
         net.train_on_batch(x, y, sample_weight=w)  # returns numpy logs: the step has finished
         return batch_size
 
+    return step
+
+
+def measure_train_step(*, model: str, size: int, batch_size: int, policy: str, xla: bool, warmup: int,
+                       steps: int, windows: int, seed: int) -> dict[str, Any]:
+    """Images/s of ``train_on_batch`` on random tensors (after ``warmup`` steps, which include tracing)."""
+    net = _compiled_model(model, size, policy, xla)
+    step = _keras_train_step(net, size=size, batch_size=batch_size, seed=seed)
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
@@ -247,6 +260,46 @@ def measure_eval(*, model: str, size: int, batch_size: int, list_file: str, imag
             "speedup": result["speedup"]["predict"]}
 
 
+def _step_clock(*, profile_from: int | None, profile_dir: str | None) -> Any:
+    """A Keras callback that records the wall-clock time at the end of every step (Keras turns the logs
+    into numbers: a sync point) and, with ``profile_from``, traces the steps from that one on."""
+    import keras
+    import tensorflow as tf
+
+    class StepClock(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+            self.profiling = False
+
+        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+            if profile_from is not None and batch == profile_from:
+                tf.profiler.experimental.start(str(profile_dir))
+                self.profiling = True
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            self.times.append(time.perf_counter())
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            if self.profiling:
+                tf.profiler.experimental.stop()
+                self.profiling = False
+
+    return StepClock()
+
+
+def _timed_fit(net: Any, dataset: Any, *, warmup: int, steps: int, windows: int, batch_size: int,
+               profile_dir: str | None = None, profile_steps: int = 0) -> dict[str, Any]:
+    """One epoch of ``net.fit`` on ``dataset``: ``warmup`` untimed steps, then ``windows`` timed windows
+    of ``steps`` steps, then ``profile_steps`` traced ones (with ``profile_dir``)."""
+    timed = warmup + steps * windows
+    profile = bool(profile_dir) and profile_steps > 0
+    clock = _step_clock(profile_from=timed if profile else None, profile_dir=profile_dir)
+    net.fit(dataset, steps_per_epoch=timed + (profile_steps if profile else 0), epochs=1, verbose=0,
+            shuffle=False, callbacks=[clock])
+    return _windows_from_clock(clock.times, first=warmup, steps=steps, windows=windows, batch_size=batch_size)
+
+
 def measure_fed(*, model: str, size: int, batch_size: int, policy: str, xla: bool, list_file: str,
                 cache_dir: str, warmup: int, steps: int, windows: int, seed: int,
                 profile_dir: str | None = None, profile_steps: int = 0) -> dict[str, Any]:
@@ -258,7 +311,6 @@ def measure_fed(*, model: str, size: int, batch_size: int, policy: str, xla: boo
     ``profile_steps`` more steps of the cache-fed run are traced with
     ``tf.profiler`` after the timed windows (the profiler slows the steps it traces).
     """
-    import keras
     import tensorflow as tf
 
     from data.cache import open_cache
@@ -272,38 +324,11 @@ def measure_fed(*, model: str, size: int, batch_size: int, policy: str, xla: boo
                                   img_size=size, batch_size=batch_size, class_weights=CLASS_WEIGHTS,
                                   seed=seed).dataset
     memory = tf.data.Dataset.from_tensors(next(iter(pipeline))).repeat()
-
-    class StepClock(keras.callbacks.Callback):
-        """Wall-clock time at the end of every step (Keras turns the logs into numbers: a sync point)."""
-
-        def __init__(self, profile_from: int | None) -> None:
-            super().__init__()
-            self.times: list[float] = []
-            self.profile_from = profile_from
-            self.profiling = False
-
-        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-            if self.profile_from is not None and batch == self.profile_from:
-                tf.profiler.experimental.start(str(profile_dir))
-                self.profiling = True
-
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            self.times.append(time.perf_counter())
-
-        def on_train_end(self, logs: dict | None = None) -> None:
-            if self.profiling:
-                tf.profiler.experimental.stop()
-                self.profiling = False
-
-    timed = warmup + steps * windows
-    runs = {}
-    for name, dataset in (("memory", memory), ("cache", pipeline)):
-        profile = name == "cache" and profile_dir and profile_steps > 0
-        clock = StepClock(timed if profile else None)
-        net.fit(dataset, steps_per_epoch=timed + (profile_steps if profile else 0), epochs=1, verbose=0,
-                shuffle=False, callbacks=[clock])
-        runs[name] = _windows_from_clock(clock.times, first=warmup, steps=steps, windows=windows,
-                                         batch_size=batch_size)
+    timing = {"warmup": warmup, "steps": steps, "windows": windows, "batch_size": batch_size}
+    runs = {
+        "memory": _timed_fit(net, memory, **timing),
+        "cache": _timed_fit(net, pipeline, **timing, profile_dir=profile_dir, profile_steps=profile_steps),
+    }
     cache_rate = runs["cache"]["images_per_second"]
     memory_rate = runs["memory"]["images_per_second"]
     # Noise can make the cache-fed run the faster one; the raw value keeps that visible.
@@ -316,13 +341,115 @@ def measure_fed(*, model: str, size: int, batch_size: int, policy: str, xla: boo
     return result
 
 
+def _torch_train_step(model: str, *, size: int, batch_size: int, seed: int) -> tuple[Callable[[], int], Any]:
+    """One PyTorch training step of ``model``'s torch twin, set up as :func:`_compiled_model` sets up
+    Keras's (Adam with amsgrad and Keras's epsilon, cross-entropy); returns the step and the network."""
+    import torch
+
+    from models.torch_reference import BUILDERS
+
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = BUILDERS[model](num_classes=NUM_CLASSES).to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE, amsgrad=True, eps=1e-7)
+    loss_fn = torch.nn.CrossEntropyLoss()  # on logits: Keras's softmax + cross-entropy in one op
+    x = torch.rand(batch_size, 3, size, size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+
+    def step() -> int:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # waits for the step to finish, as train_on_batch's numpy logs do
+        return batch_size
+
+    return step, net
+
+
+@contextlib.contextmanager
+def _torch_settings(threads: int) -> Iterator[None]:
+    """PyTorch on ``threads`` CPU threads (TensorFlow's default: every available core) and with cuDNN
+    autotuning (TensorFlow autotunes its convolutions); the previous settings are restored."""
+    import torch
+
+    previous = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+def measure_torch(*, model: str, size: int, batch_size: int, warmup: int, steps: int, windows: int,
+                  seed: int) -> dict[str, Any]:
+    """The same network's training step in Keras and in PyTorch: images/s of each and their ratio.
+
+    Keras: the registry's ``model`` with ``head="linear"``, float32, XLA off, ``train_on_batch``
+    (a traced ``tf.function``). PyTorch: its twin from models/torch_reference.py, eager. Same
+    device, batch, image size and number of CPU threads. The frameworks take turns, one timed
+    window each, so a change in the machine's load hits both; the best window of each is
+    reported and ``keras_over_pytorch`` is the ratio of those.
+    """
+    if model not in TORCH_MODELS:
+        raise ValueError(
+            f"the PyTorch comparison covers models {', '.join(TORCH_MODELS)}; received {model!r}"
+        )
+    if warmup < 1:
+        raise ValueError(f"the PyTorch comparison needs at least one warm-up step, received {warmup}")
+    import torch
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with _torch_settings(threads):
+        keras_net = _compiled_model(model, size, "float32", False, head="linear")
+        torch_step, torch_net = _torch_train_step(model, size=size, batch_size=batch_size, seed=seed)
+        train_steps = {"keras": _keras_train_step(keras_net, size=size, batch_size=batch_size, seed=seed),
+                       "pytorch": torch_step}
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in train_steps}
+        for step in train_steps.values():
+            for _ in range(warmup):
+                step()
+        for _ in range(windows):
+            for name, step in train_steps.items():
+                window = time_stream(step, warmup=0, min_batches=steps, min_seconds=0.0, windows=1)
+                rows[name].extend(window["windows"])
+    results = {name: summarize_windows(windows_) for name, windows_ in rows.items()}
+    ratio = results["keras"]["images_per_second"] / results["pytorch"]["images_per_second"]
+    trainable = sum(int(math.prod(w.shape)) for w in keras_net.trainable_weights)
+    return {
+        "images_per_second": results["keras"]["images_per_second"],
+        **results,
+        "keras_over_pytorch": ratio,
+        "parameters": {"keras": trainable, "pytorch": sum(p.numel() for p in torch_net.parameters())},
+        "threads": threads,
+        "device": str(next(torch_net.parameters()).device),
+        "torch": torch.__version__,
+    }
+
+
 MEASURES: dict[str, Callable[..., dict[str, Any]]] = {
     "pipeline": measure_pipeline,
     "baseline": measure_baseline,
     "train_step": measure_train_step,
     "eval": measure_eval,
     "fed": measure_fed,
+    "torch": measure_torch,
 }
+
+
+def _grow_gpu_memory(tf: Any) -> None:
+    """Let TensorFlow take GPU memory as it needs it instead of all at once, so PyTorch has room beside it.
+
+    Only possible before TensorFlow starts using the GPU (a fresh worker process); otherwise the
+    comparison runs as it can and may fail with an out-of-memory error, which is reported.
+    """
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the runtime already holds the GPU
+            return
 
 
 def run_unit(kind: str, params: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
@@ -337,6 +464,8 @@ def run_unit(kind: str, params: dict[str, Any], *, seed: int = 0) -> dict[str, A
         import keras
         import tensorflow as tf
 
+        if kind == "torch":
+            _grow_gpu_memory(tf)
         keras.utils.set_random_seed(seed)
         for device in tf.config.list_logical_devices("GPU"):
             tf.config.experimental.reset_memory_stats(device.name)
@@ -387,7 +516,9 @@ def _json_default(value: Any) -> Any:
         return None
     if hasattr(value, "item"):
         return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    raise TypeError(
+        f"result values must be numbers, strings, lists or dicts; received {type(value).__name__}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Targets (all ratios come from one run on the same machine):
   images/s per GPU from the cache, with less than 10% of the step spent
   waiting on input. These two only apply to such a run; elsewhere they are
   shown as "n/a" with the reason, next to the value measured.
+
+Row (7) has no target: it is the ratio Keras images/s / PyTorch images/s of
+the same network's training step (:func:`keras_over_pytorch`).
 """
 from __future__ import annotations
 
@@ -140,3 +143,28 @@ def format_ratios(rows: Sequence[Mapping[str, Any]]) -> str:
             shown = _fmt_rate(value)
         lines.append(f"| {row['name']} | {shown} | {row['target']} | {row['status']} |")
     return "\n".join(lines)
+
+
+def keras_over_pytorch(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Keras images/s / PyTorch images/s of every successful Keras-against-PyTorch unit, by model."""
+    ratios = {}
+    for rec in records:
+        result = rec.get("result") or {}
+        if rec.get("kind") == "torch" and "error" not in result:
+            ratios[rec["params"]["model"]] = float(result["keras_over_pytorch"])
+    return ratios
+
+
+def format_keras_over_pytorch(records: Sequence[Mapping[str, Any]]) -> str:
+    """One line with the (7) ratios, or "" when none was measured."""
+    shown = []
+    for rec in records:
+        result = rec.get("result") or {}
+        if rec.get("kind") == "torch" and "error" not in result:
+            params = rec["params"]
+            shown.append(f"`{params['model']}` {params['size']} px, batch {params['batch_size']}: "
+                         f"{result['keras_over_pytorch']:.2f}x")
+    if not shown:
+        return ""
+    return ("(7) Keras images/s / PyTorch images/s, the same network, device, threads, batch and size "
+            "(above 1: Keras is faster): " + "; ".join(shown))

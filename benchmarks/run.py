@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
+import functools
+import importlib.util
 import json
 import logging
 import os
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/run.py): make 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import report  # noqa: E402
-from benchmarks.measure import run_unit  # noqa: E402
+from benchmarks.measure import TORCH_MODELS, run_unit  # noqa: E402
 from benchmarks.workload import FORMATS, ensure_cache, write_originals  # noqa: E402
 from common.cli import (  # noqa: E402
     EXIT_FAILURE,
@@ -54,20 +57,23 @@ log = logging.getLogger("benchmarks")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
-MEASUREMENTS = ("files", "cache", "baseline", "step", "eval", "fed")
+MEASUREMENTS = ("files", "cache", "baseline", "step", "eval", "fed", "torch")
 MIXED_POLICIES = ("auto", "mixed_float16", "mixed_bfloat16")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"originals": 12, "original_px": [128], "size": 64, "batch_size": 4, "model": "smallcnn",
               "model_size": 32, "warmup_batches": 1, "min_batches": 2, "min_seconds": 0.2, "windows": 2,
-              "train_warmup": 2, "train_steps": 2, "eval_images": 8, "eval_repeats": 1, "isolate": "none"},
+              "train_warmup": 2, "train_steps": 2, "eval_images": 8, "eval_repeats": 1, "isolate": "none",
+              "torch_models": ["resnet18"], "torch_size": 32, "torch_batch_size": 4},
     "cpu": {"originals": 48, "original_px": [1024, 2048], "size": 512, "batch_size": 8, "model": "resnet50v2",
             "model_size": 64, "warmup_batches": 3, "min_batches": 5, "min_seconds": 3.0, "windows": 3,
-            "train_warmup": 3, "train_steps": 5, "eval_images": 24, "eval_repeats": 2, "isolate": "process"},
+            "train_warmup": 3, "train_steps": 5, "eval_images": 24, "eval_repeats": 2, "isolate": "process",
+            "torch_models": ["resnet18", "resnet50v2"], "torch_size": 224, "torch_batch_size": 16},
     "full": {"originals": 256, "original_px": [1024, 2048], "size": 512, "batch_size": 64,
              "model": "resnet50v2", "model_size": 512, "warmup_batches": 2, "min_batches": 3,
              "min_seconds": 10.0, "windows": 3, "train_warmup": 10, "train_steps": 20, "eval_images": 128,
-             "eval_repeats": 2, "isolate": "process"},
+             "eval_repeats": 2, "isolate": "process", "torch_models": ["resnet18", "resnet50v2"],
+             "torch_size": 224, "torch_batch_size": 64},
 }
 
 
@@ -86,9 +92,7 @@ class _PresetHelpFormatter(DefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line arguments; options left at ``None`` are filled from the preset in :func:`resolve`."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_PresetHelpFormatter)
+def _add_preset_options(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_argument_group("preset")
     which = mode.add_mutually_exclusive_group()
     which.add_argument("--quick", dest="preset", action="store_const", const="quick",
@@ -97,6 +101,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="GPU-node run: 512 px pipeline and model, batch 64")
     parser.set_defaults(preset="cpu")
 
+
+def _add_workload_options(parser: argparse.ArgumentParser) -> None:
     work = parser.add_argument_group("workload (synthetic chest radiographs the size of real originals)")
     work.add_argument(
         "--originals", type=positive_int, help="number of original images" + _preset_help("originals")
@@ -120,6 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=0, help="seed of images, shuffling, augmentation and weights"
     )
 
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     pipe = parser.add_argument_group("pipelines (1)-(3)")
     pipe.add_argument(
         "--size", type=positive_int, help="image size of the pipelines and the cache" + _preset_help("size")
@@ -146,6 +154,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="timed windows per measurement (the best is reported)" + _preset_help("windows"),
     )
 
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model (4)-(6)")
     model.add_argument("--model", help="registry model, random weights" + _preset_help("model"))
     model.add_argument(
@@ -201,6 +211,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--profile-steps", type=positive_int, default=5, help="steps traced by --profile")
 
+
+def _add_torch_options(parser: argparse.ArgumentParser) -> None:
+    torch = parser.add_argument_group(
+        "Keras against PyTorch (7): the same network's train step in both, when torch is installed"
+    )
+    torch.add_argument(
+        "--torch-models",
+        nargs="+",
+        choices=TORCH_MODELS,
+        help="registry models with a PyTorch twin (models/torch_reference.py)" + _preset_help("torch_models"),
+    )
+    torch.add_argument(
+        "--torch-size", type=positive_int, help="image size of both" + _preset_help("torch_size")
+    )
+    torch.add_argument(
+        "--torch-batch-size", type=positive_int, help="batch size of both" + _preset_help("torch_batch_size")
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument(
         "--only", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS), help="measurements to run"
@@ -215,6 +245,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--out", default=None, help="JSON result file (default: benchmarks/results/<UTC time>.json)"
     )
     run.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments; options left at ``None`` are filled from the preset in :func:`resolve`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_PresetHelpFormatter)
+    for add_options in (_add_preset_options, _add_workload_options, _add_pipeline_options,
+                        _add_model_options, _add_torch_options, _add_run_options):
+        add_options(parser)
     return parser.parse_args(argv)
 
 
@@ -256,160 +294,162 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
             f"--batch-size must be >= 2 (a balanced batch holds one COVID-19 image and others), "
             f"received {settings['batch_size']}"
         )
+    torch_min = max(get_model_info(name).min_size for name in settings["torch_models"])
+    if "torch" in settings["only"] and settings["torch_size"] < torch_min:
+        raise ValueError(
+            f"--torch-size must be >= {torch_min} px for models {', '.join(settings['torch_models'])}, "
+            f"received {settings['torch_size']}"
+        )
     return settings
 
 
-def _plan(
-    settings: dict[str, Any], *, originals: Any, caches: dict[int, str], gpu: bool
-) -> list[dict[str, Any]]:
-    """The measurement units to run, in order, with their table labels."""
-    s = settings
-    size, ms, bs, seed = s["size"], s["model_size"], s["batch_size"], s["seed"]
-    timing = {
-        "warmup": s["warmup_batches"],
-        "min_batches": s["min_batches"],
-        "min_seconds": s["min_seconds"],
-        "windows": s["windows"],
-    }
-    common = {"list_file": str(originals.list_file), "image_dir": str(originals.image_dir)}
-    px = "/".join(map(str, s["original_px"]))
-    fmts = "/".join(f.upper() for f in s["formats"])
-    mixed = (
-        s["mixed_policy"] if s["mixed_policy"] != "auto" else ("mixed_float16" if gpu else "mixed_bfloat16")
-    )
+@dataclasses.dataclass(frozen=True)
+class _PlanContext:
+    """What the measurement units share besides the settings."""
+
+    timing: dict[str, Any]  # windows of the pipeline streams (1)-(3)
+    files: dict[str, str]  # list_file and image_dir of the originals
+    caches: dict[int, str]  # cache folder by image size
+    mixed_policy: str  # --mixed-policy with "auto" resolved
+    gpu: bool
+
+
+def _pipeline_units(s: dict[str, Any], ctx: _PlanContext, source: str) -> list[dict[str, Any]]:
+    size, bs = s["size"], s["batch_size"]
+    if source == "files":
+        px = "/".join(map(str, s["original_px"]))
+        fmts = "/".join(f.upper() for f in s["formats"])
+        number, label = "1", "tf.data pipeline, original files"
+        config = f"{size} px, batch {bs}, balanced + augmented; {s['originals']} {fmts} of {px} px"
+    else:
+        number, label = "2", "tf.data pipeline, cache (reading only)"
+        config = f"{size} px cache, batch {bs}, balanced + augmented"
+    params = {"source": source, "cache_dir": ctx.caches[size] if source == "cache" else None, "size": size,
+              "batch_size": bs, "seed": s["seed"], "timing": ctx.timing, **ctx.files}
+    return [{"id": source, "number": number, "kind": "pipeline", "label": label, "config": config,
+             "params": params}]
+
+
+def _baseline_units(s: dict[str, Any], ctx: _PlanContext) -> list[dict[str, Any]]:
+    size, bs = s["size"], s["batch_size"]
+    return [{
+        "id": "baseline",
+        "number": "3",
+        "kind": "baseline",
+        "label": "baseline-style loader: cv2 + Keras 2 affine in a Python Sequence, 1 process",
+        "config": f"{size} px, batch {bs}, same originals",
+        "params": {"size": size, "batch_size": bs, "seed": s["seed"], "timing": ctx.timing, **ctx.files},
+    }]
+
+
+def _step_units(s: dict[str, Any], ctx: _PlanContext) -> list[dict[str, Any]]:
+    policies = {"both": ["float32", ctx.mixed_policy], "on": [ctx.mixed_policy], "off": ["float32"]}
+    xlas = {"both": [False, True], "on": [True], "off": [False]}
     units = []
-    if "files" in s["only"]:
-        units.append(
-            {
-                "id": "files",
-                "number": "1",
-                "kind": "pipeline",
-                "label": "tf.data pipeline, original files",
-                "config": f"{size} px, batch {bs}, balanced + augmented; {s['originals']} {fmts} of {px} px",
-                "params": {
-                    "source": "files",
-                    "cache_dir": None,
-                    "size": size,
-                    "batch_size": bs,
-                    "seed": seed,
-                    "timing": timing,
-                    **common,
-                },
-            }
-        )
-    if "cache" in s["only"]:
-        units.append(
-            {
-                "id": "cache",
-                "number": "2",
-                "kind": "pipeline",
-                "label": "tf.data pipeline, cache (reading only)",
-                "config": f"{size} px cache, batch {bs}, balanced + augmented",
-                "params": {
-                    "source": "cache",
-                    "cache_dir": caches[size],
-                    "size": size,
-                    "batch_size": bs,
-                    "seed": seed,
-                    "timing": timing,
-                    **common,
-                },
-            }
-        )
-    if "baseline" in s["only"]:
-        units.append(
-            {
-                "id": "baseline",
-                "number": "3",
-                "kind": "baseline",
-                "label": "baseline-style loader: cv2 + Keras 2 affine in a Python Sequence, 1 process",
-                "config": f"{size} px, batch {bs}, same originals",
-                "params": {"size": size, "batch_size": bs, "seed": seed, "timing": timing, **common},
-            }
-        )
-    if "step" in s["only"]:
-        policies = {"both": ["float32", mixed], "on": [mixed], "off": ["float32"]}[s["mixed_precision"]]
-        xlas = {"both": [False, True], "on": [True], "off": [False]}[s["xla"]]
-        for policy in policies:
-            for xla in xlas:
-                units.append(
-                    {
-                        "id": f"step-{policy}-xla{'on' if xla else 'off'}",
-                        "number": "4",
-                        "kind": "train_step",
-                        "label": "train step, in-memory tensors",
-                        "config": f"`{s['model']}` {ms} px, batch {bs}, {policy}, "
-                        f"XLA {'on' if xla else 'off'}",
-                        "params": {
-                            "model": s["model"],
-                            "size": ms,
-                            "batch_size": bs,
-                            "policy": policy,
-                            "xla": xla,
-                            "warmup": s["train_warmup"],
-                            "steps": s["train_steps"],
-                            "windows": s["windows"],
-                            "seed": seed,
-                        },
-                    }
-                )
-    if "eval" in s["only"]:
-        n = min(s["eval_images"], s["originals"])
-        units.append(
-            {
-                "id": "eval",
-                "number": "5",
-                "kind": "eval",
-                "label": "evaluation",
-                "parts": [
-                    ("batched", "evaluation, batched: tf.data + predict_on_batch"),
-                    ("loop", "evaluation, per-image loop: cv2 + model.predict"),
-                ],
-                "config": f"`{s['model']}` {ms} px, batch {bs}, {n} originals, float32",
-                "params": {
-                    "model": s["model"],
-                    "size": ms,
-                    "batch_size": bs,
-                    "n_images": n,
-                    "repeats": s["eval_repeats"],
-                    **common,
-                },
-            }
-        )
-    if "fed" in s["only"]:
-        fed_mixed = {"auto": gpu, "on": True, "off": False}[s["fed_mixed_precision"]]
-        fed_xla = {"auto": gpu, "on": True, "off": False}[s["fed_xla"]]
-        policy = mixed if fed_mixed else "float32"
-        units.append(
-            {
-                "id": "fed",
-                "number": "6",
-                "kind": "fed",
-                "label": "model.fit",
-                "parts": [
-                    ("cache", "model.fit fed from the cache pipeline"),
-                    ("memory", "model.fit fed from memory (one batch repeated)"),
-                ],
-                "config": f"`{s['model']}` {ms} px, batch {bs}, {policy}, XLA {'on' if fed_xla else 'off'}",
-                "fed_config": {"size": ms, "policy": policy, "xla": fed_xla},
-                "params": {
-                    "model": s["model"],
-                    "size": ms,
-                    "batch_size": bs,
-                    "policy": policy,
-                    "xla": fed_xla,
-                    "list_file": common["list_file"],
-                    "cache_dir": caches[ms],
-                    "warmup": s["train_warmup"],
-                    "steps": s["train_steps"],
-                    "windows": s["windows"],
-                    "seed": seed,
-                    "profile_dir": s["profile"],
-                    "profile_steps": s["profile_steps"] if s["profile"] else 0,
-                },
-            }
-        )
+    for policy in policies[s["mixed_precision"]]:
+        for xla in xlas[s["xla"]]:
+            units.append({
+                "id": f"step-{policy}-xla{'on' if xla else 'off'}",
+                "number": "4",
+                "kind": "train_step",
+                "label": "train step, in-memory tensors",
+                "config": f"`{s['model']}` {s['model_size']} px, batch {s['batch_size']}, {policy}, "
+                f"XLA {'on' if xla else 'off'}",
+                "params": {"model": s["model"], "size": s["model_size"], "batch_size": s["batch_size"],
+                           "policy": policy, "xla": xla, "warmup": s["train_warmup"],
+                           "steps": s["train_steps"], "windows": s["windows"], "seed": s["seed"]},
+            })
     return units
+
+
+def _eval_units(s: dict[str, Any], ctx: _PlanContext) -> list[dict[str, Any]]:
+    n = min(s["eval_images"], s["originals"])
+    return [{
+        "id": "eval",
+        "number": "5",
+        "kind": "eval",
+        "label": "evaluation",
+        "parts": [
+            ("batched", "evaluation, batched: tf.data + predict_on_batch"),
+            ("loop", "evaluation, per-image loop: cv2 + model.predict"),
+        ],
+        "config": f"`{s['model']}` {s['model_size']} px, batch {s['batch_size']}, {n} originals, float32",
+        "params": {"model": s["model"], "size": s["model_size"], "batch_size": s["batch_size"], "n_images": n,
+                   "repeats": s["eval_repeats"], **ctx.files},
+    }]
+
+
+def _fed_units(s: dict[str, Any], ctx: _PlanContext) -> list[dict[str, Any]]:
+    fed_xla = {"auto": ctx.gpu, "on": True, "off": False}[s["fed_xla"]]
+    fed_mixed = {"auto": ctx.gpu, "on": True, "off": False}[s["fed_mixed_precision"]]
+    policy = ctx.mixed_policy if fed_mixed else "float32"
+    ms = s["model_size"]
+    return [{
+        "id": "fed",
+        "number": "6",
+        "kind": "fed",
+        "label": "model.fit",
+        "parts": [
+            ("cache", "model.fit fed from the cache pipeline"),
+            ("memory", "model.fit fed from memory (one batch repeated)"),
+        ],
+        "config": f"`{s['model']}` {ms} px, batch {s['batch_size']}, {policy}, "
+        f"XLA {'on' if fed_xla else 'off'}",
+        "fed_config": {"size": ms, "policy": policy, "xla": fed_xla},
+        "params": {"model": s["model"], "size": ms, "batch_size": s["batch_size"], "policy": policy,
+                   "xla": fed_xla, "list_file": ctx.files["list_file"], "cache_dir": ctx.caches[ms],
+                   "warmup": s["train_warmup"], "steps": s["train_steps"], "windows": s["windows"],
+                   "seed": s["seed"], "profile_dir": s["profile"],
+                   "profile_steps": s["profile_steps"] if s["profile"] else 0},
+    }]
+
+
+def _torch_units(s: dict[str, Any], ctx: _PlanContext) -> list[dict[str, Any]]:
+    size, bs = s["torch_size"], s["torch_batch_size"]
+    return [{
+        "id": f"torch-{model}",
+        "number": "7",
+        "kind": "torch",
+        "label": "train step, Keras / PyTorch",
+        "parts": [
+            ("keras", "train step, Keras: train_on_batch"),
+            ("pytorch", "train step, PyTorch: eager forward/backward/step"),
+        ],
+        "config": f"`{model}` {size} px, batch {bs}, float32, linear head, same device and cores",
+        "params": {"model": model, "size": size, "batch_size": bs, "warmup": s["train_warmup"],
+                   "steps": s["train_steps"], "windows": s["windows"], "seed": s["seed"]},
+    } for model in s["torch_models"]]
+
+
+_PLANNERS: dict[str, Callable[[dict[str, Any], _PlanContext], list[dict[str, Any]]]] = {
+    "files": functools.partial(_pipeline_units, source="files"),
+    "cache": functools.partial(_pipeline_units, source="cache"),
+    "baseline": _baseline_units,
+    "step": _step_units,
+    "eval": _eval_units,
+    "fed": _fed_units,
+    "torch": _torch_units,
+}
+
+
+def plan(
+    settings: dict[str, Any], *, originals: Any, caches: dict[int, str], gpu: bool, skip: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The measurement units of ``settings["only"]`` but ``skip``, in order, with their table labels."""
+    s = settings
+    mixed = s["mixed_policy"]
+    if mixed == "auto":
+        mixed = "mixed_float16" if gpu else "mixed_bfloat16"
+    ctx = _PlanContext(
+        timing={"warmup": s["warmup_batches"], "min_batches": s["min_batches"],
+                "min_seconds": s["min_seconds"], "windows": s["windows"]},
+        files={"list_file": str(originals.list_file), "image_dir": str(originals.image_dir)},
+        caches=caches,
+        mixed_policy=mixed,
+        gpu=gpu,
+    )
+    measurements = [m for m in s["only"] if m not in skip]
+    return [unit for measurement in measurements for unit in _PLANNERS[measurement](s, ctx)]
 
 
 def _run_isolated(unit: dict[str, Any], *, seed: int, scratch: Path) -> dict[str, Any]:
@@ -467,15 +507,29 @@ def _gpu_names(tf: Any) -> list[str]:
     return names
 
 
-@handle_errors
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; print the tables; write the JSON. Exit 1 if any measurement failed."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    settings = resolve(args)
+def unavailable(only: Sequence[str]) -> dict[str, str]:
+    """Measurements of ``only`` this machine cannot run (a missing optional package), with the reason."""
+    if "torch" in only and importlib.util.find_spec("torch") is None:
+        return {"torch": "PyTorch is not installed (pip install -r requirements-torch.txt): "
+                         "the Keras / PyTorch row (7) is skipped"}
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Environment:
+    """When and where the run happens."""
+
+    started: datetime.datetime
+    t0: float
+    load_start: tuple[float, float, float]
+    machine: str
+    gpus: list[str]
+    versions: dict[str, str]
+
+
+def _environment(*, isolate: str) -> _Environment:
+    """Start the clock, read the load, import TensorFlow and describe the machine."""
     started = datetime.datetime.now(datetime.UTC)
-    out = Path(args.out) if args.out else RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     load_start = os.getloadavg()
     t0 = time.perf_counter()
 
@@ -486,72 +540,88 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     gpus = _gpu_names(tf)
     machine = machine_description()
-    if settings["isolate"] == "process":
+    if isolate == "process":
         # The workers use the GPU; this process only writes files and would otherwise reserve its memory.
         try:
             tf.config.set_visible_devices([], "GPU")
         except RuntimeError:  # the runtime is already initialised (e.g. main() called twice in a process)
             log.debug("could not hide the GPUs from the benchmark's main process", exc_info=True)
+    return _Environment(started=started, t0=t0, load_start=load_start, machine=machine, gpus=gpus,
+                        versions={"tensorflow": tf.__version__, "keras": keras.__version__})
 
+
+def _prepare_workload(settings: dict[str, Any], work_dir: Path) -> tuple[Any, dict[int, dict[str, Any]]]:
+    """Write (or reuse) the originals and the caches the measurements read."""
+    log.info("writing %d originals (%s px) into %s", settings["originals"],
+             "/".join(map(str, settings["original_px"])), work_dir)
+    originals = write_originals(work_dir, settings["originals"], sizes=settings["original_px"],
+                                formats=settings["formats"], seed=settings["seed"])
+    cache_sizes = set()
+    if "cache" in settings["only"]:
+        cache_sizes.add(settings["size"])
+    if "fed" in settings["only"]:
+        cache_sizes.add(settings["model_size"])
+    caches_info = {}
+    for size in sorted(cache_sizes):
+        log.info("building the %d px cache", size)
+        caches_info[size] = ensure_cache(work_dir, originals, size=size)
+    return originals, caches_info
+
+
+def _run_units(units: list[dict[str, Any]], *, isolate: str, seed: int, scratch: Path) -> None:
+    """Run every unit (in a worker process or here) and store its ``result``."""
+    for i, unit in enumerate(units, start=1):
+        log.info("[%d/%d] (%s) %s: %s", i, len(units), unit["number"], unit["label"], unit["config"])
+        if isolate == "process":
+            unit["result"] = _run_isolated(unit, seed=seed, scratch=scratch)
+        else:
+            unit["result"] = _run_here(unit, seed=seed)
+        log.info("      %s", _summary(unit, unit["result"]))
+
+
+def _measure(
+    settings: dict[str, Any], *, work_dir: str | None, gpu: bool, skip: Sequence[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Prepare the workload, plan and run the units; returns them with their results, and the workload."""
     with contextlib.ExitStack() as stack:
-        work_dir = (
-            Path(args.work_dir)
-            if args.work_dir
+        work = (
+            Path(work_dir)
+            if work_dir
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidx-bench-")))
         )
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidx-bench-units-")))
-        log.info(
-            "writing %d originals (%s px) into %s",
-            settings["originals"],
-            "/".join(map(str, settings["original_px"])),
-            work_dir,
-        )
-        originals = write_originals(
-            work_dir,
-            settings["originals"],
-            sizes=settings["original_px"],
-            formats=settings["formats"],
-            seed=settings["seed"],
-        )
-        cache_sizes = set()
-        if "cache" in settings["only"]:
-            cache_sizes.add(settings["size"])
-        if "fed" in settings["only"]:
-            cache_sizes.add(settings["model_size"])
-        caches_info = {}
-        for size in sorted(cache_sizes):
-            log.info("building the %d px cache", size)
-            caches_info[size] = ensure_cache(work_dir, originals, size=size)
+        originals, caches_info = _prepare_workload(settings, work)
         caches = {size: info["cache_dir"] for size, info in caches_info.items()}
-
-        units = _plan(settings, originals=originals, caches=caches, gpu=bool(gpus))
-        for i, unit in enumerate(units, start=1):
-            log.info("[%d/%d] (%s) %s: %s", i, len(units), unit["number"], unit["label"], unit["config"])
-            if settings["isolate"] == "process":
-                unit["result"] = _run_isolated(unit, seed=settings["seed"], scratch=scratch)
-            else:
-                unit["result"] = _run_here(unit, seed=settings["seed"])
-            log.info("      %s", _summary(unit, unit["result"]))
+        units = plan(settings, originals=originals, caches=caches, gpu=gpu, skip=skip)
+        _run_units(units, isolate=settings["isolate"], seed=settings["seed"], scratch=scratch)
         workload = {"originals": originals.to_dict(), "caches": {str(k): v for k, v in caches_info.items()}}
+    return units, workload
 
+
+def _document(
+    *,
+    argv: list[str],
+    settings: dict[str, Any],
+    env: _Environment,
+    units: list[dict[str, Any]],
+    workload: dict[str, Any],
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    """The JSON record of the run."""
     by_id = {u["id"]: u for u in units}
     fed_config = by_id["fed"]["fed_config"] if "fed" in by_id else {}
-    targets = report.ratios(by_id, gpu=bool(gpus), fed_config=fed_config)
-    load_end = os.getloadavg()
-    failed = [u["id"] for u in units if "error" in u["result"]]
-    document = {
+    return {
         "command": shlex.join(["python", "benchmarks/run.py", *argv]),
         "argv": argv,
-        "started_utc": started.isoformat(timespec="seconds"),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "machine": machine,
-        "gpus": gpus,
+        "started_utc": env.started.isoformat(timespec="seconds"),
+        "wall_seconds": round(time.perf_counter() - env.t0, 1),
+        "machine": env.machine,
+        "gpus": env.gpus,
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_start": load_start,
-        "load_average_end": load_end,
+        "load_average_start": env.load_start,
+        "load_average_end": os.getloadavg(),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        **env.versions,
         "settings": settings,
         "memory_isolation": (
             "process: each measurement in its own process"
@@ -560,30 +630,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "workload": workload,
         "measurements": [{k: v for k, v in u.items() if k != "parts"} for u in units],
-        "targets": targets,
-        "failed": failed,
+        "targets": report.ratios(by_id, gpu=bool(env.gpus), fed_config=fed_config),
+        "keras_over_pytorch": report.keras_over_pytorch(units),
+        "skipped": skipped,
+        "failed": [u["id"] for u in units if "error" in u["result"]],
     }
-    atomic_write_text(out, json.dumps(document, indent=1, default=str))
 
-    print(f"Machine: {machine}")
+
+def _print_report(document: dict[str, Any], units: list[dict[str, Any]], out: Path) -> None:
+    print(f"Machine: {document['machine']}")
     print(f"Command: {document['command']}  ({document['wall_seconds']:.0f} s)\n")
     print(report.format_table(units))
-    if "fed" in by_id and "error" not in by_id["fed"]["result"]:
+    fed = next((u["result"] for u in units if u["id"] == "fed"), None)
+    if fed is not None and "error" not in fed:
         print(
             f"\n(6) share of the step waiting on input: 1 - cache-fed / memory-fed = "
-            f"{by_id['fed']['result']['input_bound_fraction']:.0%}"
+            f"{fed['input_bound_fraction']:.0%}"
         )
+    frameworks = report.format_keras_over_pytorch(units)
+    if frameworks:
+        print(f"\n{frameworks}")
+    for reason in document["skipped"].values():
+        print(f"\nskipped: {reason}")
     print()
-    print(report.format_ratios(targets))
-    cores = document["cpu_cores"] or 1
+    print(report.format_ratios(document["targets"]))
+    load_start, cores = document["load_average_start"], document["cpu_cores"] or 1
     if load_start[0] > 0.5:
         print(
             f"\nnote: the load average was {load_start[0]:.1f} on {cores} cores before the run: other "
             f"processes were using the CPUs, so these figures are lower and noisier than on an idle machine."
         )
     print(f"\nJSON: {out}")
-    if failed:
-        print(f"error: {len(failed)} measurement(s) failed: {', '.join(failed)}", file=sys.stderr)
+
+
+@handle_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the tables; write the JSON. Exit 1 if any measurement failed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    settings = resolve(args)
+    env = _environment(isolate=settings["isolate"])
+    out = Path(args.out) if args.out else RESULTS_DIR / f"{env.started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    skipped = unavailable(settings["only"])
+    for reason in skipped.values():
+        log.warning("%s", reason)
+    units, workload = _measure(settings, work_dir=args.work_dir, gpu=bool(env.gpus), skip=list(skipped))
+    document = _document(argv=argv, settings=settings, env=env, units=units, workload=workload,
+                         skipped=skipped)
+    atomic_write_text(out, json.dumps(document, indent=1, default=str))
+    _print_report(document, units, out)
+    if document["failed"]:
+        print(f"error: {len(document['failed'])} measurement(s) failed: {', '.join(document['failed'])}",
+              file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -87,7 +87,7 @@ def _write_one(path: Path, label: str, px: int, fmt: str, seed: int, index: int)
     image = render_cxr(label, np.random.default_rng([seed, index]), px)
     ok, buf = cv2.imencode(f".{fmt}", image)
     if not ok:
-        raise ValueError(f"OpenCV cannot encode .{fmt}")
+        raise ValueError(f"OpenCV cannot encode the image as {', '.join(FORMATS)}; received format {fmt!r}")
     atomic_write_bytes(path, buf.tobytes())
     return 1
 

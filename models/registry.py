@@ -102,6 +102,34 @@ _REGISTRY: dict[str, ModelInfo] = {}
 _LOOKUP: dict[str, str] = {}  # lower-case name or alias -> canonical name
 
 
+def _input_norms(
+    name: str,
+    *,
+    imagenet: ImageNetWeights | None,
+    input_preprocessing: str | None,
+    default_input_norm: str | None,
+) -> tuple[tuple[str, ...], str]:
+    """The ``input_norm`` values a model allows, and its default, from its ImageNet preprocessing."""
+    if imagenet is not None and input_preprocessing is not None:
+        raise ValueError(f"register_model({name!r}): input_preprocessing is for models without imagenet "
+                         f"weights (whose preprocessing it would contradict); received both")
+    preprocessing = imagenet.preprocessing if imagenet is not None else input_preprocessing
+    if preprocessing is None:
+        input_norms: tuple[str, ...] = ("none",)
+    elif preprocessing == "x255":
+        input_norms = ("imagenet",)
+    else:
+        input_norms = INPUT_NORMS
+    if default_input_norm is None:
+        default_input_norm = "imagenet" if imagenet is not None else "none"
+    if default_input_norm not in input_norms:
+        raise ValueError(
+            f"register_model({name!r}): default_input_norm must be one of {input_norms}; "
+            f"received {default_input_norm!r}"
+        )
+    return input_norms, default_input_norm
+
+
 def register_model(
     name: str,
     *,
@@ -124,29 +152,19 @@ def register_model(
     per-channel mean/std torchvision models are trained with), so that
     ``input_norm="imagenet"`` is allowed for it.
     """
-    if imagenet is not None and input_preprocessing is not None:
-        raise ValueError(f"register_model({name!r}): input_preprocessing is for models without imagenet "
-                         f"weights (whose preprocessing it would contradict); received both")
-    preprocessing = imagenet.preprocessing if imagenet is not None else input_preprocessing
-    if preprocessing is None:
-        input_norms: tuple[str, ...] = ("none",)
-    elif preprocessing == "x255":
-        input_norms = ("imagenet",)
-    else:
-        input_norms = INPUT_NORMS
-    if default_input_norm is None:
-        default_input_norm = "imagenet" if imagenet is not None else "none"
-    if default_input_norm not in input_norms:
-        raise ValueError(
-            f"register_model({name!r}): default_input_norm must be one of {input_norms}; "
-            f"received {default_input_norm!r}"
-        )
+    input_norms, default_input_norm = _input_norms(
+        name,
+        imagenet=imagenet,
+        input_preprocessing=input_preprocessing,
+        default_input_norm=default_input_norm,
+    )
 
     def decorator(builder: Builder) -> Builder:
         keys = [name, *aliases]
         taken = [key for key in keys if key.lower() in _LOOKUP]
         if taken:
-            raise ValueError(f"register_model({name!r}): name or alias already registered: {taken}")
+            raise ValueError(f"register_model({name!r}): name or alias already registered: {taken}; "
+                             f"received name {name!r} with aliases {list(aliases)}")
         _REGISTRY[name] = ModelInfo(
             name=name,
             builder=builder,
@@ -178,7 +196,10 @@ def resolve_model_name(name: str) -> str:
     if isinstance(name, str) and name.strip().lower() in _LOOKUP:
         return _LOOKUP[name.strip().lower()]
     aliases = ", ".join(f"{alias} -> {info.name}" for info in _REGISTRY.values() for alias in info.aliases)
-    message = f"unknown model {name!r}: valid names are {', '.join(list_models())} (aliases: {aliases})"
+    message = (
+        f"unknown model {name!r}: the model name must be one of {', '.join(list_models())} "
+        f"(aliases: {aliases}); received {name!r}"
+    )
     if isinstance(name, str):
         close = difflib.get_close_matches(name.strip().lower(), list(_LOOKUP), n=1, cutoff=0.6)
         if close:
@@ -196,6 +217,70 @@ def _check_l2(argument: str, value: Any) -> float:
     if not is_number or not math.isfinite(value) or value < 0:
         raise ValueError(f"{argument} must be a finite number >= 0; received {value!r}")
     return float(value)
+
+
+def _check_num_classes(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"num_classes must be an integer >= 2; received {n!r}")
+    return int(n)
+
+
+def _check_head(head: Any) -> str:
+    lowered = head.lower() if isinstance(head, str) else head
+    if lowered not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}; received {head!r}")
+    return lowered
+
+
+def _check_input_shape(shape: Any, info: ModelInfo) -> tuple[int, int, int]:
+    """``(height, width, channels)`` as ints: 1 or 3 channels, at least the model's ``min_size``."""
+    if (
+        isinstance(shape, (str, bytes))
+        or not isinstance(shape, Sequence)
+        or len(shape) != 3
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in shape)
+    ):
+        raise ValueError(
+            f"input_shape must be (height, width, channels) with positive integers; received {shape!r}"
+        )
+    shape = tuple(int(v) for v in shape)
+    if shape[2] not in (1, 3):
+        raise ValueError(f"input_shape: channels must be 1 or 3; received {shape!r}")
+    if min(shape[:2]) < info.min_size:
+        raise ValueError(
+            f"input_shape: model {info.name!r} needs height and width >= {info.min_size}; "
+            f"received {shape!r}"
+        )
+    return shape
+
+
+def _check_input_norm(norm: Any, info: ModelInfo, shape: tuple[int, int, int]) -> str:
+    """The model's default for ``None``; otherwise one of the model's ``input_norms``, lower-cased."""
+    given = norm
+    if norm is None:
+        norm = info.default_input_norm
+    norm = norm.lower() if isinstance(norm, str) else norm
+    if norm not in info.input_norms:
+        why = ""
+        if info.imagenet is not None and info.imagenet.preprocessing == "x255":
+            why = (
+                " (keras.applications EfficientNet rescales by 1/255 and normalises inside the "
+                "network, so its [0, 1] input is always multiplied by 255 first)"
+            )
+        elif info.preprocessing is None:
+            why = " (it has no ImageNet weights, so there is no ImageNet preprocessing to apply)"
+        raise ValueError(
+            f"input_norm for model {info.name!r} must be None (default: "
+            f"{info.default_input_norm!r}) or one of {', '.join(info.input_norms)}{why}; "
+            f"received {given!r}"
+        )
+    if norm == "imagenet" and shape[2] == 1 and not info.rgb_backbone:
+        raise ValueError(
+            f"input_norm='imagenet' for model {info.name!r} needs 3 channels (the ImageNet mean and std "
+            f"are per RGB channel, and this model takes 1 channel directly); "
+            f"received input_shape {shape!r}"
+        )
+    return norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,66 +303,19 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         info = get_model_info(self.name)
-        set_ = object.__setattr__  # frozen dataclass: normalise once, here
-        set_(self, "name", info.name)
-
-        n = self.num_classes
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
-            raise ValueError(f"num_classes must be an integer >= 2; received {n!r}")
-        set_(self, "num_classes", int(n))
-
-        shape = self.input_shape
-        if (
-            isinstance(shape, (str, bytes))
-            or not isinstance(shape, Sequence)
-            or len(shape) != 3
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in shape)
-        ):
-            raise ValueError(
-                f"input_shape must be (height, width, channels) with positive integers; received {shape!r}"
-            )
-        shape = tuple(int(v) for v in shape)
-        if shape[2] not in (1, 3):
-            raise ValueError(f"input_shape: channels must be 1 or 3; received {shape!r}")
-        if min(shape[:2]) < info.min_size:
-            raise ValueError(
-                f"input_shape: model {info.name!r} needs height and width >= {info.min_size}; "
-                f"received {shape!r}"
-            )
-        set_(self, "input_shape", shape)
-
-        head = self.head.lower() if isinstance(self.head, str) else self.head
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}; received {self.head!r}")
-        set_(self, "head", head)
-        set_(self, "head_l2", _check_l2("head_l2", self.head_l2))
-        set_(self, "backbone_l2", _check_l2("backbone_l2", self.backbone_l2))
-
-        norm = self.input_norm
-        if norm is None:
-            norm = info.default_input_norm
-        norm = norm.lower() if isinstance(norm, str) else norm
-        if norm not in info.input_norms:
-            why = ""
-            if info.imagenet is not None and info.imagenet.preprocessing == "x255":
-                why = (
-                    " (keras.applications EfficientNet rescales by 1/255 and normalises inside the "
-                    "network, so its [0, 1] input is always multiplied by 255 first)"
-                )
-            elif info.preprocessing is None:
-                why = " (it has no ImageNet weights, so there is no ImageNet preprocessing to apply)"
-            raise ValueError(
-                f"input_norm for model {info.name!r} must be None (default: "
-                f"{info.default_input_norm!r}) or one of {', '.join(info.input_norms)}{why}; "
-                f"received {self.input_norm!r}"
-            )
-        if norm == "imagenet" and shape[2] == 1 and not info.rgb_backbone:
-            raise ValueError(
-                f"input_norm='imagenet' for model {info.name!r} needs 3 channels (the ImageNet mean and std "
-                f"are per RGB channel, and this model takes 1 channel directly); "
-                f"received input_shape {shape!r}"
-            )
-        set_(self, "input_norm", norm)
+        num_classes = _check_num_classes(self.num_classes)
+        shape = _check_input_shape(self.input_shape, info)
+        normalised = {
+            "name": info.name,
+            "num_classes": num_classes,
+            "input_shape": shape,
+            "head": _check_head(self.head),
+            "head_l2": _check_l2("head_l2", self.head_l2),
+            "backbone_l2": _check_l2("backbone_l2", self.backbone_l2),
+            "input_norm": _check_input_norm(self.input_norm, info, shape),
+        }
+        for field, value in normalised.items():
+            object.__setattr__(self, field, value)  # frozen dataclass: normalise once, here
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (``input_shape`` as a list)."""
@@ -293,9 +331,10 @@ class ModelSpec:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"model spec: unknown keys {unknown}; allowed keys are {sorted(known)}")
+            raise ValueError(f"model spec: unknown keys {unknown}; allowed keys are {sorted(known)}; "
+                             f"received {sorted(data)}")
         if "name" not in data:
-            raise ValueError("model spec: the key 'name' is required")
+            raise ValueError(f"model spec: the key 'name' is required; received keys {sorted(data)}")
         values = dict(data)
         if "input_shape" in values and isinstance(values["input_shape"], list):
             values["input_shape"] = tuple(values["input_shape"])
@@ -330,7 +369,7 @@ def _input_norm_layer(preprocessing: str) -> keras.layers.Layer:
         )
     if preprocessing == "x255":  # EfficientNet's own Rescaling(1/255) + Normalization follow
         return keras.layers.Rescaling(255.0, name="input_norm")
-    raise ValueError(f"unknown ImageNet preprocessing {preprocessing!r}; expected tf, torch or x255")
+    raise ValueError(f"ImageNet preprocessing must be tf, torch or x255; received {preprocessing!r}")
 
 
 def _linear_head(features: Any, spec: ModelSpec) -> Any:
@@ -415,8 +454,9 @@ def _regularize_backbone(model: keras.Model, l2: float, num_classes: int) -> Non
         if not pairs:
             if any("kernel" in v.path.rsplit("/", 1)[-1] for v in layer.trainable_weights):
                 raise TypeError(
-                    f"backbone_l2: layer {layer.name!r} ({type(layer).__name__}) has a kernel of a "
-                    f"type this function does not know how to regularise"
+                    f"backbone_l2: layer {layer.name!r} has a kernel, and kernels can be regularised in "
+                    f"Conv2D, DepthwiseConv2D, SeparableConv2D and Dense layers; received a "
+                    f"{type(layer).__name__}"
                 )
             continue
         for reg_attr, kernel_attr in pairs:
@@ -431,7 +471,7 @@ def _load_backbone_weights(info: ModelInfo, inputs: Any, features: Any, path: Pa
     except (ValueError, OSError) as exc:
         raise ValueError(
             f"weights file {str(path)!r} does not fit the {info.name!r} backbone "
-            f"(expected its include_top=False weights in Keras HDF5 layout): {exc}"
+            f"(expected its include_top=False weights in Keras HDF5 layout); received {exc}"
         ) from exc
     if info.post_load is not None:
         info.post_load(backbone)

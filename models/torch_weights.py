@@ -209,7 +209,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist; received {str(path)!r}")
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES:
         arrays = _torch_load(path)
@@ -324,7 +324,8 @@ def _targets(layer: keras.layers.Layer, prefix: str) -> list[_Target]:
     for index, variable in enumerate(layer.weights):
         name = variable.name
         if name not in _KERAS_TO_TORCH:
-            raise ValueError(f"layer {layer.name!r}: no torch counterpart for its weight {name!r}")
+            raise ValueError(f"layer {layer.name!r}: weights must be among {', '.join(_KERAS_TO_TORCH)} "
+                             f"(those with a torch counterpart); received {name!r}")
         if isinstance(layer, keras.layers.Conv2D) and name == "kernel":
             kind = "conv"
         elif isinstance(layer, keras.layers.Dense) and name == "kernel":
@@ -356,6 +357,152 @@ def _fmt(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(v) for v in shape) + ")"
 
 
+@dataclasses.dataclass
+class _Match:
+    """How a state dict fits a model, worked out before anything is assigned."""
+
+    targets: list[_Target]  # what will be assigned: the backbone, and the classifier when it fits
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # state-dict key -> why not used
+    problems: list[str] = dataclasses.field(default_factory=list)  # first one is raised
+    missing: int = 0
+    shape_errors: int = 0
+    unexpected: int = 0
+    # (level, message, args): logged once the file is known to fit.
+    notes: list[tuple[int, str, tuple[Any, ...]]] = dataclasses.field(default_factory=list)
+    classifier_loaded: bool = False
+
+    def key_missing(self, key: str) -> None:
+        self.missing += 1
+        self.problems.append(f"key {key!r} is missing from the file")
+
+    def wrong_shape(self, key: str, want: tuple[int, ...], have: tuple[int, ...]) -> None:
+        self.shape_errors += 1
+        self.problems.append(
+            f"key {key!r} must have shape {_fmt(want)} (torch layout); received {_fmt(have)}"
+        )
+
+
+def _output_layer(model: keras.Model) -> keras.layers.Dense:
+    out_layer = model.layers[-1]
+    if not out_layer.name.startswith("FC_") or not isinstance(out_layer, keras.layers.Dense):
+        raise ValueError(f"model {model.name!r} does not end in the registry's FC_<n> layer; received "
+                         f"{out_layer.name!r}: build it with models.build_model")
+    return out_layer
+
+
+def _backbone_targets(model: keras.Model, architecture: str, head_names: set[str]) -> list[_Target]:
+    targets: list[_Target] = []
+    for layer in model.layers:
+        if not layer.weights or layer.name in head_names:
+            continue
+        prefix = torch_module_name(architecture, layer.name)
+        if prefix is None:
+            raise ValueError(f"layer {layer.name!r} of model {model.name!r} has no torchvision counterpart; "
+                             f"received a model that is not the registry's {architecture}")
+        targets.extend(_targets(layer, prefix))
+    return targets
+
+
+def _match_backbone(match: _Match, state: Mapping[str, np.ndarray], architecture: str, path: Path) -> None:
+    """Every backbone tensor must be in the file with its shape (or RGB for a grey first convolution)."""
+    first_conv = FIRST_CONV[architecture]
+    for target in match.targets:
+        if target.key not in state:
+            match.key_missing(target.key)
+            continue
+        shape = tuple(state[target.key].shape)
+        grey = (target.kind == "conv" and target.layer.name == first_conv and target.torch_shape[1] == 1
+                and shape == (target.torch_shape[0], 3, *target.torch_shape[2:]))
+        if shape != target.torch_shape and not grey:
+            match.wrong_shape(target.key, target.torch_shape, shape)
+        elif grey:
+            match.notes.append((logging.INFO, "%s: the 3 input channels of %s are summed for the 1-channel "
+                                "model (exact for grey images that torch saw repeated to RGB)",
+                                (path, target.key)))
+
+
+def _match_classifier(
+    match: _Match,
+    state: Mapping[str, np.ndarray],
+    *,
+    clf_targets: list[_Target],
+    clf: str,
+    out_layer: keras.layers.Dense,
+    model_name: str,
+    path: Path,
+) -> list[str]:
+    """Load, skip (with a note) or refuse the file's classifier; returns its keys the model accounts for.
+
+    ``clf_targets`` is empty for SURFsara's dense head, which never takes torchvision's classifier.
+    """
+    file_clf = [key for key in state if key.startswith(clf + ".")]
+    if not clf_targets:
+        for key in file_clf:
+            match.skipped[key] = "the model has SURFsara's dense head, not torchvision's linear one"
+        if file_clf:
+            match.notes.append((logging.INFO, "%s: %s not loaded: model %r has SURFsara's head (dense, "
+                                "dense_1, %s), which keeps its initialisation; head='linear' loads it",
+                                (path, ", ".join(file_clf), model_name, out_layer.name)))
+        return file_clf
+    want = {t.key: t.torch_shape for t in clf_targets}
+    have = {key: tuple(state[key].shape) for key in file_clf}
+    features = want[f"{clf}.weight"][1]
+    if have == want:
+        match.targets.extend(clf_targets)
+        match.classifier_loaded = True
+    elif not have:
+        match.notes.append((logging.WARNING, "%s has no %s.* tensors: %s keeps its random initialisation",
+                            (path, clf, out_layer.name)))
+    elif (set(have) == set(want) and have[f"{clf}.weight"][1] == features
+          and have[f"{clf}.bias"] == (have[f"{clf}.weight"][0],)):
+        classes = have[f"{clf}.weight"][0]
+        for key in file_clf:
+            match.skipped[key] = f"{classes} classes in the file, {out_layer.units} in the model"
+        match.notes.append((logging.WARNING, "%s: %s.* has %d classes, the model %d: not loaded, %s keeps "
+                            "its random initialisation (fine-tuning from e.g. ImageNet weights)",
+                            (path, clf, classes, out_layer.units, out_layer.name)))
+    else:
+        for key in want:
+            if key not in have:
+                match.key_missing(key)
+            elif have[key] != want[key]:
+                match.wrong_shape(key, want[key], have[key])
+        file_clf = [key for key in file_clf if key in want]  # the rest are reported as unexpected
+    return file_clf
+
+
+def _raise_if_it_does_not_fit(match: _Match, state: Mapping[str, np.ndarray], *, path: Path,
+                              model_name: str, architecture: str) -> None:
+    """One ``ValueError`` naming the first problem and counting the others, before any weight is set."""
+    if not match.problems:
+        return
+    guess = guess_architecture(state)
+    looks = f" (its keys look like torchvision's {guess})" if guess and guess != architecture else ""
+    others = len(match.problems) - 1
+    counts = (f"; {others} more problem{'s' if others != 1 else ''} ({match.missing} missing, "
+              f"{match.shape_errors} with another shape, {match.unexpected} unexpected keys in all)"
+              if others else "")
+    raise ValueError(f"weights file {str(path)!r} does not fit model {model_name!r}{looks}: "
+                     f"{match.problems[0]}{counts}")
+
+
+def _assign(targets: list[_Target], state: Mapping[str, np.ndarray]) -> set[float]:
+    """Set every target layer's weights at once; returns the Keras BN epsilons that differ from torch's."""
+    by_layer: dict[str, list[_Target]] = {}
+    for target in targets:
+        by_layer.setdefault(target.layer.name, []).append(target)
+    epsilons: list[float] = []
+    for group in by_layer.values():
+        layer = group[0].layer
+        values = [variable.numpy() for variable in layer.weights]
+        for target in group:
+            values[target.index] = _to_keras(target, state[target.key])
+        layer.set_weights(values)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.epsilon != TORCH_BN_EPSILON:
+            epsilons.append(float(layer.epsilon))
+    return epsilons
+
+
 def load_torchvision_weights(
     model: keras.Model,
     path: str | os.PathLike[str],
@@ -376,135 +523,45 @@ def load_torchvision_weights(
     """
     path = Path(path).expanduser()
     architecture = check_supported(architecture if architecture is not None else model.name)
-    out_layer = model.layers[-1]
-    if not out_layer.name.startswith("FC_") or not isinstance(out_layer, keras.layers.Dense):
-        raise ValueError(f"model {model.name!r} does not end in the registry's FC_<n> layer; received "
-                         f"{out_layer.name!r}: build it with models.build_model")
-    num_classes = int(out_layer.units)
+    out_layer = _output_layer(model)
     layer_names = {layer.name for layer in model.layers}
     surfsara_head = any(name in layer_names for name in HEAD_DENSE_NAMES)
-    head_names = set(HEAD_DENSE_NAMES) | {output_layer_name(num_classes)}
+    head_names = set(HEAD_DENSE_NAMES) | {output_layer_name(int(out_layer.units))}
     clf = CLASSIFIER_PREFIX[architecture]
-
-    targets: list[_Target] = []
-    for layer in model.layers:
-        if not layer.weights or layer.name in head_names:
-            continue
-        prefix = torch_module_name(architecture, layer.name)
-        if prefix is None:
-            raise ValueError(f"layer {layer.name!r} of model {model.name!r} has no torchvision counterpart; "
-                             f"received a model that is not the registry's {architecture}")
-        targets.extend(_targets(layer, prefix))
+    match = _Match(targets=_backbone_targets(model, architecture, head_names))
     clf_targets = [] if surfsara_head else _targets(out_layer, clf)
 
     state = read_state_dict(path)
-    skipped: dict[str, str] = {}
     counters = [key for key in state if key.endswith(".num_batches_tracked")]
     for key in counters:
-        skipped[key] = "num_batches_tracked: Keras batch normalisation keeps no step counter"
-    file_clf = [key for key in state if key.startswith(clf + ".")]
-
-    problems: list[str] = []
-    missing = shape_errors = 0
-    notes: list[tuple[int, str, tuple[Any, ...]]] = []  # logged once the file is known to fit
-    first_conv = FIRST_CONV[architecture]
-    for target in targets:
-        if target.key not in state:
-            missing += 1
-            problems.append(f"key {target.key!r} is missing from the file")
-            continue
-        shape = tuple(state[target.key].shape)
-        grey = (target.kind == "conv" and target.layer.name == first_conv and target.torch_shape[1] == 1
-                and shape == (target.torch_shape[0], 3, *target.torch_shape[2:]))
-        if shape != target.torch_shape and not grey:
-            shape_errors += 1
-            problems.append(f"key {target.key!r} must have shape {_fmt(target.torch_shape)} (torch layout); "
-                            f"received {_fmt(shape)}")
-        elif grey:
-            notes.append((logging.INFO, "%s: the 3 input channels of %s are summed for the 1-channel model "
-                          "(exact for grey images that torch saw repeated to RGB)", (path, target.key)))
-
-    classifier_loaded = False
-    if surfsara_head:
-        for key in file_clf:
-            skipped[key] = "the model has SURFsara's dense head, not torchvision's linear one"
-        if file_clf:
-            notes.append((logging.INFO, "%s: %s not loaded: model %r has SURFsara's head (dense, dense_1, "
-                          "%s), which keeps its initialisation; head='linear' loads it",
-                          (path, ", ".join(file_clf), model.name, out_layer.name)))
-    else:
-        want = {t.key: t.torch_shape for t in clf_targets}
-        have = {key: tuple(state[key].shape) for key in file_clf}
-        features = want[f"{clf}.weight"][1]
-        if have == want:
-            targets.extend(clf_targets)
-            classifier_loaded = True
-        elif not have:
-            notes.append((logging.WARNING, "%s has no %s.* tensors: %s keeps its random initialisation",
-                          (path, clf, out_layer.name)))
-        elif (set(have) == set(want) and have[f"{clf}.weight"][1] == features
-              and have[f"{clf}.bias"] == (have[f"{clf}.weight"][0],)):
-            classes = have[f"{clf}.weight"][0]
-            for key in file_clf:
-                skipped[key] = f"{classes} classes in the file, {num_classes} in the model"
-            notes.append((logging.WARNING, "%s: %s.* has %d classes, the model %d: not loaded, %s keeps its "
-                          "random initialisation (fine-tuning from e.g. ImageNet weights)",
-                          (path, clf, classes, num_classes, out_layer.name)))
-        else:
-            for key in want:
-                if key not in have:
-                    missing += 1
-                    problems.append(f"key {key!r} is missing from the file")
-                elif have[key] != want[key]:
-                    shape_errors += 1
-                    problems.append(f"key {key!r} must have shape {_fmt(want[key])} (torch layout); "
-                                    f"received {_fmt(have[key])}")
-            file_clf = [key for key in file_clf if key in want]  # the rest are reported as unexpected
-
-    known = {t.key for t in targets} | {t.key for t in clf_targets} | set(skipped) | set(file_clf)
+        match.skipped[key] = "num_batches_tracked: Keras batch normalisation keeps no step counter"
+    _match_backbone(match, state, architecture, path)
+    file_clf = _match_classifier(match, state, clf_targets=clf_targets, clf=clf, out_layer=out_layer,
+                                 model_name=model.name, path=path)
+    known = {t.key for t in match.targets} | {t.key for t in clf_targets} | set(match.skipped) | set(file_clf)
     unexpected = [key for key in state if key not in known]
-    problems.extend(f"key {key!r} is not part of the registry's {architecture}" for key in unexpected)
-    if problems:
-        guess = guess_architecture(state)
-        looks = f" (its keys look like torchvision's {guess})" if guess and guess != architecture else ""
-        others = len(problems) - 1
-        counts = (f"; {others} more problem{'s' if others != 1 else ''} ({missing} missing, {shape_errors} "
-                  f"with another shape, {len(unexpected)} unexpected keys in all)" if others else "")
-        raise ValueError(f"weights file {str(path)!r} does not fit model {model.name!r}{looks}: "
-                         f"{problems[0]}{counts}")
+    match.unexpected = len(unexpected)
+    match.problems.extend(f"key {key!r} is not part of the registry's {architecture}" for key in unexpected)
+    _raise_if_it_does_not_fit(match, state, path=path, model_name=model.name, architecture=architecture)
 
-    by_layer: dict[str, list[_Target]] = {}
-    for target in targets:
-        by_layer.setdefault(target.layer.name, []).append(target)
-    adjusted = 0
-    epsilons: set[float] = set()
-    for group in by_layer.values():
-        layer = group[0].layer
-        values = [variable.numpy() for variable in layer.weights]
-        for target in group:
-            values[target.index] = _to_keras(target, state[target.key])
-        layer.set_weights(values)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.epsilon != TORCH_BN_EPSILON:
-            epsilons.add(float(layer.epsilon))
-            adjusted += 1
-    for level, message, args in notes:
+    epsilons = _assign(match.targets, state)
+    for level, message, args in match.notes:
         log.log(level, message, *args)
     if counters:
         log.info("%s: %d num_batches_tracked counters ignored (Keras batch normalisation keeps none)", path,
                  len(counters))
-    if adjusted:
+    if epsilons:
         log.info("%s: %d BatchNormalization layers use epsilon %s where torch uses %g: the difference is "
                  "folded into their moving variance, so they compute torch's (x - mean) / sqrt(var + %g)",
-                 path, adjusted, "/".join(f"{e:g}" for e in sorted(epsilons)), TORCH_BN_EPSILON,
+                 path, len(epsilons), "/".join(f"{e:g}" for e in sorted(set(epsilons))), TORCH_BN_EPSILON,
                  TORCH_BN_EPSILON)
-    log.info("loaded %d tensors of %s into model %r (%s: %s)", len(targets), path, model.name, clf,
-             "loaded into " + out_layer.name if classifier_loaded else "not loaded")
+    log.info("loaded %d tensors of %s into model %r (%s: %s)", len(match.targets), path, model.name, clf,
+             "loaded into " + out_layer.name if match.classifier_loaded else "not loaded")
     return TorchLoadReport(
         path=str(path),
         architecture=architecture,
-        loaded=tuple(t.key for t in targets),
-        skipped=skipped,
-        epsilon_adjusted=adjusted,
-        classifier_loaded=classifier_loaded,
+        loaded=tuple(t.key for t in match.targets),
+        skipped=match.skipped,
+        epsilon_adjusted=len(epsilons),
+        classifier_loaded=match.classifier_loaded,
     )
-

@@ -82,7 +82,7 @@ def find_imagenet_weights(model_name: str, info: ImageNetWeights, input_shape: t
         f"Nothing is downloaded (compute nodes have no network): on a machine with internet, "
         f"download {info.url(input_shape)} and put it in {folder} "
         f"($KERAS_HOME/models, or ~/.keras/models when KERAS_HOME is unset), "
-        f"or pass weights=<path to the file>."
+        f"or pass weights=<path to the file>; received weights='imagenet'"
     )
 
 
@@ -111,14 +111,20 @@ def resolve_weights(
         if info is None:
             raise ValueError(
                 f"weights='imagenet': model {model_name!r} has no ImageNet weights "
-                f"(it is not a keras.applications backbone); use weights=None or a weights file"
+                f"(it is not a keras.applications backbone); use weights=None or a weights file; "
+                f"received {weights!r}"
             )
         return find_imagenet_weights(model_name, info, input_shape)
     path = Path(weights).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"weights file {str(path)!r} (for model {model_name!r}) does not exist")
+        raise FileNotFoundError(
+            f"weights file {str(path)!r} (for model {model_name!r}) does not exist; "
+            f"received weights={weights!r}"
+        )
     if not path.is_file():
-        raise IsADirectoryError(f"weights={str(path)!r} (for model {model_name!r}) is not a file")
+        raise IsADirectoryError(
+            f"weights={str(path)!r} (for model {model_name!r}) is not a file; received a folder"
+        )
     if path.suffix.lower() not in KERAS_SUFFIXES and not is_torch_weights_file(path):
         raise ValueError(
             f"weights file {str(path)!r}: expected a Keras HDF5 weights file ending in .h5/.hdf5 "

@@ -17,7 +17,8 @@ from benchmarks.baseline_loader import (
     get_random_transform,
     load_image,
 )
-from benchmarks.measure import summarize_windows, time_stream
+from benchmarks.measure import TORCH_MODELS, summarize_windows, time_stream
+from benchmarks.run import MEASUREMENTS
 from data.lists import ListEntry
 
 NO_CHANGE = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "flip_horizontal": False, "brightness": None}
@@ -176,11 +177,14 @@ def test_quick_run_measures_everything(tmp_path, capsys) -> None:
 
     out = tmp_path / "bench.json"
     # XLA compilation alone takes ~10 s per model on 2 cores: the quick run in CI measures it, this test not.
+    # The Keras / PyTorch row (7) has its own test below.
     code = main(
         [
             "--quick",
             "--xla",
             "off",
+            "--only",
+            *[m for m in MEASUREMENTS if m != "torch"],
             "--originals",
             "10",
             "--work-dir",
@@ -267,6 +271,58 @@ def test_quick_run_measures_everything(tmp_path, capsys) -> None:
     assert 0 < only["result"]["peak_rss_mib"] < results["baseline"]["peak_rss_mib"]
 
 
+@pytest.mark.slow
+def test_quick_keras_against_pytorch_row(tmp_path, capsys) -> None:
+    pytest.importorskip("torch", reason="PyTorch is optional (pip install -r requirements-torch.txt); "
+                                        "row (7) compares Keras with it")
+    from benchmarks.run import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--only", "torch", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    (unit,) = doc["measurements"]
+    result = unit["result"]
+    assert unit["id"] == "torch-resnet18"
+    assert (unit["params"]["size"], unit["params"]["batch_size"]) == (32, 4)
+    keras_rate, torch_rate = result["keras"]["images_per_second"], result["pytorch"]["images_per_second"]
+    assert keras_rate > 0 and torch_rate > 0
+    assert result["keras_over_pytorch"] == pytest.approx(keras_rate / torch_rate, rel=1e-12)
+    assert doc["keras_over_pytorch"] == {"resnet18": pytest.approx(keras_rate / torch_rate, rel=1e-12)}
+    # The same network on both sides: torchvision's resnet18 with a 3-class fc.
+    from models.torch_reference import BUILDERS
+
+    assert set(TORCH_MODELS) <= set(BUILDERS)
+    assert result["parameters"] == {"keras": 11_178_051, "pytorch": 11_178_051}
+    assert result["threads"] >= 1 and result["device"] in ("cpu", "cuda:0")
+    assert len(result["keras"]["windows"]) == len(result["pytorch"]["windows"]) == 2  # --quick: 2 windows
+    assert all(w["batches"] == 2 and w["images"] == 8 for w in result["pytorch"]["windows"])
+    rows = [line for line in printed.splitlines() if line.startswith("| 7 |")]
+    assert len(rows) == 2 and "Keras" in rows[0] and "PyTorch" in rows[1]
+    assert f"`resnet18` 32 px, batch 4: {keras_rate / torch_rate:.2f}x" in printed
+    assert doc["skipped"] == {} and doc["failed"] == []
+
+
+def test_keras_against_pytorch_is_skipped_with_a_message_without_torch(tmp_path, capsys, monkeypatch) -> None:
+    import importlib.util
+
+    from benchmarks import run
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find_spec(name, *a)
+    )
+    assert set(run.unavailable(["step", "torch"])) == {"torch"} and run.unavailable(["step"]) == {}
+    out = tmp_path / "bench.json"
+    assert run.main(["--quick", "--only", "torch", "--originals", "2", "--work-dir", str(tmp_path / "work"),
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["measurements"] == [] and doc["keras_over_pytorch"] == {} and doc["failed"] == []
+    assert "PyTorch is not installed" in doc["skipped"]["torch"]
+    assert "skipped: PyTorch is not installed (pip install -r requirements-torch.txt)" in printed
+
+
 def test_bad_arguments_give_one_line_errors(capsys) -> None:
     from benchmarks.run import main
 
@@ -275,3 +331,6 @@ def test_bad_arguments_give_one_line_errors(capsys) -> None:
     assert main(["--quick", "--model", "resnet50v2", "--model-size", "16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --model-size must be >=") and err.count("\n") == 1
+    assert main(["--quick", "--only", "torch", "--torch-size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --torch-size must be >= 32 px for models resnet18, received 16\n"

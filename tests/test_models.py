@@ -350,7 +350,7 @@ def test_linear_head_is_torchvisions_avgpool_and_fc() -> None:
 
 
 def test_linear_head_saves_loads_and_trains_only_fc_when_frozen(tmp_path: Path) -> None:
-    from training.recipes import set_backbone_frozen
+    from training.phases import set_backbone_frozen
 
     model = build_model("resnet18", input_shape=(32, 32, 3), head="linear", backbone_l2=1e-3)
     # backbone_l2 covers the 20 convolutions, not FC_3 (the head has no penalty).

@@ -1,6 +1,6 @@
 """torchvision weights in the Keras models, proven against real torch (models/torch_weights.py).
 
-The reference networks (tests/torch_reference.py) are torchvision's ResNet-18/50 and
+The reference networks (models/torch_reference.py) are torchvision's ResNet-18/50 and
 DenseNet-121 written in plain torch with torchvision's module tree, state-dict keys and
 initialisation. Their batch-normalisation statistics are calibrated on images (as in a
 trained network) and their affine parameters randomised, so that a swapped, untransposed
@@ -25,9 +25,9 @@ torch = pytest.importorskip(
 )
 
 import keras  # noqa: E402
-import torch_reference as R  # noqa: E402
 
 from models import ModelSpec, build_model  # noqa: E402
+from models import torch_reference as R  # noqa: E402
 from models.registry import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB  # noqa: E402
 from models.torch_weights import (  # noqa: E402
     TORCH_BN_EPSILON,
@@ -124,6 +124,60 @@ def test_reference_models_have_torchvisions_parameter_counts() -> None:
                         "bn1.num_batches_tracked"]
     assert "layer2.0.downsample.1.running_var" in keys and keys[-2:] == ["fc.weight", "fc.bias"]
     assert len(keys) == 122 and len(R.densenet121().state_dict()) == 727
+
+
+def _keras_into_torch(model: keras.Model, net: torch.nn.Module) -> int:
+    """Copy every Keras weight into the torch module named like its layer (``.`` -> ``_``; FC_<n> -> fc)."""
+    modules = {name.replace(".", "_"): m for name, m in net.named_modules()}
+    copied = 0
+    with torch.no_grad():
+        for layer in model.layers:
+            if not layer.weights:
+                continue
+            module = modules["fc" if layer.name == model.layers[-1].name else layer.name]
+            if isinstance(layer, keras.layers.BatchNormalization):
+                pairs = [(module.weight, layer.gamma), (module.bias, layer.beta),
+                         (module.running_mean, layer.moving_mean),
+                         (module.running_var, layer.moving_variance)]
+                assert module.eps == layer.epsilon, layer.name
+                assert module.momentum == pytest.approx(1 - layer.momentum), layer.name
+            else:
+                axes = (3, 2, 0, 1) if isinstance(layer, keras.layers.Conv2D) else (1, 0)
+                pairs = [(module.weight, np.transpose(layer.kernel.numpy(), axes))]
+                pairs += [(module.bias, layer.bias)] if layer.use_bias else []
+                assert (module.bias is None) == (not layer.use_bias), layer.name
+            for tensor, value in pairs:
+                value = np.asarray(value)
+                assert tuple(tensor.shape) == value.shape, layer.name
+                tensor.copy_(torch.from_numpy(value))
+                copied += value.size
+    return copied
+
+
+def test_resnet50v2_reference_is_the_keras_network() -> None:
+    """The benchmark's torch ResNet50V2 computes what keras.applications' does, weight for weight."""
+    model = build_model("resnet50v2", input_shape=(SIZE, SIZE, 3), head="linear")
+    rng = np.random.default_rng(3)
+    for layer in model.layers:  # non-trivial BN statistics, so a misplaced BN shows
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype(np.float32))
+            layer.beta.assign(rng.normal(0, 0.1, n).astype(np.float32))
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype(np.float32))
+    net = R.resnet50v2(num_classes=3).eval()
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert R.count_parameters(net) == trainable == 23_525_507  # 23,519,360 backbone + 2048 * 3 + 3
+    assert _keras_into_torch(model, net) == model.count_params() == 23_570_947  # + BN statistics
+    images = _images(2)
+    with torch.no_grad():
+        logits = net(_nchw(images)).double().numpy()
+        features = net.features(_nchw(images)).numpy().transpose(0, 2, 3, 1)
+    ours = keras.Model(model.input, model.get_layer("post_relu").output)(images).numpy()
+    assert features.shape == ours.shape == (2, 2, 2, 2048)
+    assert np.abs(features - ours).max() < 1e-4 * max(1.0, np.abs(ours).max())
+    assert np.abs(_keras_logits(model, images) - logits).max() < 1e-4 * max(1.0, np.abs(logits).max())
+    assert np.abs(logits).max() > 0.1
 
 
 # ---------------------------------------------------------------------------------- ResNet-18
