@@ -13,12 +13,13 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for type hints: eval_keras.py imports this module before --help is answered
     import numpy as np
 
     from data.lists import ListEntry
+    from evaluation.loaders import Predictor
     from evaluation.predictions import Predictions
 
 GRADCAM_DIR = "gradcam"
@@ -56,7 +57,7 @@ class Extras:
 
 @dataclasses.dataclass(frozen=True)
 class ExtrasResult:
-    """One summary line per extra written, and the files by name (Grad-CAM: its folder's overlays)."""
+    """One summary line per extra written, and the files by name (not Grad-CAM's overlays: their folder)."""
 
     notes: list[str]
     files: dict[str, Path]
@@ -79,7 +80,7 @@ def check_extras_fit(extras: Extras, *, checkpoint: str | os.PathLike[str]) -> N
 def write_extras(
     extras: Extras,
     *,
-    predictor: Any,
+    predictor: Predictor,
     entries: Sequence[ListEntry],
     image_dir: str | os.PathLike[str],
     predictions: Predictions,
@@ -92,7 +93,7 @@ def write_extras(
 
     Args:
         extras: what to write.
-        predictor: the loaded model (``evaluation.loaders.Predictor``).
+        predictor: the loaded model.
         entries, image_dir: the evaluated list and its images.
         predictions: the evaluation's predictions, in ``entries`` order.
         features: the penultimate features collected while predicting (t-SNE), else None.
@@ -101,50 +102,68 @@ def write_extras(
         seed: the t-SNE seed.
     """
     out = Path(out_dir)
-    notes: list[str] = []
-    files: dict[str, Path] = {}
+    done: list[tuple[str, dict[str, Path]]] = []
     if extras.gradcam:
-        from evaluation.gradcam import write_gradcam_overlays
-
-        cam = write_gradcam_overlays(
-            predictor.keras_model,
-            entries,
-            image_dir,
-            out / GRADCAM_DIR,
-            per_class=extras.gradcam,
-            img_size=predictor.img_size,
-            channels=predictor.channels,
-            layer_name=extras.gradcam_layer,
-            batch_size=min(batch_size, GRADCAM_MAX_BATCH),
-        )
-        notes.append(cam.summary())
+        done.append(_gradcam(extras, predictor, entries, image_dir, out / GRADCAM_DIR, batch_size))
     if extras.tsne:
-        from evaluation.tsne import write_tsne
-
-        tsne = write_tsne(
-            out,
-            features=features,
-            labels=predictions.labels,
-            predicted=predictions.predicted,
-            filenames=predictions.filenames,
-            patient_ids=predictions.patient_ids,
-            perplexity=extras.tsne_perplexity,
-            seed=seed,
-        )
-        files.update({tsne.png.name: tsne.png, tsne.csv.name: tsne.csv})
-        notes.append(tsne.summary())
+        done.append(_tsne(extras, predictions, features, out, seed))
     if extras.time_loop:
-        from data.pipeline import image_paths
-        from evaluation.timing import TIMING_JSON, time_evaluation
+        done.append(_timing(extras, predictor, entries, image_dir, out, batch_size))
+    files = {name: path for _, written in done for name, path in written.items()}
+    return ExtrasResult(notes=[note for note, _ in done], files=files)
 
-        timing = time_evaluation(
-            predictor.predict_batch,
-            image_paths(entries[: extras.time_loop], image_dir),
-            img_size=predictor.img_size,
-            channels=predictor.channels,
-            batch_size=batch_size,
-            keras_model=predictor.keras_model,
-        )
-        files[TIMING_JSON] = timing.write_json(out / TIMING_JSON)
-        notes.append(timing.summary())
-    return ExtrasResult(notes=notes, files=files)
+
+def _gradcam(
+    extras: Extras, predictor: Predictor, entries: Sequence[ListEntry], image_dir: str | os.PathLike[str],
+    folder: Path, batch_size: int,
+) -> tuple[str, dict[str, Path]]:
+    from evaluation.gradcam import write_gradcam_overlays
+
+    cam = write_gradcam_overlays(
+        predictor.keras_model,
+        entries,
+        image_dir,
+        folder,
+        per_class=extras.gradcam,
+        img_size=predictor.img_size,
+        channels=predictor.channels,
+        layer_name=extras.gradcam_layer,
+        batch_size=min(batch_size, GRADCAM_MAX_BATCH),
+    )
+    return cam.summary(), {}  # the overlays have their own folder
+
+
+def _tsne(
+    extras: Extras, predictions: Predictions, features: np.ndarray | None, out: Path, seed: int
+) -> tuple[str, dict[str, Path]]:
+    from evaluation.tsne import write_tsne
+
+    tsne = write_tsne(
+        out,
+        features=features,
+        labels=predictions.labels,
+        predicted=predictions.predicted,
+        filenames=predictions.filenames,
+        patient_ids=predictions.patient_ids,
+        perplexity=extras.tsne_perplexity,
+        seed=seed,
+    )
+    return tsne.summary(), {tsne.png.name: tsne.png, tsne.csv.name: tsne.csv}
+
+
+def _timing(
+    extras: Extras, predictor: Predictor, entries: Sequence[ListEntry], image_dir: str | os.PathLike[str],
+    out: Path, batch_size: int,
+) -> tuple[str, dict[str, Path]]:
+    from data.pipeline import image_paths
+    from evaluation.timing import TIMING_JSON, time_evaluation
+
+    timing = time_evaluation(
+        predictor.predict_batch,
+        image_paths(entries[: extras.time_loop], image_dir),
+        img_size=predictor.img_size,
+        channels=predictor.channels,
+        batch_size=batch_size,
+        keras_model=predictor.keras_model,
+    )
+    return timing.summary(), {TIMING_JSON: timing.write_json(out / TIMING_JSON)}

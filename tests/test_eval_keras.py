@@ -352,6 +352,12 @@ def test_corrupt_image_that_passes_the_header_check(
     assert "img03.png: cannot be decoded" in _single_error(capsys)
 
 
+def _evaluate_into(out: Path, checkpoint: Path, data_path: Path, *extra: str) -> int:
+    """eval_keras.main with 20 resamples and batches of 4."""
+    args = ["--checkpoint", str(checkpoint), "--data_path", str(data_path), "--out", str(out)]
+    return eval_keras.main([*args, "--n_bootstrap", "20", "--batch_size", "4", *extra])
+
+
 def test_image_dir_evaluates_a_validation_list_for_the_weighted_ensemble(
     zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -371,21 +377,7 @@ def test_image_dir_evaluates_a_validation_list_for_the_weighted_ensemble(
     val_list.write_text("".join(lines))
 
     def evaluate(checkpoint: str, out: str, *extra: str) -> int:
-        return eval_keras.main(
-            [
-                "--checkpoint",
-                str(root / checkpoint),
-                "--data_path",
-                str(tmp_path / "data"),
-                "--out",
-                str(tmp_path / out),
-                "--n_bootstrap",
-                "20",
-                "--batch_size",
-                "4",
-                *extra,
-            ]
-        )
+        return _evaluate_into(tmp_path / out, root / checkpoint, tmp_path / "data", *extra)
 
     # The default image folder is DATA_PATH/test, where the validation images are not.
     assert evaluate("model.keras", "wrong", "--testfile", str(val_list)) == 2
@@ -417,25 +409,9 @@ def test_image_dir_evaluates_a_validation_list_for_the_weighted_ensemble(
         name: str(tmp_path / name / "predictions.csv")
         for name in ("keras_test", "onnx_test", "keras_val", "onnx_val")
     }
-    assert (
-        compare.main(
-            [
-                csv["keras_test"],
-                csv["onnx_test"],
-                "--names",
-                "keras",
-                "onnx",
-                "--weights-from",
-                csv["keras_val"],
-                csv["onnx_val"],
-                "--n-bootstrap",
-                "20",
-                "--out",
-                str(tmp_path / "cmp"),
-            ]
-        )
-        == 0
-    )
+    weights_from = ["--weights-from", csv["keras_val"], csv["onnx_val"]]
+    cmp = ["--names", "keras", "onnx", *weights_from, "--n-bootstrap", "20", "--out", str(tmp_path / "cmp")]
+    assert compare.main([csv["keras_test"], csv["onnx_test"], *cmp]) == 0
     assert "weighted ensemble" in capsys.readouterr().out
     weights = pd.read_csv(tmp_path / "cmp" / "ensemble_weights.csv")
     assert len(weights) == 2 and weights.select_dtypes("number").sum().max() == pytest.approx(1.0)
