@@ -60,13 +60,25 @@ WEIGHTS_CSV = "ensemble_weights.csv"
 AGREEMENT_CSV = "agreement.csv"
 DISAGREEMENTS_CSV = "disagreements.csv"
 
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleWeights:
+    """Weights fitted on validation predictions, by model name, and where they came from."""
+
+    weights: dict[str, float]
+    step: float
+    validation_sources: dict[str, str]
+    validation_macro_f1: float
+
+
 @dataclasses.dataclass
 class Comparison:
     """Result of :func:`compare_predictions`; columns are models, then ensembles.
 
     ``table`` is the metrics shown (rows of the table), ``agreement`` one entry per
-    pair of models (not ensembles), ``images`` the test images in row order and
-    ``probabilities`` every column's ``(n, 3)`` array in that order.
+    pair of models (not ensembles), ``images`` the test images in row order,
+    ``probabilities`` every column's ``(n, 3)`` array in that order, and
+    ``ensemble_weights`` the weighted ensemble's weights (None without validation files).
     """
 
     columns: list[str]
@@ -82,10 +94,7 @@ class Comparison:
     n_bootstrap: int
     seed: int
     confidence: float
-    weights: dict[str, float] | None = None
-    weight_step: float | None = None
-    validation_sources: dict[str, str] | None = None
-    validation_macro_f1: float | None = None
+    ensemble_weights: EnsembleWeights | None = None
 
 
 def default_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -175,16 +184,6 @@ def mcnemar_test(*, correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, A
     c = int(np.sum(~correct_a & correct_b))
     p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
     return {"b": b, "c": c, "p_value": p}
-
-
-@dataclasses.dataclass(frozen=True)
-class EnsembleWeights:
-    """Weights fitted on validation predictions, by model name, and where they came from."""
-
-    weights: dict[str, float]
-    step: float
-    validation_sources: dict[str, str]
-    validation_macro_f1: float
 
 
 def fit_weights(
@@ -305,10 +304,7 @@ def compare_predictions(
         n_bootstrap=n_bootstrap,
         seed=seed,
         confidence=confidence,
-        weights=weights.weights if weights else None,
-        weight_step=weights.step if weights else None,
-        validation_sources=weights.validation_sources if weights else None,
-        validation_macro_f1=weights.validation_macro_f1 if weights else None,
+        ensemble_weights=weights,
     )
 
 
@@ -357,14 +353,15 @@ def _metrics_section(c: Comparison) -> list[str]:
 
 
 def _weights_section(c: Comparison) -> list[str]:
-    if c.weights is None:
+    fitted = c.ensemble_weights
+    if fitted is None:
         return []
-    weights = ", ".join(f"{name} {w:g}" for name, w in c.weights.items())
+    weights = ", ".join(f"{name} {w:g}" for name, w in fitted.weights.items())
     return [
         "",
-        f"Weighted ensemble weights: {weights} (grid step {c.weight_step:g}, maximising macro F1 "
-        f"{c.validation_macro_f1:.3f} on the validation predictions "
-        f"{', '.join(c.validation_sources.values())}; never on the test predictions above).",
+        f"Weighted ensemble weights: {weights} (grid step {fitted.step:g}, maximising macro F1 "
+        f"{fitted.validation_macro_f1:.3f} on the validation predictions "
+        f"{', '.join(fitted.validation_sources.values())}; never on the test predictions above).",
     ]
 
 
@@ -440,12 +437,13 @@ def write_comparison(out_dir: str | os.PathLike[str], comparison: Comparison) ->
         AGREEMENT_CSV: agreement_frame(c.agreement),
         DISAGREEMENTS_CSV: disagreements_frame(c.agreement, c.images, c.probabilities),
     }
-    if c.weights is not None:
+    fitted = c.ensemble_weights
+    if fitted is not None:
         frames[WEIGHTS_CSV] = pd.DataFrame(
             {
-                "model": list(c.weights),
-                "weight": list(c.weights.values()),
-                "validation_file": [c.validation_sources[n] for n in c.weights],
+                "model": list(fitted.weights),
+                "weight": list(fitted.weights.values()),
+                "validation_file": [fitted.validation_sources[n] for n in fitted.weights],
             }
         )
     written = {TABLE_MD: atomic_write_text(out / TABLE_MD, format_comparison(c))}
