@@ -178,11 +178,10 @@ class GradCamResult:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    import tensorflow as tf
+    from data.images import decode_image
 
     # The pipeline's decoder (8-bit, 3 channels), so every format it reads can be overlaid.
-    return tf.io.decode_image(tf.io.read_file(str(path)), channels=3, dtype=tf.uint8,
-                              expand_animations=False).numpy()
+    return decode_image(path.read_bytes(), channels=3).numpy()
 
 
 def write_gradcam_overlays(

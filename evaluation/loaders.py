@@ -37,11 +37,9 @@ architecture or with no architecture to put them in, an ONNX model whose
 external data file is missing, an unsupported input) is a ``ValueError`` (or
 ``FileNotFoundError``) whose one line names the file and the reason.
 
-:func:`load_image` / :func:`read_image` read one PNG, JPEG, BMP, GIF or DICOM
-file for ``predict.py``, with the same preprocessing as the evaluation
-pipeline; :func:`check_radiograph_shape` refuses images whose size cannot be a
-chest radiograph and warns about odd ones (rule: :data:`MIN_SIDE`,
-:data:`MAX_ASPECT`, :data:`WARN_MIN_SIDE`, :data:`WARN_ASPECT`).
+Single image files (``read_image``, ``load_image``, ``check_radiograph_shape``)
+are read by :mod:`data.images`, the one image module; they are re-exported here
+for ``predict.py``.
 """
 from __future__ import annotations
 
@@ -56,6 +54,18 @@ from typing import Any
 
 import numpy as np
 
+# Single image files are data.images' job; predict.py and the tests read these names from here.
+from data.images import (  # noqa: F401
+    MAX_ASPECT,
+    MIN_SIDE,
+    WARN_ASPECT,
+    WARN_MIN_SIDE,
+    LoadedImage,
+    check_radiograph_shape,
+    is_dicom_file,
+    load_image,
+    read_image,
+)
 from data.labels import CLASSES, NUM_CLASSES
 from evaluation.onnx_metadata import CLASS_ORDER as ONNX_CLASS_ORDER
 from evaluation.onnx_metadata import LAYOUT as ONNX_LAYOUT
@@ -81,23 +91,9 @@ DEFAULT_CHANNELS = 3
 PROBABILITY_TOLERANCE = 1e-3
 SERVING_SIGNATURE = "serving_default"
 
-# Image sizes (original pixels, before resizing) that can be a chest radiograph. The public sources
-# range from ~150-300 px a side (figures cut from papers, the COVID-19 Radiography Database's 256/299 px)
-# to 4,000+ px (DICOM, Actualmed); the 203 real samples in ../shared/realdata have a shorter side of
-# 157-4,000+ px and aspect ratios (long side / short side) of 1.0-1.76. Below MIN_SIDE or beyond
-# MAX_ASPECT there is no radiograph to classify (an icon, a 1-pixel strip, a banner): refused. Below
-# WARN_MIN_SIDE or beyond WARN_ASPECT it is odd but possible (a thumbnail, a crop, two films side by
-# side): predicted with a warning.
-MIN_SIDE = 32
-MAX_ASPECT = 4.0
-WARN_MIN_SIDE = 128
-WARN_ASPECT = 2.0
-
 _HDF5_SUFFIXES = (".h5", ".hdf5")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
-_DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 def with_article(noun: str) -> str:
@@ -115,15 +111,6 @@ def _first_line(exc: BaseException, text: str, limit: int = 300) -> str:
 def _reason(exc: BaseException) -> str:
     """First line of an exception message, with its type, kept short (for one-line errors)."""
     return _first_line(exc, str(exc))
-
-
-def _tf_reason(exc: BaseException) -> str:
-    """A TensorFlow op error's message without its ``{{function_node ...}}`` and ``[Op:...]`` decorations."""
-    text = getattr(exc, "message", None) or str(exc)
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
-    text = re.sub(r"\s*\[Op:\w+\](\s*name:\s*\S*)?", "", text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _ort_reason(exc: BaseException) -> str:
@@ -827,132 +814,3 @@ def load_predictor(
     if kind == "savedmodel":
         return _load_saved_model(path, img_size)
     return _load_onnx(path, img_size, onnx_conventions)
-
-
-# ---------------------------------------------------------------------------
-# Single images (predict.py)
-
-
-def is_dicom_file(path: str | os.PathLike[str]) -> bool:
-    """True for a DICOM file: the ``DICM`` marker at byte 128, or a ``.dcm``/``.dicom`` name."""
-    path = Path(path)
-    if path.suffix.lower() in _DICOM_SUFFIXES:
-        return True
-    with open(path, "rb") as fh:
-        head = fh.read(132)
-    return head[128:132] == b"DICM"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LoadedImage:
-    """One image ready for a model, with the size it had before resizing.
-
-    Attributes:
-        pixels: float32 ``[img_size, img_size, channels]`` in [0, 1].
-        height, width: the original size in pixels (after the DICOM conversion or EXIF rotation).
-    """
-
-    pixels: np.ndarray
-    height: int
-    width: int
-
-
-def check_radiograph_shape(height: int, width: int) -> str | None:
-    """Refuse an image size that cannot be a chest radiograph; return a warning for an odd one, else None.
-
-    Refused (``ValueError``): shorter side below :data:`MIN_SIDE` px or aspect
-    ratio (long side / short side) beyond :data:`MAX_ASPECT`. Warned: shorter
-    side below :data:`WARN_MIN_SIDE` px or aspect ratio beyond
-    :data:`WARN_ASPECT`. See the constants for where the limits come from.
-    """
-    short, long = min(height, width), max(height, width)
-    aspect = long / short if short > 0 else float("inf")
-    size = f"{width}x{height} px (width x height)"
-    if short < MIN_SIDE or aspect > MAX_ASPECT:
-        raise ValueError(
-            f"image is {size}: cannot be a chest radiograph (allowed: shorter side at least {MIN_SIDE} px "
-            f"and aspect ratio at most 1:{MAX_ASPECT:g}; real chest X-rays are 150-4,000+ px, about 1:1 to "
-            f"1:1.8)"
-        )
-    odd = []
-    if short < WARN_MIN_SIDE:
-        odd.append(f"shorter side below {WARN_MIN_SIDE} px, smaller than public chest X-rays")
-    if aspect > WARN_ASPECT:
-        odd.append(f"aspect ratio 1:{aspect:.3g}, beyond the 1:{WARN_ASPECT:g} of public chest X-rays")
-    if odd:
-        return f"image is {size} ({'; '.join(odd)}); predicted anyway, check that it is a chest radiograph"
-    return None
-
-
-def _not_an_image(data: bytes) -> str:
-    """Why bytes that match no image signature are refused, naming common look-alikes."""
-    if data.startswith(b"%PDF-"):
-        return (
-            "a PDF document, not an image (it starts with %PDF-); export the radiograph from it as PNG "
-            "or JPEG, or give the DICOM file"
-        )
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        return "a TIFF image, which is not supported; convert it to PNG (lossless)"
-    return "not a PNG, JPEG, BMP, GIF or DICOM image"
-
-
-def load_image(path: str | os.PathLike[str], *, img_size: int, channels: int) -> np.ndarray:
-    """One image file as float32 ``[img_size, img_size, channels]`` in [0, 1] (see :func:`read_image`)."""
-    return read_image(path, img_size=img_size, channels=channels).pixels
-
-
-def read_image(path: str | os.PathLike[str], *, img_size: int, channels: int) -> LoadedImage:
-    """Read, convert and resize one image file as the evaluation pipeline does.
-
-    PNG, JPEG, BMP and GIF are decoded, resized and scaled exactly as
-    ``data.pipeline.decode_resize`` does: 16-bit PNGs become 8 bit as
-    cv2.imread makes them (the high byte), an alpha channel is dropped, gray and
-    colour images get ``channels`` channels. A DICOM file is first converted to
-    8-bit grayscale by ``data.dicom.dicom_to_uint8``, as ``create_covidx.py``
-    does before writing its PNG, then goes through the same steps. A JPEG with
-    an EXIF orientation is turned upright first, as ``create_covidx.py`` writes
-    it. Raises ``FileNotFoundError``/``ValueError`` with the reason (the size is
-    not checked here: :func:`check_radiograph_shape`).
-    """
-    import tensorflow as tf
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError("file does not exist")
-    if path.is_dir():
-        raise ValueError("is a folder, not an image file")
-    if is_dicom_file(path):
-        import cv2
-
-        from data.dicom import dicom_to_uint8
-
-        try:
-            pixels = dicom_to_uint8(path)
-        except ValueError as exc:  # data.dicom.DicomError: the reason
-            raise ValueError(f"cannot be converted from DICOM ({exc})") from None
-        ok, encoded = cv2.imencode(".png", pixels)
-        if not ok:  # pragma: no cover - encoding a uint8 array does not fail
-            raise ValueError("could not re-encode the DICOM pixels")
-        data = encoded.tobytes()
-    else:
-        data = path.read_bytes()
-        if not data:
-            raise ValueError("empty file (0 bytes)")
-        if not data.startswith(_IMAGE_MAGIC):
-            raise ValueError(_not_an_image(data))
-        from data.build import exif_orientation, upright_jpeg
-
-        if exif_orientation(data) != 1:
-            # create_covidx.py writes such JPEGs upright; a user's own file gets the same treatment.
-            data = upright_jpeg(data)
-    try:
-        decoded = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
-    except tf.errors.OpError as exc:
-        raise ValueError(f"cannot be decoded ({_tf_reason(exc)}); the file is damaged or truncated") from None
-    # The same ops as data.pipeline.decode_resize and training.export.decode_for_serving, after the decode
-    # (kept here so the original size can be checked); tests compare the three.
-    image = tf.image.resize(decoded, [img_size, img_size], method="bilinear", antialias=False)
-    image = tf.ensure_shape(image, [img_size, img_size, channels]) / 255.0
-    return LoadedImage(
-        pixels=image.numpy().astype(np.float32), height=int(decoded.shape[0]), width=int(decoded.shape[1])
-    )
