@@ -124,8 +124,8 @@ def read_images(
 ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
     """One result per image (``{"image", "error"}`` or ``{"image", "warnings"}``) and, by position,
     the pixels of every image that could be read."""
+    from data.images import check_radiograph_shape, read_image
     from evaluation.inference import progress_bar
-    from evaluation.loaders import check_radiograph_shape, read_image
 
     results: list[dict[str, Any]] = []
     pixels: dict[int, np.ndarray] = {}

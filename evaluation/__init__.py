@@ -21,7 +21,7 @@ Model-side modules, used by ``eval_keras.py`` and ``predict.py`` (these import
 TensorFlow, Keras or onnxruntime when their functions run):
 
 - :mod:`evaluation.loaders` - any checkpoint kind (Keras HDF5/weights/.keras, SavedModel, ONNX) behind one
-  ``predict_batch`` interface, and single-image reading (PNG, JPEG, DICOM);
+  ``predict_batch`` interface (single image files are read by :mod:`data.images`);
 - :mod:`evaluation.onnx_metadata` - the ``covidx.*`` conventions an ONNX model carries;
 - :mod:`evaluation.inference` - the one batched prediction path over a list;
 - :mod:`evaluation.extras` - what ``eval_keras.py`` writes beside the metrics, through the three below;

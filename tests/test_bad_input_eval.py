@@ -297,7 +297,7 @@ def test_bad_checkpoint_is_one_line(
 
 def test_the_onnx_model_works_with_its_data_file(zoo: dict, capsys: pytest.CaptureFixture) -> None:
     """The control for the missing-data case: the same .onnx with its data file beside it predicts."""
-    from evaluation.loaders import load_image
+    from data.images import load_image
 
     image = zoo["root"] / "data" / "test" / "img03.png"
     assert predict.main(["--checkpoint", str(zoo["onnx"]), "--json", str(image)]) == 0
@@ -363,7 +363,7 @@ def test_bad_image_gets_its_error_line_and_the_others_are_predicted(
 
 
 def test_radiograph_shape_rule_and_its_boundaries() -> None:
-    from evaluation.loaders import MAX_ASPECT, MIN_SIDE, WARN_ASPECT, WARN_MIN_SIDE, check_radiograph_shape
+    from data.images import MAX_ASPECT, MIN_SIDE, WARN_ASPECT, WARN_MIN_SIDE, check_radiograph_shape
 
     assert (MIN_SIDE, MAX_ASPECT, WARN_MIN_SIDE, WARN_ASPECT) == (32, 4.0, 128, 2.0)
     for height, width in ((256, 256), (2048, 2500), (1200, 2300), (128, 256)):
@@ -443,11 +443,11 @@ def test_16_bit_and_rgba_pngs_predict_like_their_8_bit_and_rgb_versions(
 
 @pytest.mark.parametrize("name", ["gray16", "rgba", "rgb"])
 def test_read_image_is_the_evaluation_preprocessing(colour_images: dict[str, Path], name: str) -> None:
-    """predict.py's decoding (loaders.read_image) is the pipeline's and the SavedModel's, bit for bit."""
+    """predict.py's decoding (data.images.read_image) is the pipeline's and the SavedModel's, bit for bit."""
     import tensorflow as tf
 
+    from data.images import read_image
     from data.pipeline import decode_resize
-    from evaluation.loaders import read_image
     from training.export import decode_for_serving
 
     path = colour_images[name]
@@ -462,7 +462,7 @@ def test_read_image_is_the_evaluation_preprocessing(colour_images: dict[str, Pat
 def test_no_real_chest_xray_is_refused_or_warned(realdata_dir: Path) -> None:
     from PIL import Image
 
-    from evaluation.loaders import check_radiograph_shape
+    from data.images import check_radiograph_shape
 
     sizes = {}
     for path in sorted(realdata_dir.rglob("*")):

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from data.images import load_image
 from evaluation.loaders import (
     Predictor,
     detect_kind,
-    load_image,
     load_predictor,
     looks_like_probabilities,
     onnx_layout,

@@ -44,7 +44,7 @@ def write_dicom(path: Path, pixels: np.ndarray) -> Path:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import keras
 
-    from evaluation.loaders import load_image
+    from data.images import load_image
     from models import build_model
 
     folder = tmp_path_factory.mktemp("predict")
@@ -156,7 +156,7 @@ def test_real_compressed_dicom(setup: dict, realdata_dir: Path, capsys: pytest.C
 def test_exif_rotated_jpeg_is_predicted_upright(tmp_path: Path) -> None:
     from PIL import Image
 
-    from evaluation.loaders import load_image
+    from data.images import load_image
 
     pixels = np.full((40, 20), 30, np.uint8)
     pixels[:10, :10] = 230
