@@ -54,25 +54,10 @@ from common.cli import EXIT_FAILURE, EXIT_OK, DefaultsHelpFormatter, UsageError,
 
 log = logging.getLogger("create_covidx")
 
-# Kept in sync with data.sources.SOURCES (checked by the tests); listed here so
-# that --help does not need to import the data stack.
-SOURCE_HELP = {
-    "cohen": "ieee8023/covid-chestxray-dataset folder (metadata.csv, images/)",
-    "figure1": "agchung/Figure1-COVID-chestxray-dataset folder (metadata.csv, images/)",
-    "actualmed": "agchung/Actualmed-COVID-chestxray-dataset folder (metadata.csv, images/)",
-    "sirm": "COVID-19 Radiography Database folder (COVID.metadata.xlsx, COVID/)",
-    "rsna": "RSNA pneumonia challenge folder (stage_2_detailed_class_info.csv, stage_2_train_labels.csv, "
-    "stage_2_train_images/)",
-    "ricord": "MIDRC-RICORD-1c folder (MIDRC-RICORD-1C-<MRN>/<study>/<series>/*.dcm)",
-    "radiography_db": "the whole COVID-19 Radiography Database (class folders COVID-19/COVID, NORMAL/Normal, "
-    "Viral Pneumonia): the ResNet-18 study's dataset, not COVIDx; implies --split radiography and writes "
-    "train/val/test lists",
-}
-SPLITS = ("covidnet", "surfsara", "radiography")
-LIST_FORMATS = ("covidnet", "surfsara")  # data.lists.LIST_FORMATS (checked by the tests)
 EXIT_TERMINATED = 128 + signal.SIGTERM
 DEFAULT_SYNTHETIC_SIZE = 400
 DEFAULT_SYNTHETIC_IMAGE_SIZE = 256
+DEFAULT_RADIOGRAPHY_SPLIT = (0.7, 0.1, 0.2)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -80,15 +65,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="create_covidx.py", description=__doc__, formatter_class=DefaultsHelpFormatter
     )
+    _add_source_args(parser)
+    _add_output_args(parser)
+    _add_split_args(parser)
+    _add_cache_args(parser)
+    _add_synthetic_args(parser)
+    _add_performance_args(parser)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    return parser.parse_args(argv)
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    # The flags and their help come from the registry of sources (data.sources), in its order.
+    from data.sources import SOURCES
+
     sources = parser.add_argument_group("sources (at least one, or --synthetic)")
-    for option, help_text in SOURCE_HELP.items():
+    for spec in SOURCES:
         sources.add_argument(
-            f"--{option.replace('_', '-')}",
-            dest=option,
-            metavar="DIR",
-            type=Path,
-            default=None,
-            help=help_text,
+            spec.flag, dest=spec.option, metavar="DIR", type=Path, default=None, help=spec.help
         )
     sources.add_argument(
         "--ricord-list",
@@ -98,6 +92,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="COVID-Net's ricord_data_set.txt (usable RICORD images and crop boxes); when not given, "
         "the --ricord folder's ricord_data_set.txt is used if present, else every AP/PA image",
     )
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    from data.lists import LIST_FORMATS
+
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out",
@@ -114,27 +113,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "create_COVIDx), surfsara = 'patientid filename label' (what SURFsara's data.py "
         "reads: label = last field). Default: surfsara with --split surfsara, else covidnet",
     )
+
+
+def _add_split_args(parser: argparse.ArgumentParser) -> None:
+    # The split rules and the sources that imply one come from the registries (data.splits, data.sources).
+    from data.sources import SOURCES
+    from data.splits import DEFAULT_RULES, RULES
+
+    implied = ", ".join(f"{rule} with {flag}" for rule, flag in _implied_rules(SOURCES))
     split = parser.add_argument_group("split")
     split.add_argument(
         "--split",
-        choices=SPLITS,
+        choices=tuple(RULES),
         default=argparse.SUPPRESS,
-        help="recipe: COVID-Net's create_COVIDx (covidnet, the default for the COVIDx sources), "
-        "SURFsara's create_COVIDx_v2 (surfsara), or the ResNet-18 study's seeded split of the "
-        "COVID-19 Radiography Database (radiography, the default with --radiography-db)",
+        help="split rule: " + "; ".join(f"{name}: {rules.description}" for name, rules in RULES.items())
+        + f" (default: {DEFAULT_RULES}, the default for the COVIDx sources; {implied})",
     )
     split.add_argument(
         "--radiography-split",
         metavar="TRAIN,VAL,TEST",
         type=_fractions,
-        default=(0.7, 0.1, 0.2),
+        default=DEFAULT_RADIOGRAPHY_SPLIT,
         help="--split radiography: fractions of each class in train, validation and test",
     )
+
+
+def _implied_rules(sources: Sequence) -> list[tuple[str, str]]:
+    """(split rule, flag) of every source that calls for its own split rule."""
+    return [(spec.split_rule, spec.flag) for spec in sources if spec.split_rule]
+
+
+def _add_cache_args(parser: argparse.ArgumentParser) -> None:
     cache = parser.add_argument_group(
         "preprocessed cache",
         "Images resized once into sharded TFRecord files, for train_keras.py --cache. With sources, the "
-        "cache "
-        "is built after the dataset; with --out alone, from the lists already in --out.",
+        "cache is built after the dataset; with --out alone, from the lists already in --out.",
     )
     cache.add_argument(
         "--cache",
@@ -150,6 +163,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where the cache goes (default: OUT/cache-SIZE)",
     )
+
+
+def _add_synthetic_args(parser: argparse.ArgumentParser) -> None:
     synthetic = parser.add_argument_group("synthetic sources (no download)")
     synthetic.add_argument(
         "--synthetic",
@@ -179,6 +195,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         help="seed of the synthetic sources and of the --split radiography draw",
     )
+
+
+def _add_performance_args(parser: argparse.ArgumentParser) -> None:
     performance = parser.add_argument_group("performance")
     performance.add_argument(
         "--workers",
@@ -190,8 +209,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     performance.add_argument(
         "--no-progress", action="store_true", help="no progress bar (it is shown only on a terminal anyway)"
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
-    return parser.parse_args(argv)
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -203,16 +220,15 @@ def _fractions(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def _flag(option: str) -> str:
-    return f"--{option.replace('_', '-')}"
-
-
 def _check_options(args: argparse.Namespace) -> dict[str, Path]:
-    given = {option: getattr(args, option) for option in SOURCE_HELP if getattr(args, option) is not None}
+    """The given sources (option -> folder), after checking the options go together."""
+    from data.sources import BY_OPTION, SOURCES
+
+    given = {s.option: getattr(args, s.option) for s in SOURCES if getattr(args, s.option) is not None}
     cache_only = args.cache is not None and not given and args.synthetic is None
     if args.synthetic is not None:
         if given:
-            flags = ", ".join(_flag(o) for o in given)
+            flags = ", ".join(BY_OPTION[o].flag for o in given)
             raise UsageError(f"--synthetic builds from its own sources; do not combine it with {flags}")
         if args.ricord_list is not None:
             raise UsageError("--ricord-list cannot be used with --synthetic")
@@ -225,15 +241,15 @@ def _check_options(args: argparse.Namespace) -> dict[str, Path]:
         if not given:
             raise UsageError(
                 "no source given: use at least one of "
-                + ", ".join(_flag(o) for o in SOURCE_HELP)
+                + ", ".join(s.flag for s in SOURCES)
                 + " (or --synthetic DIR for a demo, or --cache SIZE --out DIR to cache an existing dataset)"
             )
         if args.out is None:
             raise UsageError("--out is required: the folder to write COVIDx into")
     if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+        raise UsageError(f"--workers must be at least 1, received {args.workers}")
     if args.cache is not None and args.cache < 8:
-        raise UsageError(f"--cache must be an image size of at least 8 px, got {args.cache}")
+        raise UsageError(f"--cache must be an image size of at least 8 px, received {args.cache}")
     if args.cache_dir is not None and args.cache is None:
         raise UsageError("--cache-dir needs --cache SIZE")
     if args.cache is not None and args.out is None:
@@ -242,10 +258,10 @@ def _check_options(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _split_name(args: argparse.Namespace, given: dict[str, Path]) -> str:
-    """--split, or the recipe the sources call for when it was not given."""
-    if hasattr(args, "split"):
-        return args.split
-    return "radiography" if "radiography_db" in given else "covidnet"
+    """--split, or the split rule the sources call for when it was not given."""
+    from data.sources import implied_split_rule
+
+    return args.split if hasattr(args, "split") else implied_split_rule(given)
 
 
 def _build_cache(out: Path, *, size: int, cache_dir: Path | None, progress: bool) -> Path:
@@ -337,41 +353,14 @@ def _run(args: argparse.Namespace) -> int:
     if not given and args.synthetic is None:
         _build_cache(args.out, size=args.cache, cache_dir=args.cache_dir, progress=progress)
         return EXIT_OK
-
-    from data.build import build_covidx
-    from data.report import format_fingerprints, format_summary
-    from data.splits import get_rules
-
     split = _split_name(args, given)
-    if split != "radiography" and args.radiography_split != (0.7, 0.1, 0.2):
+    if split != "radiography" and args.radiography_split != DEFAULT_RADIOGRAPHY_SPLIT:
         raise UsageError(f"--radiography-split applies to --split radiography, not to --split {split}")
     if args.synthetic is not None:
-        from data.synthetic import make_synthetic_radiography_db, make_synthetic_sources
-
-        try:
-            folders = make_synthetic_sources(
-                args.synthetic, size=args.synthetic_size, image_size=args.synthetic_image_size, seed=args.seed
-            )
-            folders["radiography_db"] = make_synthetic_radiography_db(
-                args.synthetic / "radiography-db",
-                size=args.synthetic_size,
-                image_size=args.synthetic_image_size,
-                seed=args.seed,
-            )
-        except OSError as exc:
-            from data.sources.base import describe_os_error
-
-            raise UsageError(
-                f"--synthetic: expected a folder the synthetic sources can be written into, "
-                f"received {args.synthetic} ({describe_os_error(exc)})"
-            ) from None
-        print(f"synthetic sources written to {args.synthetic}")
+        given = _synthetic_sources(args, split)
         if args.out is None:
             return EXIT_OK
-        # The sources the recipe uses: the six COVIDx ones, cohen and RSNA for surfsara, the database for
-        # radiography.
-        allowed = get_rules(split).allowed_sources
-        given = {o: f for o, f in folders.items() if allowed is None or o in allowed}
+    from data.build import build_covidx
 
     result = build_covidx(
         out_dir=args.out,
@@ -384,15 +373,47 @@ def _run(args: argparse.Namespace) -> int:
         progress=progress,
         list_format=args.list_format or ("surfsara" if split == "surfsara" else "covidnet"),
     )
-    print(format_summary(result.report))
-    print(format_fingerprints(result.report))
-    print(f"report: {result.report_path}")
+    _print_summary(result.report, result.report_path)
     if not result.usable:
         print("error: no usable image was found in the given sources (see report.json)", file=sys.stderr)
         return EXIT_FAILURE
     if args.cache is not None:
         _build_cache(args.out, size=args.cache, cache_dir=args.cache_dir, progress=progress)
     return EXIT_OK
+
+
+def _synthetic_sources(args: argparse.Namespace, split: str) -> dict[str, Path]:
+    """Write the synthetic sources into --synthetic; return those the split rule takes (option -> folder)."""
+    from data.sources.base import describe_os_error
+    from data.splits import get_rules
+    from data.synthetic import make_synthetic_radiography_db, make_synthetic_sources
+
+    try:
+        folders = make_synthetic_sources(
+            args.synthetic, size=args.synthetic_size, image_size=args.synthetic_image_size, seed=args.seed
+        )
+        folders["radiography_db"] = make_synthetic_radiography_db(
+            args.synthetic / "radiography-db",
+            size=args.synthetic_size,
+            image_size=args.synthetic_image_size,
+            seed=args.seed,
+        )
+    except OSError as exc:
+        raise UsageError(
+            f"--synthetic: expected a folder the synthetic sources can be written into, "
+            f"received {args.synthetic} ({describe_os_error(exc)})"
+        ) from None
+    print(f"synthetic sources written to {args.synthetic}")
+    allowed = get_rules(split).allowed_sources
+    return {o: f for o, f in folders.items() if allowed is None or o in allowed}
+
+
+def _print_summary(report: dict, report_path: Path) -> None:
+    from data.report import format_fingerprints, format_summary
+
+    print(format_summary(report))
+    print(format_fingerprints(report))
+    print(f"report: {report_path}")
 
 
 if __name__ == "__main__":

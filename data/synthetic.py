@@ -428,6 +428,35 @@ _COHEN_HEADER = [
 ]
 
 
+class _CohenRows:
+    """The rows of a synthetic cohen ``metadata.csv``, numbered in the order they are added."""
+
+    def __init__(self, root: Path, seed: int, image_size: int) -> None:
+        self.root, self.seed, self.image_size = root, seed, image_size
+        self.rows: list[list[str]] = []
+        self.urls: list[str] = []
+
+    def add(
+        self, p: Patient, finding: str, view: str, *, url: str | None = None, write: bool = True,
+        label: str = "",
+    ) -> None:
+        """One row of patient ``p`` (and its image unless ``write`` is False: a missing image)."""
+        n = len(self.rows)
+        ext = ".jpg" if n % 3 else ".png"
+        name = f"synthetic-{p.pid}-{n}{ext}"
+        url = url or f"https://radiopaedia.org/cases/synthetic-{p.pid}"
+        if write:
+            image = render_cxr(label or p.label, _rng(self.seed, 11, n), self.image_size)
+            params = [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else None
+            _write_image(self.root / "images" / name, image, params)
+        sex, age = "M" if n % 2 else "F", str(30 + n % 50)
+        self.rows.append([
+            p.pid, str(n % 7), sex, age, finding, "Y", "", "", view, "X-ray", "2020", "synthetic", "images",
+            name, "", url, "CC BY", "synthetic image", "",
+        ])
+        self.urls.append(url)
+
+
 def _cohen(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> list[str]:
     rng = _rng(seed, 1)
     pneu = _plan_patients(
@@ -440,69 +469,27 @@ def _cohen(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> list[
     )
     covid_tests = [p for p in COVIDNET_TEST_PATIENTS["COVID-19"] if p.isdigit()]
     covid = _plan_patients(plan.cohen_covid - 1, "COVID-19", covid_tests, lambda i: str(2000 + i), rng)
-    covid.append(
-        Patient("191", "COVID-19", 1, False)
-    )  # COVID-Net's '191COVID-00024' quirk: 191 stays in train
-    rows: list[list[str]] = []
-    urls: list[str] = []
-    n = 0
-
-    def add(
-        p: Patient, finding: str, view: str, *, url: str | None = None, write: bool = True, label: str = ""
-    ) -> None:
-        nonlocal n
-        ext = ".jpg" if n % 3 else ".png"
-        name = f"synthetic-{p.pid}-{n}{ext}"
-        url = url or f"https://radiopaedia.org/cases/synthetic-{p.pid}"
-        if write:
-            image = render_cxr(label or p.label, _rng(seed, 11, n), image_size)
-            _write_image(
-                root / "images" / name, image, [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else None
-            )
-        rows.append(
-            [
-                p.pid,
-                str(n % 7),
-                "M" if n % 2 else "F",
-                str(30 + n % 50),
-                finding,
-                "Y",
-                "",
-                "",
-                view,
-                "X-ray",
-                "2020",
-                "synthetic",
-                "images",
-                name,
-                "",
-                url,
-                "CC BY",
-                "synthetic image",
-                "",
-            ]
-        )
-        urls.append(url)
-        n += 1
-
+    # COVID-Net's '191COVID-00024' quirk: 191 stays in train
+    covid.append(Patient("191", "COVID-19", 1, False))
+    table = _CohenRows(root, seed, image_size)
     views = ["PA", "AP", "AP Supine", "AP semi erect", "AP erect"]
     for p in pneu + covid:
         for k in range(p.images):
+            n = len(table.rows)
             findings = _COHEN_FINDINGS[p.label]
-            add(p, findings[(n + k) % len(findings)], views[(n + k) % len(views)])
-    quirk = Patient("3000", "COVID-19", 1, False)
-    add(quirk, "Pneumonia/Viral/COVID-19", "L")  # lateral view: not kept
-    add(Patient("3001", "normal", 1, False), "todo", "PA")  # not mapped
-    add(Patient("3002", "normal", 1, False), "No Finding", "PA")  # not mapped
-    add(
+            table.add(p, findings[(n + k) % len(findings)], views[(n + k) % len(views)])
+    table.add(Patient("3000", "COVID-19", 1, False), "Pneumonia/Viral/COVID-19", "L")  # lateral: not kept
+    table.add(Patient("3001", "normal", 1, False), "todo", "PA")  # not mapped
+    table.add(Patient("3002", "normal", 1, False), "No Finding", "PA")  # not mapped
+    table.add(
         Patient("3003", "COVID-19", 1, False),
         "Pneumonia/Viral/COVID-19",
         "PA",
         url="https://www.eurorad.org/case/99999",
     )  # duplicates SIRM: skipped
-    add(Patient("3004", "COVID-19", 1, False), "Pneumonia/Viral/COVID-19", "AP", write=False)  # image missing
-    _write_csv(root / "metadata.csv", _COHEN_HEADER, rows)
-    return urls
+    table.add(Patient("3004", "COVID-19", 1, False), "Pneumonia/Viral/COVID-19", "AP", write=False)  # missing
+    _write_csv(root / "metadata.csv", _COHEN_HEADER, table.rows)
+    return table.urls
 
 
 def _figure1(root: Path, plan: SyntheticPlan, seed: int, image_size: int) -> None:
@@ -773,9 +760,9 @@ def make_synthetic_sources(
 ) -> dict[str, Path]:
     """Write the six synthetic sources under ``out_dir``; return option name -> folder.
 
-    ``size`` is the number of images the COVID-Net recipe lists (about a third
-    per class); a few extra rows exercise the skip rules. ``image_size`` is the
-    side of the square images in pixels.
+    ``size`` is the number of images the COVID-Net split rule lists (about a
+    third per class); a few extra rows exercise the skip rules. ``image_size``
+    is the side of the square images in pixels.
     """
     if image_size < 16:
         raise ValueError(f"--synthetic-image-size must be at least 16, got {image_size}")

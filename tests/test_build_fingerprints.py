@@ -115,7 +115,10 @@ def test_surfsara_split_writes_lines_surfsaras_reader_takes(
 def test_list_formats_match_the_data_layer_and_bad_ones_are_refused(capsys: pytest.CaptureFixture) -> None:
     from data.lists import LIST_FORMATS
 
-    assert create_covidx.LIST_FORMATS == LIST_FORMATS
     with pytest.raises(SystemExit) as exit_info:
         create_covidx.parse_args(["--synthetic", "x", "--list-format", "csv"])
     assert exit_info.value.code == 2 and "invalid choice: 'csv'" in capsys.readouterr().err
+    # The choices are the data layer's.
+    parsed = [create_covidx.parse_args(["--list-format", f]).list_format for f in LIST_FORMATS]
+    assert parsed == list(LIST_FORMATS)
+    assert LIST_FORMATS == ("covidnet", "surfsara")

@@ -157,3 +157,77 @@ def test_cached_batches_are_augmented_in_gray_then_tiled(cached) -> None:
         np.testing.assert_array_equal(x3.numpy(), np.repeat(x1.numpy(), 3, axis=-1))
         np.testing.assert_array_equal(y1.numpy(), y3.numpy())
         np.testing.assert_array_equal(w1.numpy(), w3.numpy())
+
+
+def test_the_cache_records_the_lists_fingerprints_and_refuses_other_lists(
+    cached, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from data.fingerprint import fingerprint_list_files, short
+
+    root, entries, image_dir = cached
+    fingerprint, hashed = fingerprint_list_files(entries, image_dir)
+    assert hashed == len(entries) == 15
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["fingerprint"] == fingerprint and manifest["resize"] == "baseline"
+    assert open_cache(root, "train", entries=entries, fingerprint=fingerprint).fingerprint == fingerprint
+
+    # One image changed under the same name: the list's fingerprint changes and the cache refuses it.
+    changed = image_dir / entries[4].filename
+    cv2.imwrite(str(changed), np.full((30, 30), 200, np.uint8).astype(np.uint16) * 257)
+    other, _ = fingerprint_list_files(entries, image_dir)
+    assert other != fingerprint
+    with pytest.raises(CacheError) as refused:
+        open_cache(root, "train", entries=entries, fingerprint=other, what="--trainfile train.txt")
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and message.startswith("--trainfile train.txt (fingerprint ")
+    assert short(other) in message and short(fingerprint) in message and "rebuild the cache" in message
+
+    # Building again rebuilds every shard (same list, other images) and records the new fingerprint.
+    before = {p.name: p.read_bytes() for p in root.glob("*.tfrecord")}
+    build_cache(root, lists={"train": (entries, image_dir)}, size=24, shard_images=3)
+    after = {p.name: p.read_bytes() for p in root.glob("*.tfrecord")}
+    assert after.keys() == before.keys() and sum(after[k] != before[k] for k in after) == 1
+    assert open_cache(root, "train", entries=entries, fingerprint=other).fingerprint == other
+
+    # A cache of an older version (no fingerprints) still reads, with a log line.
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["splits"]["train"]["fingerprint"], manifest["resize"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("INFO", logger="data.cache"):
+        old = open_cache(root, "train", entries=entries, fingerprint=fingerprint, what="--trainfile x.txt")
+    assert old.fingerprint is None and old.resize == "baseline" and len(old.entries) == 15
+    assert "older version without list fingerprints: --trainfile x.txt cannot be checked" in caplog.text
+
+
+def test_an_image_that_cannot_be_read_is_named_before_any_shard(tmp_path: Path) -> None:
+    entries = _make_images(tmp_path / "train", LABELS[:4])
+    (tmp_path / "train" / entries[2].filename).unlink()
+    with pytest.raises(CacheError, match=rf"cannot cache .*{entries[2].filename}: .*\(ENOENT\)"):
+        build_cache(tmp_path / "cache", lists={"train": (entries, tmp_path / "train")}, size=24)
+    assert not list((tmp_path / "cache").glob("*.tfrecord"))
+
+
+def test_a_torchvision_cache_holds_pillows_pixels_and_is_read_with_that_method_only(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from data.images import decode_image
+
+    entries = _make_images(tmp_path / "train", LABELS)
+    root = build_cache(
+        tmp_path / "tv", lists={"train": (entries, tmp_path / "train")}, size=24, resize="torchvision"
+    )
+    cache = open_cache(root, "train", entries=entries)
+    assert cache.resize == "torchvision"
+    with pytest.raises(ValueError, match="resized with 'torchvision'; received resize='baseline'"):
+        make_eval_dataset(entries, CachedImages(cache), img_size=24, batch_size=4)
+    seen = {}
+    ds = CachedImages(cache).named(entries, img_size=24, channels=1, resize="torchvision")
+    for image, name in ds:
+        seen[name.numpy().decode()] = np.rint(image.numpy()[..., 0] * 255).astype(np.uint8)
+    for e in entries:
+        # Pillow resizing the pixels the pipeline decodes (libjpeg's IDCT differs between TensorFlow and cv2)
+        gray = decode_image((tmp_path / "train" / e.filename).read_bytes(), channels=1).numpy()[..., 0]
+        pillow = np.asarray(Image.fromarray(gray).resize((24, 24), Image.BILINEAR))
+        np.testing.assert_array_equal(seen[e.filename], pillow)
+    with pytest.raises(ValueError, match="must be one of baseline, torchvision, received 'pil'"):
+        build_cache(tmp_path / "x", lists={"train": (entries, tmp_path / "train")}, size=24, resize="pil")

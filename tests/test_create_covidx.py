@@ -25,10 +25,18 @@ def test_parse_args_defaults() -> None:
     assert (args.synthetic_size, args.synthetic_image_size) == (400, 256)
 
 
-def test_source_flags_match_the_registry() -> None:
-    assert list(create_covidx.SOURCE_HELP) == [
-        "cohen", "figure1", "actualmed", "sirm", "rsna", "ricord", "radiography_db"]
-    assert set(create_covidx.SOURCE_HELP) == set(BY_OPTION)
+def test_source_flags_and_split_rules_come_from_the_registries(capsys: pytest.CaptureFixture[str]) -> None:
+    args = create_covidx.parse_args([])
+    assert [o for o in vars(args) if o in BY_OPTION] == [
+        "cohen", "figure1", "actualmed", "sirm", "ricord", "rsna", "radiography_db"]
+    assert {o for o in vars(args) if getattr(args, o) is None} >= set(BY_OPTION)
+    with pytest.raises(SystemExit):
+        create_covidx.parse_args(["--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+    for spec in BY_OPTION.values():
+        assert "".join(f"{spec.flag} DIR {spec.help}".split()) in text
+    assert "--split{covidnet,surfsara,radiography}" in text
+    assert "radiographywith--radiography-db" in text and "covidnet:COVID-Net'screate_COVIDx" in text
 
 
 def test_help_lists_groups_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ from data.sources import (
     rsna,
     sirm,
 )
-from data.splits import COVIDNET, SURFSARA
+from data.splits import COVIDNET, RADIOGRAPHY, SURFSARA
 from data.synthetic import render_cxr, write_ricord_dicom, write_rsna_dicom, write_xlsx
 
 CTX = ScanContext(rules=COVIDNET)
@@ -145,6 +145,9 @@ def test_cohen_missing_column_and_missing_files_name_the_flag(tmp_path: Path) ->
     )
     with pytest.raises(ValueError, match=r"--cohen: .*metadata.csv has no column 'view'"):
         cohen.scan(tmp_path / "c", CTX)
+    # A split rule without cohen rules (the Radiography Database's) cannot read cohen.
+    with pytest.raises(ValueError, match="--cohen cannot be used with --split radiography: the ResNet-18"):
+        cohen.scan(tmp_path / "c", ScanContext(rules=RADIOGRAPHY))
 
 
 # -- Figure1 and Actualmed ---------------------------------------------------------------------
