@@ -10,10 +10,14 @@ Measurements (images/s and peak memory of each; see benchmarks/README.md):
   (5) eval      batched evaluation against SURFsara's per-image model.predict loop
   (6) fed       model.fit fed from the cache pipeline against fed from memory: the share of the step
                 spent waiting on input
+  (7) torch     the same network's training step in Keras and in PyTorch (models/torch_reference.py)
+                on the same device, cores, batch and image size; Keras images/s / PyTorch images/s.
+                Skipped, with a message, when torch is not installed (requirements-torch.txt)
 
-Presets: the default runs in about 6 minutes on 2 CPU cores (512 px pipelines, model at 64 px);
---quick runs in under a minute (CI); --full is the GPU-node run (512 px, batch 64). Any option
-given explicitly overrides the preset.
+Presets: the default runs (1)-(6) in about 6 minutes on 2 CPU cores (512 px pipelines, model at
+64 px) and (7) in a few more (ResNet-18 and ResNet50V2 at 224 px, batch 16); --quick runs in
+under a minute (CI); --full is the GPU-node run (512 px, batch 64; (7) at 224 px, batch 64). Any
+option given explicitly overrides the preset.
 """
 from __future__ import annotations
 
@@ -58,6 +62,8 @@ log = logging.getLogger("benchmarks")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 MEASUREMENTS = ("files", "cache", "baseline", "step", "eval", "fed", "torch")
+# The measurements that read the synthetic originals (or their caches); the train steps use random tensors.
+READ_ORIGINALS = frozenset({"files", "cache", "baseline", "eval", "fed"})
 MIXED_POLICIES = ("auto", "mixed_float16", "mixed_bfloat16")
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -433,7 +439,12 @@ _PLANNERS: dict[str, Callable[[dict[str, Any], _PlanContext], list[dict[str, Any
 
 
 def plan(
-    settings: dict[str, Any], *, originals: Any, caches: dict[int, str], gpu: bool, skip: Sequence[str] = ()
+    settings: dict[str, Any],
+    *,
+    originals: Any | None,
+    caches: dict[int, str],
+    gpu: bool,
+    skip: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The measurement units of ``settings["only"]`` but ``skip``, in order, with their table labels."""
     s = settings
@@ -443,7 +454,8 @@ def plan(
     ctx = _PlanContext(
         timing={"warmup": s["warmup_batches"], "min_batches": s["min_batches"],
                 "min_seconds": s["min_seconds"], "windows": s["windows"]},
-        files={"list_file": str(originals.list_file), "image_dir": str(originals.image_dir)},
+        files={} if originals is None else {"list_file": str(originals.list_file),
+                                             "image_dir": str(originals.image_dir)},
         caches=caches,
         mixed_policy=mixed,
         gpu=gpu,
@@ -550,8 +562,12 @@ def _environment(*, isolate: str) -> _Environment:
                         versions={"tensorflow": tf.__version__, "keras": keras.__version__})
 
 
-def _prepare_workload(settings: dict[str, Any], work_dir: Path) -> tuple[Any, dict[int, dict[str, Any]]]:
-    """Write (or reuse) the originals and the caches the measurements read."""
+def _prepare_workload(
+    settings: dict[str, Any], work_dir: Path
+) -> tuple[Any | None, dict[int, dict[str, Any]]]:
+    """Write (or reuse) the originals and the caches the measurements read (none if none reads them)."""
+    if not READ_ORIGINALS & set(settings["only"]):
+        return None, {}
     log.info("writing %d originals (%s px) into %s", settings["originals"],
              "/".join(map(str, settings["original_px"])), work_dir)
     originals = write_originals(work_dir, settings["originals"], sizes=settings["original_px"],
@@ -594,7 +610,10 @@ def _measure(
         caches = {size: info["cache_dir"] for size, info in caches_info.items()}
         units = plan(settings, originals=originals, caches=caches, gpu=gpu, skip=skip)
         _run_units(units, isolate=settings["isolate"], seed=settings["seed"], scratch=scratch)
-        workload = {"originals": originals.to_dict(), "caches": {str(k): v for k, v in caches_info.items()}}
+        workload = {
+            "originals": originals.to_dict() if originals is not None else None,
+            "caches": {str(k): v for k, v in caches_info.items()},
+        }
     return units, workload
 
 
