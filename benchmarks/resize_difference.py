@@ -49,7 +49,9 @@ def _images(inputs: Sequence[Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise FileNotFoundError(f"{path} does not exist")
+            raise FileNotFoundError(
+                f"IMAGE_OR_FOLDER: expected an image or a folder, received {path}, which does not exist"
+            )
     return found
 
 
@@ -59,15 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
-    import tensorflow as tf
 
-    from data.images import resize_image
+    from common.fsutil import atomic_write_text
+    from data.images import decode_image, resize_image
 
     rows = []
     for path in _images(args.inputs):
-        image = tf.io.decode_image(
-            tf.io.read_file(str(path)), channels=3, dtype=tf.uint8, expand_animations=False
-        )
+        image = decode_image(path.read_bytes(), channels=3)
         height, width = int(image.shape[0]), int(image.shape[1])
         if min(height, width) < args.min_side:
             continue
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{max(means) * 255:.2f}) | {largest:.3f} ({largest * 255:.0f}/255) | {share:.1%} |"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
     return 0
 
 

@@ -2,14 +2,15 @@
 
 Decoding the 1000-3000 px originals is what limits training throughput (a
 2048x2048 PNG decodes at roughly 12-30 images/s per core). The cache decodes
-and resizes every image of the lists once - exactly as the training pipeline
-does (``tf.io.decode_image``, bilinear resize without antialiasing, aspect
-ratio not kept) but to grayscale - and stores the result as raw uint8 pixels,
-so training only reads bytes; augmentation still happens on the fly.
+and resizes every image of the lists once - with the training pipeline's
+decode and resize (:mod:`data.images`, ``baseline`` or ``torchvision``) but to
+grayscale - and stores the result as raw uint8 pixels, so training only reads
+bytes; augmentation still happens on the fly.
 
 Layout of a cache folder::
 
-    manifest.json                      sizes, shard names, record counts, SHA-256
+    manifest.json                      size, resize method, and per split: the list's fingerprint,
+                                       shard names, record counts, SHA-256
     train_COVIDx.txt, test_COVIDx.txt  what the cache holds, as COVIDx lists
     train-normal-00000-of-00016.tfrecord ...   one shard group per split and class
 
@@ -20,6 +21,12 @@ recorded in the manifest; a re-run skips recorded shards that are still
 intact) and verified: :func:`verify_cache` checks every shard's size and hash
 against the manifest, and reading a damaged record raises TensorFlow's
 ``DataLossError`` (TFRecord has a CRC per record) instead of truncating.
+
+The manifest records each list's fingerprint (:mod:`data.fingerprint`: the
+value ``create_covidx.py`` writes to ``report.json``). :func:`open_cache`
+refuses a list whose fingerprint differs (other images, labels or patients)
+with one line naming both; a cache of an older version, without fingerprints,
+is read with a log line.
 
 The one difference from training on the original files: colour images are
 stored as grayscale (ITU-R 601 luma), replicated to 3 channels when read.
@@ -374,7 +381,10 @@ def open_cache(
     root = Path(cache_dir)
     manifest = _read_manifest(root)
     if split not in manifest["splits"]:
-        raise CacheError(f"cache {root} has no {split!r} split (it has {', '.join(manifest['splits'])})")
+        raise CacheError(
+            f"cache {root} has no {split!r} split (it has {', '.join(manifest['splits'])}); received "
+            f"split {split!r}"
+        )
     problems = verify_cache(root, full=full_check)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

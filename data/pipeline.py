@@ -5,10 +5,12 @@ reading, decoding (PNG/JPEG/BMP/GIF, 8 or 16 bit), resizing, balancing,
 batching, augmentation (``data.augment``) and prefetching. Python only builds
 the graph.
 
-Preprocessing is SURFsara's: ``cv2.imread`` (3 channels) then
+Preprocessing is :mod:`data.images`' decode and resize. The default
+(``resize="baseline"``) is SURFsara's: ``cv2.imread`` (3 channels) then
 ``cv2.resize(x, (size, size))`` (bilinear, no antialiasing, aspect ratio not
-kept) then ``/ 255``. The decoded channel order is RGB, where cv2 gave BGR; the
-two only differ for the few colour images in the public sources.
+kept) then ``/ 255``; ``resize="torchvision"`` is the PyTorch studies' Pillow
+resize. The decoded channel order is RGB, where cv2 gave BGR; the two only
+differ for the few colour images in the public sources.
 
 Balanced training batches follow SURFsara's ``BalanceDataGenerator``: every
 batch holds ``batch_size - k`` normal/pneumonia images and ``k`` COVID-19
@@ -17,9 +19,9 @@ and one epoch is one pass over it; the COVID-19 stream is reshuffled and
 repeated as often as needed. Class weights are applied per sample on top, as
 the baseline passed ``class_weight`` to ``fit``.
 
-Images come from an image source: :class:`FileImages` decodes the original
-files; :class:`CachedImages` reads the resized images of a ``data.cache``
-TFRecord cache, which removes the decoding cost from training.
+Images come from an image source (:class:`ImageSource`): :class:`FileImages`
+decodes the original files; :class:`CachedImages` reads the resized images of
+a ``data.cache`` TFRecord cache, which removes the decoding cost from training.
 
 What is deterministic (so that a run killed at any moment and resumed trains
 on exactly the batches of an uninterrupted run with the same seed):
@@ -592,9 +594,15 @@ def _plan_streams(
         )
     is_covid = _labels_array(entries) == CLASS_TO_INDEX["COVID-19"]
     if not is_covid.any():
-        raise ValueError("balanced batches need at least one COVID-19 image in the training list; found none")
+        raise ValueError(
+            f"balanced batches need at least one COVID-19 image in the training list; received "
+            f"{len(entries)} images, none of them COVID-19"
+        )
     if is_covid.all():
-        raise ValueError("balanced batches need normal or pneumonia images in the training list; found none")
+        raise ValueError(
+            f"balanced batches need normal or pneumonia images in the training list; received "
+            f"{len(entries)} images, all of them COVID-19"
+        )
     others = [e for e, c in zip(entries, is_covid) if not c]
     covids = [e for e, c in zip(entries, is_covid) if c]
     return [
@@ -627,7 +635,9 @@ def _worker_batch_sizes(
     """
     if num_shards < 1 or not 0 <= shard_index < num_shards or batch_size % num_shards:
         raise ValueError(
-            f"cannot split batches of {batch_size} into shard {shard_index} of {num_shards} equal parts"
+            f"cannot split batches of {batch_size} into shard {shard_index} of {num_shards} equal parts: "
+            f"the shards must divide the batch and 0 <= shard index < shards; received batch size "
+            f"{batch_size}, shard index {shard_index}, {num_shards} shards"
         )
     local = batch_size // num_shards
     out_batch = shard_batch_size or local

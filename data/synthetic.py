@@ -95,7 +95,7 @@ def render_cxr(label: str, rng: np.random.Generator, size: int = DEFAULT_IMAGE_S
     Air is dark, tissue and opacities bright (MONOCHROME2 convention).
     """
     if label not in CLASSES:
-        raise ValueError(f"unknown label {label!r}: allowed labels are {', '.join(CLASSES)}")
+        raise ValueError(f"unknown label: allowed labels are {', '.join(CLASSES)}, received {label!r}")
     f = lambda *a: float(rng.uniform(*a))  # noqa: E731  (NumPy scalars would promote float32 arrays)
     work = min(size, 128)  # draw at <= 128 px, then resize: the class signal is coarse
     grid = np.linspace(-1.0, 1.0, work, dtype=np.float32)
@@ -313,7 +313,7 @@ def write_ricord_dicom(
     elif syntax == "rle":
         ds.compress(RLELossless, pixels, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     elif syntax != "native":
-        raise ValueError(f"unknown syntax {syntax!r}")
+        raise ValueError(f"DICOM syntax must be native, j2k or rle, received {syntax!r}")
     _save_dicom(path, ds)
 
 
@@ -378,7 +378,7 @@ class SyntheticPlan:
 def plan_sizes(size: int) -> SyntheticPlan:
     """Split ``size`` images into sources so that the classes are about equal."""
     if size < MIN_SIZE:
-        raise ValueError(f"--synthetic-size must be at least {MIN_SIZE}, got {size}")
+        raise ValueError(f"--synthetic-size must be at least {MIN_SIZE}, received {size}")
     normal = round(size / 3)
     pneumonia = round(size / 3)
     covid = size - normal - pneumonia
@@ -728,7 +728,7 @@ def make_synthetic_radiography_db(
     of the three classes.
     """
     if size < 30:
-        raise ValueError(f"the synthetic radiography database needs at least 30 images, got {size}")
+        raise ValueError(f"the synthetic radiography database needs at least 30 images, received {size}")
     root = Path(out_dir)
     counts = {"COVID": size // 4, "Normal": (size - size // 4) // 2, "Lung_Opacity": 4}
     counts["Viral Pneumonia"] = size - counts["COVID"] - counts["Normal"]
@@ -765,7 +765,7 @@ def make_synthetic_sources(
     is the side of the square images in pixels.
     """
     if image_size < 16:
-        raise ValueError(f"--synthetic-image-size must be at least 16, got {image_size}")
+        raise ValueError(f"--synthetic-image-size must be at least 16, received {image_size}")
     plan = plan_sizes(size)
     root = Path(out_dir)
     dirs = {option: root / name for option, name in SOURCE_DIRS.items()}

@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from data.cache import CacheError, build_cache, open_cache, verify_cache
+from data.images import read_resize
 from data.lists import ListEntry
-from data.pipeline import CachedImages, FileImages, decode_resize, make_eval_dataset, make_train_dataset
+from data.pipeline import CachedImages, FileImages, make_eval_dataset, make_train_dataset
 
 
 def _make_images(folder: Path, labels: list[str]) -> list[ListEntry]:
@@ -67,7 +68,7 @@ def test_cache_round_trips_images_and_labels(cached) -> None:
             seen[_tag(img)] = (img, int(y.argmax()))
     assert len(seen) == len(entries)
     for e in entries:
-        direct = decode_resize(str(image_dir / e.filename), img_size=24, channels=1).numpy()
+        direct = read_resize(str(image_dir / e.filename), img_size=24, channels=1).numpy()
         img, label = seen[_tag(direct)]
         assert label == ("normal", "pneumonia", "COVID-19").index(e.label)
         # uint8 storage: equal to the file pipeline up to rounding to the nearest grey level.

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data.images import read_resize
 from data.labels import CLASS_TO_INDEX
 from data.lists import ListEntry, write_list
 from data.pipeline import (
-    decode_resize,
     find_image_problems,
     load_entries,
     make_eval_dataset,
@@ -36,7 +36,7 @@ def _level(image: np.ndarray) -> int:
     return int(round((float(image.mean()) * 255 - 10) / 4))
 
 
-def test_decode_resize_matches_cv2(tmp_path: Path) -> None:
+def test_read_resize_matches_cv2(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     gray = cv2.GaussianBlur(rng.integers(0, 256, (90, 70), dtype=np.uint8), (9, 9), 3)
     color = cv2.GaussianBlur(rng.integers(0, 256, (50, 80, 3), dtype=np.uint8), (9, 9), 3)
@@ -45,7 +45,7 @@ def test_decode_resize_matches_cv2(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "c.png"), color)
     cv2.imwrite(str(tmp_path / "d.png"), deep)
     for name in ("g.png", "c.png", "d.png"):
-        ours = decode_resize(str(tmp_path / name), img_size=32).numpy()
+        ours = read_resize(str(tmp_path / name), img_size=32).numpy()
         ref = cv2.resize(cv2.imread(str(tmp_path / name)), (32, 32)).astype(np.float32) / 255.0
         ref = ref[..., ::-1]  # cv2 is BGR, the pipeline RGB
         assert ours.shape == (32, 32, 3) and ours.dtype == np.float32
@@ -53,7 +53,7 @@ def test_decode_resize_matches_cv2(tmp_path: Path) -> None:
         # Same bilinear sampling; cv2's fixed-point arithmetic differs by at most a grey level.
         np.testing.assert_allclose(ours, ref, atol=2.5 / 255)
         assert np.abs(ours - ref).mean() < 0.6 / 255
-    one = decode_resize(str(tmp_path / "c.png"), img_size=16, channels=1).numpy()
+    one = read_resize(str(tmp_path / "c.png"), img_size=16, channels=1).numpy()
     assert one.shape == (16, 16, 1)
 
 
