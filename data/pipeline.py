@@ -529,11 +529,9 @@ def make_train_dataset(
     _check_training_batches(batch_size, mixup_alpha, start_epoch, start_step, steps_per_epoch)
     source = as_image_source(images)
     streams = _plan_streams(entries, batch_size=batch_size, balance=balance, covid_per_batch=covid_per_batch)
-    steps = math.ceil(len(streams[0].entries) / streams[0].per_batch)
+    steps = math.ceil(len(streams[0].entries) / streams[0].per_batch)  # one pass over the first stream
     first = start_epoch * (steps_per_epoch or steps) + start_step  # global index of the first batch
-    local, out_batch = _worker_batch_sizes(
-        batch_size, num_shards=num_shards, shard_index=shard_index, shard_batch_size=shard_batch_size
-    )
+    local, out_batch = _worker_batch_sizes(batch_size, num_shards, shard_index, shard_batch_size)
     refs = _reference_batches(source, streams, seed=seed, first_batch=first)
     if num_shards > 1:
         refs = _keep_shard(refs, batch_size, lo=shard_index * local, hi=(shard_index + 1) * local)
@@ -626,7 +624,7 @@ def _reference_batches(
 
 
 def _worker_batch_sizes(
-    batch_size: int, *, num_shards: int, shard_index: int, shard_batch_size: int | None
+    batch_size: int, num_shards: int, shard_index: int, shard_batch_size: int | None
 ) -> tuple[int, int]:
     """The rows of each global batch one worker takes, and the size of the batches it outputs.
 

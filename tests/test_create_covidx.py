@@ -118,7 +118,7 @@ def test_synthetic_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     report = json.loads((tmp_path / "covidx" / "report.json").read_text())
     assert len(train) == report["totals"]["train"]["total"] and len(test) == report["totals"]["test"]["total"]
     assert {line.split()[-1] for line in train} == {"cohen", "fig1", "actmed", "sirm", "ricord", "rsna"}
-    # SURFsara's recipe on the same synthetic sources: cohen and RSNA only
+    # SURFsara's split rule on the same synthetic sources: cohen and RSNA only
     argv_s = argv[:3] + [str(tmp_path / "surf")] + argv[4:] + ["--split", "surfsara"]
     assert create_covidx.main(argv_s) == 0
     surf = json.loads((tmp_path / "surf" / "report.json").read_text())
