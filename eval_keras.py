@@ -16,7 +16,8 @@ PATH may be any of:
 
 Every kind goes through the same list reading (images in DATA_PATH/test, or
 --image_dir: DATA_PATH/train for a validation list), preprocessing
-(resize to the model's input size, / 255) and metrics. Prints the confusion
+(resize to the model's input size with the method it was trained with, / 255)
+and metrics. Prints the confusion
 matrix, SURFsara's "Sens ..." and "PPV ..." lines, then accuracy, per-class
 precision/recall/F1, macro F1 and one-vs-rest ROC AUC with patient-level
 bootstrap confidence intervals, and writes metrics.json, predictions.csv,
@@ -45,8 +46,10 @@ from common.cli import (
     positive_int,
     setup_logging,
 )
+from data.images import RESIZE_METHODS
 from data.lists import VERIFY_MODES, ListEntry
 from evaluation.extras import GRADCAM_DIR, Extras
+from evaluation.preprocessing import RESIZE_HELP
 
 if TYPE_CHECKING:  # heavy imports happen in main(), after --help is answered
     import numpy as np
@@ -99,6 +102,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="square image size (default: the model's input size; must agree with it when the "
         "model's size is fixed; 512 for a weights-only file without run_config.json)",
     )
+    base.add_argument("--resize", choices=RESIZE_METHODS, default=argparse.SUPPRESS, help=RESIZE_HELP)
 
 
 def _add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,6 +219,7 @@ class Settings:
 
     checkpoint: Path
     architecture: dict[str, Any]  # load_predictor's model, img_size, head, channels (None: not given)
+    resize: str | None  # None: what the checkpoint records
     testfile: str
     image_dir: Path
     image_dir_given: bool
@@ -241,6 +246,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     return Settings(
         checkpoint=checkpoint,
         architecture={key: getattr(args, key, None) for key in ("model", "img_size", "head", "channels")},
+        resize=getattr(args, "resize", None),
         testfile=args.testfile,
         image_dir=Path(getattr(args, "image_dir", None) or Path(args.data_path) / "test"),
         image_dir_given=hasattr(args, "image_dir"),
@@ -319,6 +325,7 @@ def predict_list(
     img_size: int,
     channels: int,
     batch_size: int,
+    resize: str,
     verified: str,
 ) -> tuple[np.ndarray, float]:
     """``(probabilities, seconds)`` of the whole list through the one prediction path."""
@@ -330,7 +337,7 @@ def predict_list(
     try:
         probabilities = predict_images(
             predict_batch, test.entries, test.image_dir, img_size=img_size, channels=channels,
-            batch_size=batch_size,
+            batch_size=batch_size, resize=resize,
         )
     except tf.errors.OpError as exc:
         raise _unreadable_image(exc, test, verified=verified) from None
@@ -362,6 +369,7 @@ def evaluate(
         "testfile_fingerprint": test.fingerprint,
         "image_dir": str(test.image_dir),
     }
+    metrics["preprocessing"] = predictor.preprocessing.to_dict()
     return metrics
 
 
@@ -384,6 +392,7 @@ def print_summary(
         f"Checkpoint: {settings.checkpoint}\n  {predictor.description}"
         + ("; logits, softmax applied" if predictor.output == "logits" else "")
     )
+    print(f"Preprocessing: {predictor.preprocessing.describe()}")
     print(
         f"Test list: {test.testfile}: {n} images from {test.image_dir}, fingerprint {short(test.fingerprint)}"
     )
@@ -418,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.testfile, settings.image_dir, image_dir_given=settings.image_dir_given,
         verify=settings.verify_images,
     )
-    predictor = load_predictor(settings.checkpoint, **settings.architecture)
+    predictor = load_predictor(settings.checkpoint, **settings.architecture, resize=settings.resize)
     log.info("loaded %s", predictor.description)
 
     predict_batch, collector = predictor.predict_batch, None
@@ -429,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         predict_batch = collector.wrap(predictor.to_probabilities)
     probabilities, seconds = predict_list(
         predict_batch, test, img_size=predictor.img_size, channels=predictor.channels,
-        batch_size=settings.batch_size, verified=settings.verify_images,
+        batch_size=settings.batch_size, resize=predictor.preprocessing.resize,
+        verified=settings.verify_images,
     )
     predictions = entries_predictions(test.entries, probabilities, source=str(test.testfile))
 

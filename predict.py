@@ -7,8 +7,8 @@ PATH is any model eval_keras.py accepts (.hdf5/.h5 full model or weights,
 .weights.h5, .keras, SavedModel folder, .onnx). Each image is preprocessed as
 in evaluation (DICOM first converted to 8-bit grayscale as create_covidx.py
 does; a 16-bit PNG becomes 8 bit as cv2.imread makes it; an alpha channel is
-dropped); one line per image gives the predicted class and the three
-probabilities.
+dropped; resized with the method the checkpoint records, or --resize); one
+line per image gives the predicted class and the three probabilities.
 
 Image size rule (the original pixels, before resizing to the model's input):
 an image whose shorter side is below 32 px or whose aspect ratio (long side /
@@ -41,6 +41,8 @@ from common.cli import (
     positive_int,
     setup_logging,
 )
+from data.images import RESIZE_METHODS
+from evaluation.preprocessing import RESIZE_HELP
 
 if TYPE_CHECKING:  # numpy is imported in main(), after --help is answered
     import numpy as np
@@ -76,6 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="square image size (default: the model's input size; 512 for a weights-only "
         "file without run_config.json)",
     )
+    inputs.add_argument("--resize", choices=RESIZE_METHODS, default=argparse.SUPPRESS, help=RESIZE_HELP)
 
     arch = parser.add_argument_group(
         "architecture of a weights-only checkpoint",
@@ -120,10 +123,10 @@ def _report_problems(result: dict) -> None:
 
 
 def read_images(
-    images: Sequence[str], *, img_size: int, channels: int
+    images: Sequence[str], *, img_size: int, channels: int, resize: str
 ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
     """One result per image (``{"image", "error"}`` or ``{"image", "warnings"}``) and, by position,
-    the pixels of every image that could be read."""
+    the pixels of every image that could be read (resized by ``resize``, data.images.RESIZE_METHODS)."""
     from data.images import check_radiograph_shape, read_image
     from evaluation.inference import progress_bar
 
@@ -134,7 +137,7 @@ def read_images(
         for image in images:
             bar.update()
             try:
-                loaded = read_image(image, img_size=img_size, channels=channels)
+                loaded = read_image(image, img_size=img_size, channels=channels, resize=resize)
                 warning = check_radiograph_shape(loaded.height, loaded.width)
             except (ValueError, OSError) as exc:
                 # The line already names the image: an OSError's path would repeat it.
@@ -164,8 +167,19 @@ def predict_pixels(
     return out
 
 
-def print_results(results: Sequence[dict[str, Any]], *, as_json: bool, checkpoint: str, model: str) -> None:
-    """Errors and warnings on stderr; a line per image (or one JSON document) and the disclaimer on stdout."""
+def print_results(
+    results: Sequence[dict[str, Any]],
+    *,
+    as_json: bool,
+    checkpoint: str,
+    model: str,
+    preprocessing: dict[str, str],
+) -> None:
+    """Errors and warnings on stderr; a line per image (or one JSON document) and the disclaimer on stdout.
+
+    ``preprocessing`` (``Preprocessing.to_dict()``: the resize method and where it came from) is in the
+    JSON document; the text output stays one line per image (the log line on stderr names it).
+    """
     from common.disclaimer import DISCLAIMER
     from data.labels import CLASSES
 
@@ -175,6 +189,7 @@ def print_results(results: Sequence[dict[str, Any]], *, as_json: bool, checkpoin
         document = {
             "checkpoint": checkpoint,
             "model": model,
+            "preprocessing": dict(preprocessing),
             "classes": list(CLASSES),
             "results": list(results),
             "disclaimer": DISCLAIMER,
@@ -206,14 +221,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         img_size=getattr(args, "img_size", None),
         head=getattr(args, "head", None),
         channels=getattr(args, "channels", None),
+        resize=getattr(args, "resize", None),
     )
-    log.info("loaded %s", predictor.description)
-    results, pixels = read_images(args.images, img_size=predictor.img_size, channels=predictor.channels)
+    log.info("loaded %s; preprocessing: %s", predictor.description, predictor.preprocessing.describe())
+    results, pixels = read_images(
+        args.images, img_size=predictor.img_size, channels=predictor.channels,
+        resize=predictor.preprocessing.resize,
+    )
     probabilities = predict_pixels(predictor.predict_batch, pixels, batch_size=args.batch_size)
     for index, p in probabilities.items():
         results[index]["predicted"] = CLASSES[int(np.argmax(p))]
         results[index]["probabilities"] = {c: float(v) for c, v in zip(CLASSES, p)}
-    print_results(results, as_json=args.json, checkpoint=str(predictor.path), model=predictor.description)
+    print_results(
+        results, as_json=args.json, checkpoint=str(predictor.path), model=predictor.description,
+        preprocessing=predictor.preprocessing.to_dict(),
+    )
 
     failed = [r for r in results if "error" in r]
     if failed:

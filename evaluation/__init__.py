@@ -23,6 +23,8 @@ TensorFlow, Keras or onnxruntime when their functions run):
 - :mod:`evaluation.loaders` - any checkpoint kind (Keras HDF5/weights/.keras, SavedModel, ONNX) behind one
   ``predict_batch`` interface (single image files are read by :mod:`data.images`);
 - :mod:`evaluation.onnx_metadata` - the ``covidx.*`` conventions an ONNX model carries;
+- :mod:`evaluation.preprocessing` - which resize method a checkpoint's images get (``--resize``, else
+  what ``run_config.json`` or the ONNX metadata records, else ``baseline``);
 - :mod:`evaluation.inference` - the one batched prediction path over a list;
 - :mod:`evaluation.extras` - what ``eval_keras.py`` writes beside the metrics, through the three below;
 - :mod:`evaluation.gradcam` - Grad-CAM heat maps and overlays for Keras models;

@@ -93,7 +93,7 @@ def write_extras(
 
     Args:
         extras: what to write.
-        predictor: the loaded model.
+        predictor: the loaded model (Grad-CAM and the timing resize as its ``preprocessing`` says).
         entries, image_dir: the evaluated list and its images.
         predictions: the evaluation's predictions, in ``entries`` order.
         features: the penultimate features collected while predicting (t-SNE), else None.
@@ -129,6 +129,7 @@ def _gradcam(
         channels=predictor.channels,
         layer_name=extras.gradcam_layer,
         batch_size=min(batch_size, GRADCAM_MAX_BATCH),
+        resize=predictor.preprocessing.resize,
     )
     return cam.summary(), {}  # the overlays have their own folder
 
@@ -165,5 +166,6 @@ def _timing(
         channels=predictor.channels,
         batch_size=batch_size,
         keras_model=predictor.keras_model,
+        resize=predictor.preprocessing.resize,
     )
     return timing.summary(), {TIMING_JSON: timing.write_json(out / TIMING_JSON)}

@@ -196,10 +196,12 @@ def write_gradcam_overlays(
     layer_name: str | None = None,
     batch_size: int = 16,
     alpha: float = DEFAULT_ALPHA,
+    resize: str = "baseline",
 ) -> GradCamResult:
     """Write Grad-CAM overlays for the first ``per_class`` images of each class of ``entries``.
 
-    Images are preprocessed by the evaluation pipeline (``make_predict_dataset``);
+    Images are preprocessed by the evaluation pipeline (``make_predict_dataset``,
+    with ``resize``: the method the model was trained with);
     each overlay has the size of the original image and is named by
     :func:`overlay_name`. Returns the layer used and the written paths.
     """
@@ -215,7 +217,9 @@ def write_gradcam_overlays(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    ds = make_predict_dataset(paths, img_size=img_size, batch_size=batch_size, channels=channels)
+    ds = make_predict_dataset(
+        paths, img_size=img_size, batch_size=batch_size, channels=channels, resize=resize
+    )
     position = 0
     for batch in ds:
         maps, probabilities = cam.heatmaps(batch.numpy())

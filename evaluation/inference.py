@@ -22,6 +22,7 @@ def predict_images(
     img_size: int,
     channels: int = 3,
     batch_size: int = 32,
+    resize: str = "baseline",
     progress: bool | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(len(entries), 3)`` in the order of ``entries``, batch by batch.
@@ -34,12 +35,14 @@ def predict_images(
     name. ``predict_batch`` maps a float32 ``[n, img_size, img_size,
     channels]`` batch in [0, 1] to ``[n, 3]`` probabilities: a Keras model's
     ``predict_on_batch``, a SavedModel signature or an ONNX session all fit.
+    ``resize`` is the resize method (``data.images.RESIZE_METHODS``), the one
+    the model was trained with (``Predictor.preprocessing.resize``).
     ``progress``: a progress bar on stderr (None: only when stderr is a
     terminal, so logs and batch jobs stay clean).
     """
     if not entries:
         return np.zeros((0, 3))
-    ds = as_image_source(images).named(entries, img_size=img_size, channels=channels)
+    ds = as_image_source(images).named(entries, img_size=img_size, channels=channels, resize=resize)
     by_name: dict[str, np.ndarray] = {}
     with progress_bar(len(entries), progress=progress, desc="predicting") as bar:
         for batch, names in ds.batch(batch_size).prefetch(AUTOTUNE):

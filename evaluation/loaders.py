@@ -37,9 +37,10 @@ architecture or with no architecture to put them in, an ONNX model whose
 external data file is missing, an unsupported input) is a ``ValueError`` (or
 ``FileNotFoundError``) whose one line names the file and the reason.
 
-Single image files (``read_image``, ``load_image``, ``check_radiograph_shape``)
-are read by :mod:`data.images`, the one image module; they are re-exported here
-for ``predict.py``.
+Every predictor also says how its images are to be resized
+(:attr:`Predictor.preprocessing`): the ``resize`` argument if given, else
+what the checkpoint records (``run_config.json`` beside it, an ONNX model's
+``covidx.resize``), else ``"baseline"`` (:mod:`evaluation.preprocessing`).
 """
 from __future__ import annotations
 
@@ -54,25 +55,22 @@ from typing import Any
 
 import numpy as np
 
-# Single image files are data.images' job; predict.py and the tests read these names from here.
-from data.images import (  # noqa: F401
-    MAX_ASPECT,
-    MIN_SIDE,
-    WARN_ASPECT,
-    WARN_MIN_SIDE,
-    LoadedImage,
-    check_radiograph_shape,
-    is_dicom_file,
-    load_image,
-    read_image,
-)
 from data.labels import CLASSES, NUM_CLASSES
 from evaluation.onnx_metadata import CLASS_ORDER as ONNX_CLASS_ORDER
 from evaluation.onnx_metadata import LAYOUT as ONNX_LAYOUT
 from evaluation.onnx_metadata import NORMALIZATION as ONNX_NORMALIZATION
 from evaluation.onnx_metadata import OUTPUT as ONNX_OUTPUT
 from evaluation.onnx_metadata import PIXEL_RANGE as ONNX_PIXEL_RANGE
+from evaluation.onnx_metadata import RESIZE as ONNX_RESIZE
 from evaluation.onnx_metadata import OnnxConventions, conventions_from, read_onnx_metadata
+from evaluation.preprocessing import (
+    DEFAULT_RESIZE,
+    Preprocessing,
+    Recorded,
+    check_resize,
+    choose_preprocessing,
+    recorded_in_run_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +163,7 @@ class Predictor:
         keras_model: the ``keras.Model`` for Keras kinds (Grad-CAM and t-SNE need it), else None.
         run: the raw forward pass ``[n, size, size, channels] float32 -> [n, 3]``.
         output: ``"probabilities"`` or ``"logits"`` once the first batch was seen, else ``"unknown"``.
+        preprocessing: how images are resized for this model, and why (:mod:`evaluation.preprocessing`).
     """
 
     path: Path
@@ -175,6 +174,7 @@ class Predictor:
     run: Callable[[np.ndarray], np.ndarray]
     keras_model: Any = None
     output: str = "unknown"
+    preprocessing: Preprocessing = dataclasses.field(default_factory=Preprocessing)
 
     def to_probabilities(self, raw: np.ndarray) -> np.ndarray:
         """Check a raw ``[n, 3]`` output and turn logits into probabilities (float64)."""
@@ -624,6 +624,7 @@ def _warn_guesses(path: Path, conventions: OnnxConventions, layout: str) -> None
         ONNX_PIXEL_RANGE: "pixels in 0-1",
         ONNX_NORMALIZATION: "no normalisation outside the model",
         ONNX_OUTPUT: "logits or probabilities decided from the first batch",
+        ONNX_RESIZE: f"resize {DEFAULT_RESIZE} (cv2-style bilinear, no antialiasing)",
     }
     log.warning(
         "%s: the ONNX model does not say %s; assumed %s (docs/evaluation.md: ONNX metadata)",
@@ -722,11 +723,27 @@ def _onnx_description(inp: Any, run: _OnnxRun, conventions: OnnxConventions, siz
     )
 
 
-def _load_onnx(path: Path, img_size: int | None, given: Mapping[str, str] | None = None) -> Predictor:
+def _onnx_preprocessing(
+    path: Path, conventions: OnnxConventions, resize: str | None
+) -> tuple[Preprocessing, OnnxConventions]:
+    """The resize of an ONNX model (``resize`` over ``covidx.resize``), and the conventions with it filled
+    in when it was not guessed (so the "does not say" warning names the key only when it was)."""
+    said = conventions.resize
+    recorded = None if said is None else Recorded(said, f"ONNX metadata {ONNX_RESIZE}")
+    preprocessing = choose_preprocessing(resize, recorded, checkpoint=path)
+    if resize is None and recorded is None:
+        assumed = dataclasses.replace(preprocessing, source=f"assumed: the model has no {ONNX_RESIZE}")
+        return assumed, conventions
+    return preprocessing, dataclasses.replace(conventions, resize=preprocessing.resize)
+
+
+def _load_onnx(
+    path: Path, img_size: int | None, given: Mapping[str, str] | None = None, resize: str | None = None
+) -> Predictor:
     problem = _onnx_external_data_problem(path)
     if problem:
         raise ValueError(problem)
-    conventions = _onnx_conventions(path, given)
+    preprocessing, conventions = _onnx_preprocessing(path, _onnx_conventions(path, given), resize)
     session = _onnx_session(path)
     inp = _onnx_image_input(path, session)
     shape = list(inp.shape)
@@ -755,6 +772,7 @@ def _load_onnx(path: Path, img_size: int | None, given: Mapping[str, str] | None
         description=_onnx_description(inp, run, conventions, size, channels),
         run=run,
         output=conventions.output or "unknown",
+        preprocessing=preprocessing,
     )
 
 
@@ -768,6 +786,7 @@ def load_predictor(
     img_size: int | None = None,
     head: str | None = None,
     channels: int | None = None,
+    resize: str | None = None,
     onnx_conventions: Mapping[str, str] | None = None,
 ) -> Predictor:
     """Load the model at ``path`` (any of :data:`KINDS`) behind a :class:`Predictor`.
@@ -782,6 +801,11 @@ def load_predictor(
             must agree with it (or be None); for models that accept any size it
             is required; for a weights-only file without run configuration it
             defaults to 512 (SURFsara's).
+        resize: how images are resized (``data.images.RESIZE_METHODS``); None:
+            what the checkpoint records, else ``"baseline"``. Given, it wins
+            over the record, with a warning when they differ
+            (:mod:`evaluation.preprocessing`); :attr:`Predictor.preprocessing`
+            holds the outcome.
         onnx_conventions: for ONNX models, ``covidx.*`` metadata values
             (:mod:`evaluation.onnx_metadata`) to use where the model's own
             metadata lacks them; what neither says is guessed, with a warning.
@@ -793,6 +817,8 @@ def load_predictor(
     path = Path(path)
     if img_size is not None and img_size < 1:
         raise ValueError(f"--img_size must be >= 1, received {img_size}")
+    if resize is not None:
+        check_resize(resize, what="--resize")
     kind = detect_kind(path)
     if onnx_conventions and kind != "onnx":
         raise ValueError(
@@ -807,10 +833,14 @@ def load_predictor(
                 f"{', '.join(given)}: only for weights-only checkpoints; checkpoint {path} is "
                 f"{with_article(KIND_NAMES[kind])}, which holds its own architecture"
             )
+    if kind == "onnx":
+        return _load_onnx(path, img_size, onnx_conventions, resize)
+    # A Keras or TensorFlow model trained by train_keras.py: its run folder records the resize.
+    preprocessing = choose_preprocessing(resize, recorded_in_run_config(path), checkpoint=path)
     if kind in ("keras-h5", "keras"):
-        return _load_keras_file(path, kind, img_size)
-    if kind == "keras-weights":
-        return _load_keras_weights(path, model=model, img_size=img_size, head=head, channels=channels)
-    if kind == "savedmodel":
-        return _load_saved_model(path, img_size)
-    return _load_onnx(path, img_size, onnx_conventions)
+        predictor = _load_keras_file(path, kind, img_size)
+    elif kind == "keras-weights":
+        predictor = _load_keras_weights(path, model=model, img_size=img_size, head=head, channels=channels)
+    else:
+        predictor = _load_saved_model(path, img_size)
+    return dataclasses.replace(predictor, preprocessing=preprocessing)

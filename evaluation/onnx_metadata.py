@@ -1,4 +1,4 @@
-"""What an ONNX model says about itself: class order, input layout, pixel range, normalisation, output.
+"""What an ONNX model says about itself: class order, layout, pixel range, normalisation, output, resize.
 
 An ONNX file holds a graph, not its conventions: a PyTorch classifier may
 order its classes ``COVID-19, normal, pneumonia`` (ImageFolder sorts folder
@@ -17,13 +17,19 @@ key                        value
                            0.229,0.224,0.225) or ``mean=A,B,C;std=D,E,F``, on 0-1 pixels
                            (torchvision's ``Normalize`` after ``ToTensor``)
 ``covidx.output``          ``logits`` or ``probabilities``
+``covidx.resize``          how the training images were resized to the input size
+                           (:data:`data.images.RESIZE_METHODS`): ``torchvision``
+                           (``transforms.Resize((S, S))`` on PIL images: antialiased
+                           bilinear) or ``baseline`` (``cv2.resize``, SURFsara's)
 =========================  ==================================================================
 
 A key that is absent is taken from the caller (eval_keras.py / predict.py
 flags) or guessed as this project's convention (class order
 ``normal,pneumonia,COVID-19``, pixels 0-1, no normalisation, layout from the
-input shape, logits or probabilities from the first batch); each guess is
-logged as one warning naming the key that would have said it.
+input shape, logits or probabilities from the first batch, resize
+``baseline``); each guess is logged as one warning naming the key that would
+have said it. A ``--resize`` flag overrides ``covidx.resize``
+(:mod:`evaluation.preprocessing`).
 :func:`write_onnx_metadata` writes the keys into an exported model.
 """
 from __future__ import annotations
@@ -33,13 +39,14 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from data.images import RESIZE_METHODS
 from data.labels import CLASSES
 
 PREFIX = "covidx."
-CLASS_ORDER, LAYOUT, PIXEL_RANGE, NORMALIZATION, OUTPUT = (
-    PREFIX + key for key in ("class_order", "layout", "pixel_range", "normalization", "output")
+CLASS_ORDER, LAYOUT, PIXEL_RANGE, NORMALIZATION, OUTPUT, RESIZE = (
+    PREFIX + key for key in ("class_order", "layout", "pixel_range", "normalization", "output", "resize")
 )
-KEYS = (CLASS_ORDER, LAYOUT, PIXEL_RANGE, NORMALIZATION, OUTPUT)
+KEYS = (CLASS_ORDER, LAYOUT, PIXEL_RANGE, NORMALIZATION, OUTPUT, RESIZE)
 LAYOUTS = ("NCHW", "NHWC")
 PIXEL_RANGES = ("0-1", "0-255")
 OUTPUTS = ("logits", "probabilities")
@@ -58,6 +65,7 @@ class OnnxConventions:
     std: tuple[float, ...] | None = None
     normalization: str | None = None  # the text it was parsed from ("none", "imagenet", "mean=...;std=...")
     output: str | None = None
+    resize: str | None = None  # one of data.images.RESIZE_METHODS
 
     def merged(self, fallback: OnnxConventions) -> OnnxConventions:
         """These conventions, with ``fallback``'s where these are None."""
@@ -67,7 +75,7 @@ class OnnxConventions:
     def missing(self) -> list[str]:
         """The metadata keys whose value is still unknown (and so will be guessed)."""
         values = {CLASS_ORDER: self.class_order, LAYOUT: self.layout, PIXEL_RANGE: self.pixel_range,
-                  NORMALIZATION: self.normalization, OUTPUT: self.output}
+                  NORMALIZATION: self.normalization, OUTPUT: self.output, RESIZE: self.resize}
         return [key for key, value in values.items() if value is None]
 
 
@@ -119,6 +127,7 @@ def conventions_from(values: Mapping[str, str], *, what: str) -> OnnxConventions
                      if PIXEL_RANGE in values else None),
         mean=mean, std=std, normalization=normalization.strip() if normalization is not None else None,
         output=_choice(values[OUTPUT], OUTPUTS, what=f"{what} {OUTPUT}") if OUTPUT in values else None,
+        resize=_choice(values[RESIZE], RESIZE_METHODS, what=f"{what} {RESIZE}") if RESIZE in values else None,
     )
     if conventions.mean is not None and conventions.pixel_range == "0-255":
         raise ValueError(f"{what}: {NORMALIZATION} is applied to 0-1 pixels; it cannot be combined with "
@@ -142,16 +151,23 @@ def write_onnx_metadata(
     pixel_range: str = "0-1",
     normalization: str = "none",
     output: str = "logits",
+    resize: str | None = None,
 ) -> None:
     """Write the ``covidx.*`` keys into the ONNX model at ``path`` (checked first; other entries kept).
 
-    The weights stay where they are: a model with external data keeps its
-    ``.onnx.data`` file, which this does not rewrite.
+    ``resize`` is how the training images were resized (``"torchvision"`` for
+    ``transforms.Resize((S, S))`` on PIL images, ``"baseline"`` for
+    ``cv2.resize``); None leaves ``covidx.resize`` as it is (absent, evaluation
+    assumes ``"baseline"`` with a warning). The weights stay where they are: a
+    model with external data keeps its ``.onnx.data`` file, which this does not
+    rewrite.
     """
     import onnx
 
     values = {CLASS_ORDER: ",".join(class_order), LAYOUT: layout, PIXEL_RANGE: pixel_range,
               NORMALIZATION: normalization, OUTPUT: output}
+    if resize is not None:
+        values[RESIZE] = resize
     conventions_from(values, what=f"write_onnx_metadata({path})")  # refuse what a reader would refuse
     proto = onnx.load(str(path), load_external_data=False)
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]

@@ -121,8 +121,9 @@ def time_batched(
     batch_size: int = 32,
     method: str = "batched (tf.data)",
     repeats: int = 1,
+    resize: str = "baseline",
 ) -> Throughput:
-    """Time the evaluation path over ``paths``: tf.data decoding and ``predict_batch`` per batch."""
+    """Time the evaluation path over ``paths``: tf.data decoding, ``resize``, ``predict_batch`` per batch."""
     from data.pipeline import make_predict_dataset
 
     if not paths:
@@ -136,7 +137,7 @@ def time_batched(
         start = time.perf_counter()
         n = 0
         for batch in make_predict_dataset(
-            list(paths), img_size=img_size, batch_size=batch_size, channels=channels
+            list(paths), img_size=img_size, batch_size=batch_size, channels=channels, resize=resize
         ):
             n += len(predict_batch(batch.numpy()))
         times.append(time.perf_counter() - start)
@@ -222,12 +223,15 @@ def time_evaluation(
     channels: int = 3,
     batch_size: int = 32,
     keras_model: Any = None,
+    resize: str = "baseline",
 ) -> BatchedVersusLoop:
     """``eval_keras.py --time_loop``: the evaluation's batched path against SURFsara's per-image loop.
 
-    The loop calls ``keras_model.predict`` once per image, as SURFsara did; a model
-    without Keras (SavedModel, ONNX) is called through ``predict_batch`` with
-    one-image batches instead.
+    The batched path resizes with ``resize``, as the evaluation did; the loop is
+    SURFsara's (``cv2.resize``) whatever the method. The loop calls
+    ``keras_model.predict`` once per image, as SURFsara did; a model without
+    Keras (SavedModel, ONNX) is called through ``predict_batch`` with one-image
+    batches instead.
     """
     batched = time_batched(
         predict_batch,
@@ -236,6 +240,7 @@ def time_evaluation(
         channels=channels,
         batch_size=batch_size,
         method=f"batched (tf.data, batch {batch_size})",
+        resize=resize,
     )
     if keras_model is not None:
         one, method = keras_single_predict(keras_model), "per-image loop (cv2 + model.predict)"

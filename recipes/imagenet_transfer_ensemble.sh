@@ -43,5 +43,6 @@ tool compare.py "$OUT/eval/densenet121_test/predictions.csv" "$OUT/eval/xception
     --out "$OUT/ensemble"
 
 echo
-echo "Done: $OUT/ensemble (comparison.md, comparison.csv, mcnemar.csv, ensemble_weights.csv)."
+echo "Done: $OUT/ensemble (comparison.md, comparison.csv, mcnemar.csv, agreement.csv, disagreements.csv,"
+echo "ensemble_weights.csv)."
 echo "$DISCLAIMER"

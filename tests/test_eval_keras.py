@@ -69,6 +69,17 @@ def onnx_reference(images: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def pillow_resized(paths: list[str]) -> np.ndarray:
+    """Pillow's ``Image.resize((IMG, IMG), BILINEAR) / 255`` of each RGB image, float32 NHWC."""
+    from PIL import Image
+
+    def one(path: str) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB").resize((IMG, IMG), Image.BILINEAR), np.float32) / 255.0
+
+    return np.stack([one(p) for p in paths])
+
+
 def run_config(model_spec: dict, root: Path):
     from training.config import RunConfig
 
@@ -140,6 +151,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "root": root,
         "images": images,
         "keras": model.predict(images, verbose=0).astype(np.float64),
+        # torchvision.transforms.Resize((IMG, IMG)) + ToTensor() on the PIL images, done by Pillow itself
+        "keras_torchvision": model.predict(pillow_resized(paths), verbose=0).astype(np.float64),
         "onnx": onnx_reference(images),
         "filenames": [e.filename for e in entries],
     }
@@ -415,3 +428,82 @@ def test_image_dir_evaluates_a_validation_list_for_the_weighted_ensemble(
     assert "weighted ensemble" in capsys.readouterr().out
     weights = pd.read_csv(tmp_path / "cmp" / "ensemble_weights.csv")
     assert len(weights) == 2 and weights.select_dtypes("number").sum().max() == pytest.approx(1.0)
+
+
+def _probabilities(out: Path) -> np.ndarray:
+    return pd.read_csv(out / "predictions.csv")[list(PROBABILITY_COLUMNS)].to_numpy()
+
+
+def test_resize_torchvision_changes_the_probabilities_and_compare_shows_it(
+    zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The same model and images through both resize methods; compare.py's agreement table shows it."""
+    import compare
+
+    checkpoint = zoo["root"] / "model.keras"
+    outs = {}
+    for resize in ("baseline", "torchvision"):
+        outs[resize] = tmp_path / resize
+        assert eval_keras.main(_args(zoo, checkpoint, outs[resize], "--resize", resize)) == 0
+        out = capsys.readouterr().out
+        assert f"Preprocessing: resize {resize} (--resize), then / 255" in out
+        metrics = json.loads((outs[resize] / "metrics.json").read_text())
+        assert metrics["preprocessing"] == {"resize": resize, "source": "--resize"}
+    baseline, torchvision = _probabilities(outs["baseline"]), _probabilities(outs["torchvision"])
+    np.testing.assert_allclose(baseline, zoo["keras"], atol=1e-5)
+    np.testing.assert_allclose(torchvision, zoo["keras_torchvision"], atol=1e-5)
+    difference = np.abs(baseline - torchvision).max()
+    assert difference > 1e-3
+
+    csv = [str(outs[name] / "predictions.csv") for name in ("baseline", "torchvision")]
+    cmp = ["--names", "baseline", "torchvision", "--n-bootstrap", "20", "--out", str(tmp_path / "cmp")]
+    assert compare.main([*csv, *cmp]) == 0
+    capsys.readouterr()
+    (row,) = pd.read_csv(tmp_path / "cmp" / "agreement.csv").to_dict("records")
+    assert (row["model_a"], row["model_b"], row["n_images"]) == ("baseline", "torchvision", 12)
+    assert row["max_abs_diff"] == pytest.approx(difference, abs=1e-6) and row["max_abs_diff"] > 0
+    assert "| baseline | torchvision |" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_resize_recorded_in_run_config_is_used_without_the_flag(
+    zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """run_config.json's "resize" beside a weights-only checkpoint; a file without the key means baseline."""
+    import logging
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = shutil.copy(zoo["root"] / "run" / "cp-01-0.50.hdf5", run / "cp-01-0.50.hdf5")
+    config = json.loads((zoo["root"] / "run" / "run_config.json").read_text())
+    config_path = run / "run_config.json"
+
+    def evaluate(name: str, *extra: str) -> tuple[dict, np.ndarray]:
+        assert eval_keras.main(_args(zoo, checkpoint, tmp_path / name, *extra)) == 0
+        assert "Preprocessing: resize " in capsys.readouterr().out
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        return metrics["preprocessing"], _probabilities(tmp_path / name)
+
+    config_path.write_text(json.dumps({**config, "resize": "torchvision"}))
+    preprocessing, probabilities = evaluate("recorded")
+    assert preprocessing == {"resize": "torchvision", "source": f"recorded in {config_path}"}
+    np.testing.assert_allclose(probabilities, zoo["keras_torchvision"], atol=1e-5)
+
+    # The flag wins over the record, with one warning naming both.
+    with caplog.at_level(logging.WARNING):
+        preprocessing, probabilities = evaluate("flagged", "--resize", "baseline")
+    assert preprocessing == {"resize": "baseline", "source": f"--resize; {config_path} records torchvision"}
+    np.testing.assert_allclose(probabilities, zoo["keras"], atol=1e-5)
+    (warning,) = [r.getMessage() for r in caplog.records if "contradicts" in r.getMessage()]
+    assert f"--resize baseline contradicts {config_path}" in warning and "resize torchvision" in warning
+
+    # A run_config.json written before the key existed: the baseline's resize, as those runs trained.
+    config_path.write_text(json.dumps({key: v for key, v in config.items() if key != "resize"}))
+    preprocessing, probabilities = evaluate("old")
+    assert preprocessing == {"resize": "baseline", "source": f"recorded in {config_path}"}
+    np.testing.assert_allclose(probabilities, zoo["keras"], atol=1e-5)
+
+    config_path.write_text(json.dumps({**config, "resize": "nearest"}))
+    assert eval_keras.main(_args(zoo, checkpoint, tmp_path / "bad")) == 2
+    line = _single_error(capsys)
+    assert str(config_path) in line and "baseline, torchvision" in line and "'nearest'" in line

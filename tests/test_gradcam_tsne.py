@@ -160,3 +160,31 @@ def test_tsne_separates_clusters_and_is_seeded() -> None:
     assert effective_perplexity(1000, 50) == 50
     with pytest.raises(ValueError, match="at least 4 images"):
         effective_perplexity(3, 50)
+
+
+def test_gradcam_explains_the_pixels_of_the_resize_method(
+    covidx: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--resize torchvision: the overlays are the Grad-CAM of Pillow-resized images, not of cv2's."""
+    from PIL import Image
+
+    from data.images import decode_image
+    from evaluation.gradcam import overlay
+
+    assert eval_keras.main(_args(covidx, tmp_path, "--gradcam", "1", "--resize", "torchvision")) == 0
+    assert "Preprocessing: resize torchvision (--resize)" in capsys.readouterr().out
+    root, cam = covidx["root"] / "data" / "test", GradCam(covidx["model"])
+    chosen = ["sub/x00.png", "x01.png", "x02.png"]  # the first image of each class
+    originals = [decode_image((root / name).read_bytes(), channels=3).numpy() for name in chosen]
+    pillow = np.stack([np.asarray(Image.fromarray(o).resize((IMG, IMG), Image.BILINEAR), np.float32) / 255
+                       for o in originals])
+    cv2_resized = np.stack([cv2.resize(o, (IMG, IMG)).astype(np.float32) / 255 for o in originals])
+    differs_from_cv2 = []
+    for name, original, torchvision_pixels, baseline_pixels in zip(chosen, originals, pillow, cv2_resized):
+        (written,) = (tmp_path / "gradcam").glob(name.replace("/", "__")[:-4] + "_*.png")
+        maps, _ = cam.heatmaps(torchvision_pixels[None])
+        assert np.abs(cv2.imread(str(written)).astype(int) - overlay(original, maps[0])).max() <= 1
+        other, _ = cam.heatmaps(baseline_pixels[None])
+        difference = overlay(original, maps[0]).astype(int) - overlay(original, other[0])
+        differs_from_cv2.append(np.abs(difference).max())
+    assert max(differs_from_cv2) > 1  # the two methods' explanations do differ on these images

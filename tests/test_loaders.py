@@ -277,3 +277,12 @@ def test_keras_model_with_wrong_output_is_refused(tmp_path: Path) -> None:
         ValueError, match=r"two.keras: the model output has shape \[None, 2\]; expected \[n, 3\]"
     ):
         load_predictor(tmp_path / "two.keras")
+
+
+def test_run_config_beside_a_checkpoint() -> None:
+    """Where the recorded resize is looked for: beside a file, and beside a SavedModel folder."""
+    from evaluation.preprocessing import run_config_beside
+
+    for checkpoint in ("run/cp-10-0.35.hdf5", "run/final_model.hdf5", "run/saved_model",
+                       "run/saved_model/saved_model.pb"):
+        assert run_config_beside(checkpoint) == Path("run") / "run_config.json", checkpoint

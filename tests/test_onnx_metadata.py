@@ -61,11 +61,13 @@ def test_metadata_reorders_classes_scales_and_normalises(tmp_path: Path, layout:
                                                          caplog: pytest.LogCaptureFixture) -> None:
     order = ("COVID-19", "normal", "pneumonia")  # torchvision ImageFolder's sorted folder names
     path = _mean_colour_model(tmp_path / "m.onnx", layout=layout)
-    write_onnx_metadata(path, class_order=order, layout=layout, normalization="imagenet", output="logits")
+    write_onnx_metadata(path, class_order=order, layout=layout, normalization="imagenet", output="logits",
+                        resize="torchvision")
     assert read_onnx_metadata(path)["covidx.class_order"] == "COVID-19,normal,pneumonia"
     with caplog.at_level(logging.WARNING):
         predictor = load_predictor(path)
     assert not [r for r in caplog.records if "does not say" in r.getMessage()]  # nothing guessed
+    assert predictor.preprocessing.resize == "torchvision"
     assert predictor.output == "logits" and "classes COVID-19,normal,pneumonia" in predictor.description
     got = predictor.predict_batch(IMAGES)
     np.testing.assert_allclose(got, _expected(IMAGES, order=order, mean=IMAGENET_MEAN, std=IMAGENET_STD),
@@ -95,9 +97,13 @@ def test_without_metadata_every_guess_is_one_warning_and_flags_fill_in(
         "covidx.pixel_range",
         "covidx.normalization",
         "covidx.output",
+        "covidx.resize",
     ):
         assert key in warnings[0]
     assert "class order normal,pneumonia,COVID-19" in warnings[0] and "layout NCHW" in warnings[0]
+    assert "resize baseline" in warnings[0]
+    assert predictor.preprocessing.resize == "baseline"
+    assert predictor.preprocessing.source == "assumed: the model has no covidx.resize"
     np.testing.assert_allclose(predictor.predict_batch(IMAGES), _expected(IMAGES), atol=1e-6)
     assert predictor.output == "logits"  # decided from the first batch
 
@@ -127,6 +133,7 @@ def test_without_metadata_every_guess_is_one_warning_and_flags_fill_in(
         ({"covidx.normalization": "mean=0.5;std=0"}, "std > 0"),
         ({"covidx.normalization": "imagenet", "covidx.pixel_range": "0-255"}, "cannot be combined"),
         ({"covidx.output": "scores"}, "must be one of logits, probabilities, received 'scores'"),
+        ({"covidx.resize": "bicubic"}, "must be one of baseline, torchvision, received 'bicubic'"),
     ],
 )
 def test_bad_metadata_is_one_line_naming_the_key(tmp_path: Path, values: dict, message: str) -> None:
@@ -183,3 +190,44 @@ def test_metadata_write_keeps_external_data_and_other_entries(tmp_path: Path) ->
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     assert props["producer.note"] == "kept" and props["covidx.output"] == "logits"
     np.testing.assert_allclose(load_predictor(path).predict_batch(IMAGES), _expected(IMAGES), atol=1e-6)
+
+
+def test_resize_key_is_read_and_the_flag_overrides_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _mean_colour_model(tmp_path / "m.onnx")
+    write_onnx_metadata(path, output="logits", resize="torchvision")
+    assert read_onnx_metadata(path)["covidx.resize"] == "torchvision"
+    with caplog.at_level(logging.WARNING):
+        recorded = load_predictor(path)
+    assert recorded.preprocessing.to_dict() == {
+        "resize": "torchvision", "source": "recorded in ONNX metadata covidx.resize"
+    }
+    assert not caplog.records  # every key said: nothing guessed, nothing contradicted
+
+    # --resize wins, with one warning naming both; the model's other conventions are unchanged.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        flagged = load_predictor(path, resize="baseline")
+    assert flagged.preprocessing.to_dict() == {
+        "resize": "baseline", "source": "--resize; ONNX metadata covidx.resize records torchvision"
+    }
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "--resize baseline contradicts ONNX metadata covidx.resize" in warning
+    assert "trained with resize torchvision" in warning
+    np.testing.assert_allclose(flagged.predict_batch(IMAGES), _expected(IMAGES), atol=1e-6)
+
+    # A model that says nothing: the flag fills in without a guess warning for covidx.resize.
+    bare = _mean_colour_model(tmp_path / "bare.onnx")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        given = load_predictor(bare, resize="torchvision")
+    assert given.preprocessing.to_dict() == {"resize": "torchvision", "source": "--resize"}
+    (guess,) = [r.getMessage() for r in caplog.records if "does not say" in r.getMessage()]
+    assert "covidx.output" in guess and "covidx.resize" not in guess
+
+    # write_onnx_metadata without resize leaves the key as it was.
+    write_onnx_metadata(path, output="probabilities")
+    assert read_onnx_metadata(path)["covidx.resize"] == "torchvision"
+    with pytest.raises(ValueError, match="--resize: .*one of baseline, torchvision, received 'area'"):
+        load_predictor(path, resize="area")

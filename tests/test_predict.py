@@ -166,3 +166,46 @@ def test_exif_rotated_jpeg_is_predicted_upright(tmp_path: Path) -> None:
     image = load_image(tmp_path / "r.jpg", img_size=40, channels=1)[..., 0]
     # Rotated 90 degrees clockwise: the bright corner is top right, as cv2.imread shows it.
     assert image[:5, 30:].mean() > 0.8 and image[:5, :10].mean() < 0.3
+
+
+def test_resize_torchvision_feeds_pillows_pixels(
+    setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--resize torchvision: the model gets Pillow's Image.resize((S, S), BILINEAR) / 255, bit for bit."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    colour = np.clip(rng.normal(120, 50, (97, 83, 3)), 0, 255).astype(np.uint8)  # 83x97 px, odd scale
+    colour[10:40, 20:50] = (240, 30, 90)
+    path = tmp_path / "colour.png"
+    Image.fromarray(colour).save(path)
+    fed: list[np.ndarray] = []
+    real = predict.predict_pixels
+
+    def spy(predict_batch, pixels, *, batch_size):
+        fed.extend(pixels.values())
+        return real(predict_batch, pixels, batch_size=batch_size)
+
+    monkeypatch.setattr(predict, "predict_pixels", spy)
+    pillow = np.asarray(Image.fromarray(colour).resize((IMG, IMG), Image.BILINEAR), np.float32) / 255.0
+    for resize in ("torchvision", "baseline"):
+        fed.clear()
+        argv = ["--checkpoint", str(setup["model"]), "--json", "--resize", resize, str(path)]
+        assert predict.main(argv) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert document["preprocessing"] == {"resize": resize, "source": "--resize"}
+        (pixels,) = fed
+        assert pixels.shape == (IMG, IMG, 3) and pixels.dtype == np.float32
+        if resize == "torchvision":
+            np.testing.assert_array_equal(pixels, pillow)
+        else:  # cv2.resize's pixels: not antialiased, so not Pillow's
+            assert np.abs(pixels - pillow).max() > 10 / 255
+
+
+def test_json_says_the_default_resize(setup: dict, capsys: pytest.CaptureFixture) -> None:
+    """Without --resize or a run_config.json beside the model, the baseline's resize, and the JSON says so."""
+    assert predict.main(["--checkpoint", str(setup["model"]), "--json", str(setup["paths"]["png"])]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["preprocessing"] == {
+        "resize": "baseline", "source": "default: nothing recorded for this checkpoint"
+    }
