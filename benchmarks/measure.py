@@ -471,9 +471,12 @@ def run_unit(kind: str, params: dict[str, Any], *, seed: int = 0) -> dict[str, A
             tf.config.experimental.reset_memory_stats(device.name)
     reset = reset_peak_rss()
     before = rss_mib()
+    load_before = os.getloadavg()
     start = time.perf_counter()
     result = MEASURES[kind](**params)
     result["wall_seconds"] = time.perf_counter() - start
+    # Other processes on the cores change every figure (row 7's PyTorch threads most): kept per measurement.
+    result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     result["rss_before_mib"] = before
     result["peak_rss_mib"] = peak_rss_mib()
     result["peak_reset"] = reset

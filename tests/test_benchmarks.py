@@ -295,6 +295,7 @@ def test_quick_keras_against_pytorch_row(tmp_path, capsys) -> None:
     assert set(TORCH_MODELS) <= set(BUILDERS)
     assert result["parameters"] == {"keras": 11_178_051, "pytorch": 11_178_051}
     assert result["threads"] >= 1 and result["device"] in ("cpu", "cuda:0")
+    assert [len(result["load_average"][k]) for k in ("before", "after")] == [3, 3]
     assert len(result["keras"]["windows"]) == len(result["pytorch"]["windows"]) == 2  # --quick: 2 windows
     assert all(w["batches"] == 2 and w["images"] == 8 for w in result["pytorch"]["windows"])
     rows = [line for line in printed.splitlines() if line.startswith("| 7 |")]
