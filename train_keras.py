@@ -14,29 +14,25 @@ from the last completed epoch, or from the step a SIGTERM stopped at, on the
 same batches as an uninterrupted run (bit-identical on CPUs; see
 data/pipeline.py for what is deterministic where).
 
-The ImageNet-transfer study's recipes (mixup, progressive resizing, one-cycle,
+The ImageNet-transfer study's options (mixup, progressive resizing, one-cycle,
 frozen-then-unfrozen backbone with discriminative learning rates, label
-smoothing) are options; without them the run is SURFsara's baseline
-(docs/training.md).
+smoothing) are flags; without them the run is SURFsara's baseline
+(docs/training.md). The library behind this script is training/.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import math
-import os
 import platform
 import pprint
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from common.cli import (
-    EXIT_FAILURE,
-    USER_ERRORS,
     DefaultsHelpFormatter,
     UsageError,
     handle_errors,
@@ -48,18 +44,16 @@ from common.cli import (
 )
 from common.disclaimer import DISCLAIMER
 from data.lists import VERIFY_MODES
+from training.checks import MAX_BATCH_MEMORY_SHARE, MAX_IMG_SIZE
 
 log = logging.getLogger("train_keras")
 
 # SURFsara's `--regularizer` switch set `tf.keras.regularizers.l2(1e-3)` on every layer (to no effect).
 SURFSARA_REGULARIZER = 1e-3
 
-# --img_size bound: about twice the largest public COVIDx source images (4,280 px in the real samples);
-# larger sizes only upsample, and one such image would not fit in any GPU's memory through a backbone.
-MAX_IMG_SIZE = 8192
-# The input pipeline holds a few batches at once (decoded, augmented, prefetched, the one being fed):
-# a batch of float32 images larger than this share of the memory cannot train.
-MAX_BATCH_MEMORY_SHARE = 0.25
+# models.HEADS, spelled out here because the registry imports Keras, which --help must not wait for
+# (tests/test_train.py checks that the two agree).
+HEADS = ("flatten", "avg", "max", "linear")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -97,6 +91,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = _OneLineParser(
         prog="train_keras.py", description=__doc__, formatter_class=DefaultsHelpFormatter
     )
+    _add_surfsara_flags(parser)
+    _add_model_flags(parser)
+    _add_training_flags(parser)
+    _add_transfer_flags(parser)
+    _add_hardware_flags(parser)
+    _add_output_flags(parser)
+    return parser.parse_args(argv)
+
+
+def _add_surfsara_flags(parser: argparse.ArgumentParser) -> None:
+    """SURFsara's flags, with their names, meanings and defaults."""
     base = parser.add_argument_group("SURFsara's flags (same names, meanings and defaults)")
     base.add_argument("--trainfile", default="train_COVIDx.txt", help="train list file")
     base.add_argument("--testfile", default="test_COVIDx.txt", help="test list file")
@@ -146,6 +151,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--radiography-db writes val_COVIDx.txt); replaces --val_split",
     )
 
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The architecture and its initialisation."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--weights",
@@ -156,8 +164,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--head",
         default="flatten",
-        choices=["flatten", "avg", "max"],
-        help="pooling before the dense head (flatten is SURFsara's)",
+        choices=HEADS,
+        help="pooling before the dense head: flatten (SURFsara's), avg or max pooling under it, or "
+        "linear (global average pooling, then one dense softmax layer: torchvision's ResNet/DenseNet head)",
     )
     model.add_argument("--head_l2", default=1e-4, type=float, help="L2 factor of the dense head's kernels")
     model.add_argument(
@@ -170,6 +179,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--channels", default=3, type=int, choices=[1, 3], help="image channels fed to the model"
     )
 
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """Data, batches, augmentation and seeds."""
     train = parser.add_argument_group("training")
     train.add_argument("--seed", default=0, type=int, help="seed for weights, shuffling and augmentation")
     train.add_argument(
@@ -219,10 +231,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "instead of DATA_PATH/train and DATA_PATH/test",
     )
 
-    recipe = parser.add_argument_group(
-        "training recipes (the ImageNet-transfer study's fastai recipes; see docs/training.md)"
+
+def _add_transfer_flags(parser: argparse.ArgumentParser) -> None:
+    """The ImageNet-transfer study's options (docs/training.md); the defaults are SURFsara's."""
+    transfer = parser.add_argument_group(
+        "ImageNet-transfer options (the study's fastai training; see docs/training.md)"
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--schedule",
         default="plateau",
         choices=["plateau", "onecycle", "cosine"],
@@ -230,31 +245,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "fit_one_cycle, peak --lr) or cosine (--lr down to --min_lr), both per step and "
         "restarted at every phase (progressive stage, unfreezing)",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--min_lr",
         default=1e-6,
         type=non_negative_float,
         help="floor of the plateau schedule (SURFsara's) and final rate of the cosine schedule",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--onecycle_pct_start",
         default=0.25,
         type=float,
         help="onecycle: fraction of each phase's steps spent warming up to --lr (fastai v2; v1: 0.3)",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--onecycle_div",
         default=25.0,
         type=positive_float,
         help="onecycle: the warm-up starts at --lr / this (fastai's div)",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--onecycle_div_final",
         default=1e5,
         type=positive_float,
         help="onecycle: the phase ends at --lr / this (fastai v2's div_final; v1: 2.5e5)",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--mixup",
         default=0.0,
         type=non_negative_float,
@@ -262,33 +277,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="mixup with lambda ~ Beta(ALPHA, ALPHA) within each batch (fastai's default 0.4); "
         "0 turns it off",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--label_smoothing",
         default=0.0,
         type=non_negative_float,
         help="label smoothing of the cross-entropy (0 = off)",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--progressive",
         default=None,
         metavar="SIZES",
         help="progressive resizing stages, e.g. 64:2,128:2,224:6 (size:epochs) or 64,128,224 "
-        "(--epochs split evenly); the last size must be --img_size; needs --head avg or max",
+        "(--epochs split evenly); the last size must be --img_size; needs --head avg, max or linear",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--freeze_epochs",
         default=0,
         type=non_negative_int,
         help="train only the dense head (backbone frozen) for the first N epochs, then all layers",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--backbone_lr_mult",
         default=1.0,
         type=positive_float,
         help="learning-rate factor of the backbone relative to the head once it trains "
         "(discriminative learning rates, e.g. 0.1)",
     )
-    recipe.add_argument(
+    transfer.add_argument(
         "--train_bn",
         default="on",
         choices=["on", "off"],
@@ -296,6 +311,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(fastai's train_bn); off: they are frozen too (inference mode)",
     )
 
+
+def _add_hardware_flags(parser: argparse.ArgumentParser) -> None:
+    """Precision, compilation and distribution."""
     hardware = parser.add_argument_group("hardware")
     hardware.add_argument(
         "--mixed_precision",
@@ -334,6 +352,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "lost; must exceed the chief's end-of-epoch save",
     )
 
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """The run folder, checkpoints, resuming and the final evaluation."""
     out = parser.add_argument_group("output and resuming")
     out.add_argument("--output", default="./output", help="parent folder of the run folder")
     out.add_argument(
@@ -360,19 +381,64 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="bootstrap resamples for the confidence intervals of the final test evaluation",
     )
     out.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    return parser.parse_args(argv)
 
 
 def resolve_config(
     args: argparse.Namespace, *, replicas: int, strategy_name: str, gpu: bool, num_workers: int = 1
 ):
     """Turn the namespace into a frozen RunConfig, checking everything checkable up front."""
-    import keras
-    import tensorflow as tf
-
-    from models import ModelSpec, find_imagenet_weights, get_model_info, list_models, resolve_model_name
+    from training.checks import check_image_memory, check_input_files, check_output, check_transfer_options
     from training.config import RunConfig, run_folder_name
 
+    _check_flag_values(args)
+    output = Path(args.output)
+    run_dir = output / run_folder_name(args.name, args.lr)
+    check_input_files(
+        lists=[("--trainfile", args.trainfile), ("--testfile", args.testfile), ("--valfile", args.valfile)],
+        cache=args.cache,
+        checkpoint=args.checkpoint,
+        weights=args.weights,
+    )
+    check_output(output, run_dir)
+    batch_size = _step_batch_size(args, replicas=replicas, strategy_name=strategy_name)
+    check_image_memory(args.img_size, batch_size=batch_size, channels=args.channels)
+    info = _model_info(args.model, img_size=args.img_size)
+    progressive = check_transfer_options(
+        epochs=args.epochs,
+        lr=args.lr,
+        schedule=args.schedule,
+        min_lr=args.min_lr,
+        onecycle_pct_start=args.onecycle_pct_start,
+        label_smoothing=args.label_smoothing,
+        freeze_epochs=args.freeze_epochs,
+        random_backbone=args.weights.lower() == "none" and not args.checkpoint,
+        progressive=args.progressive,
+        head=args.head,
+        img_size=args.img_size,
+        min_size=info.min_size,
+    )
+    weights = _initial_weights(args, info)
+    return RunConfig(
+        model=_model_spec(args, name=info.name).to_dict(),
+        weights=weights,
+        checkpoint=str(args.checkpoint),
+        batch_size=batch_size,
+        output=str(output),
+        run_dir=str(run_dir),
+        progressive=progressive,
+        mixed_precision={"on": True, "off": False, "auto": gpu}[args.mixed_precision],
+        strategy=strategy_name,
+        replicas=replicas,
+        num_workers=num_workers,
+        **_data_settings(args),
+        **_optimisation_settings(args),
+        **_output_settings(args),
+        **_versions(),
+    )
+
+
+def _check_flag_values(args: argparse.Namespace) -> None:
+    """Ranges argparse's types do not check."""
     if args.datapipeline != "covidx":
         raise ValueError(
             "--datapipeline chexpert is not supported: SURFsara's branch read hard-coded "
@@ -387,55 +453,70 @@ def resolve_config(
         )
     if args.keep_checkpoints < 0:
         raise ValueError(f"--keep_checkpoints must be >= 0, received {args.keep_checkpoints}")
-    if args.cache and not Path(args.cache).is_dir():
-        raise FileNotFoundError(f"--cache {args.cache} does not exist")
-    for flag in ("trainfile", "testfile", "valfile"):
-        if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
-            raise FileNotFoundError(f"--{flag} {getattr(args, flag)} does not exist")
-    if args.checkpoint:
-        _check_checkpoint_file(Path(args.checkpoint))
-    output = Path(args.output)
-    _check_output(output, output / run_folder_name(args.name, args.lr))
-    weights = args.weights
-    if weights.lower() not in ("imagenet", "none") and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights} is neither imagenet, none nor an existing file")
-    # --bs keeps SURFsara's meaning: the batch of one step across all replicas (multi_gpu_model
-    # split it the same way). The learning rate is never rescaled behind the user's back.
+
+
+def _step_batch_size(args: argparse.Namespace, *, replicas: int, strategy_name: str) -> int:
+    """The batch of one step across all replicas.
+
+    --bs keeps SURFsara's meaning: the batch of one step across all replicas
+    (multi_gpu_model split it the same way). The learning rate is never
+    rescaled behind the user's back.
+    """
     batch_size = args.bs_per_replica * replicas if args.bs_per_replica else args.bs
     if batch_size % replicas:
         raise ValueError(
-            f"--bs {batch_size} must be divisible by the {replicas} replicas of the "
-            f"{strategy_name} strategy (or use --bs_per_replica)"
+            f"--bs must be divisible by the {replicas} replicas of the {strategy_name} strategy (or use "
+            f"--bs_per_replica); received {batch_size}"
         )
-    _check_image_memory(args.img_size, batch_size=batch_size, channels=args.channels)
+    return batch_size
+
+
+def _model_info(model: str, *, img_size: int):
+    """The registry entry of --model, which must take --img_size."""
+    from models import get_model_info, list_models, resolve_model_name
+
     try:
-        name = resolve_model_name(args.model)
+        name = resolve_model_name(model)
     except ValueError:
         raise ValueError(
-            f"--model {args.model!r} is not a registered model; choose one of {', '.join(list_models())}"
+            f"--model must be a registered model, one of {', '.join(list_models())}; received {model!r}"
         ) from None
     info = get_model_info(name)
-    if args.img_size < info.min_size:
+    if img_size < info.min_size:
         raise ValueError(
-            f"--img_size {args.img_size} is too small for --model {name}: it needs at least "
-            f"{info.min_size} px"
+            f"--img_size is too small for --model {name}: it needs at least {info.min_size} px; "
+            f"received {img_size}"
         )
-    progressive = _resolve_recipe(args, min_size=info.min_size)
+    return info
+
+
+def _initial_weights(args: argparse.Namespace, info) -> str:
+    """--weights as the run uses it: imagenet falls back to none for models without ImageNet weights."""
+    from models import find_imagenet_weights
+
+    weights = args.weights
     if weights.lower() == "imagenet" and info.imagenet is None:
         # SURFsara's `custom` model had no ImageNet weights either and started from random ones.
         log.warning(
             "--weights imagenet: model %s has no ImageNet weights; it starts from random weights "
             "(--weights none), as SURFsara's script did",
-            name,
+            info.name,
         )
-        weights = "none"
+        return "none"
     if weights.lower() == "imagenet" and args.checkpoint:
         # --checkpoint overwrites every weight, so the ImageNet file is neither needed nor read.
         log.info("--checkpoint %s replaces the ImageNet initialisation", args.checkpoint)
     elif weights.lower() == "imagenet":
         # Fail now, before the lists are read, when the file Keras needs is not on disk.
-        find_imagenet_weights(name, info.imagenet, (args.img_size, args.img_size, 3))
-    spec = ModelSpec(
+        find_imagenet_weights(info.name, info.imagenet, (args.img_size, args.img_size, 3))
+    return weights
+
+
+def _model_spec(args: argparse.Namespace, *, name: str):
+    """The architecture the flags describe (``models.ModelSpec``), for the registered ``name``."""
+    from models import ModelSpec
+
+    return ModelSpec(
         name=name,
         num_classes=3,
         input_shape=(args.img_size, args.img_size, args.channels),
@@ -444,201 +525,69 @@ def resolve_config(
         backbone_l2=args.regularizer,
         input_norm=args.input_norm,
     )
-    mixed = {"on": True, "off": False, "auto": gpu}[args.mixed_precision]
-    return RunConfig(
+
+
+def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """RunConfig's data fields: the lists, their images, the batch make-up, augmentation and mixup."""
+    from data.augment import AugmentConfig
+
+    return dict(
         trainfile=str(args.trainfile),
         testfile=str(args.testfile),
         data_path=str(args.data_path),
         val_split=0.0 if args.valfile else args.val_split,
         valfile=str(args.valfile),
         verify_images=args.verify_images,
+        cache=str(args.cache),
         balance=args.balance == "covid",
         covid_per_batch=args.covid_per_batch,
         class_weights=tuple(args.class_weights),
-        augment=not args.no_augment,
-        model=spec.to_dict(),
-        weights=weights,
-        checkpoint=str(args.checkpoint),
+        # Recorded in full: the run means these values, whatever later versions' defaults are.
+        augment=None if args.no_augment else AugmentConfig().to_dict(),
+        mixup=args.mixup,
+    )
+
+
+def _optimisation_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """RunConfig's optimisation fields, the ImageNet-transfer options among them."""
+    return dict(
         lr=args.lr,
-        batch_size=batch_size,
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         seed=args.seed,
         deterministic=args.deterministic,
-        mixed_precision=mixed,
         xla=args.xla,
         sync_batchnorm=args.sync_batchnorm == "on",
         collective_timeout=args.collective_timeout,
-        output=str(output),
-        name=args.name,
-        run_dir=str(output / run_folder_name(args.name, args.lr)),
-        keep_checkpoints=args.keep_checkpoints,
-        full_checkpoints=args.full_checkpoints,
-        strategy=strategy_name,
-        replicas=replicas,
-        global_batch_size=batch_size,
-        num_workers=num_workers,
-        cache=str(args.cache),
         schedule=args.schedule,
         min_lr=args.min_lr,
         onecycle_pct_start=args.onecycle_pct_start,
         onecycle_div=args.onecycle_div,
         onecycle_div_final=args.onecycle_div_final,
-        mixup=args.mixup,
         label_smoothing=args.label_smoothing,
-        progressive=progressive,
         freeze_epochs=args.freeze_epochs,
         backbone_lr_mult=args.backbone_lr_mult,
         train_bn=args.train_bn == "on",
-        argv=tuple(sys.argv[1:]),
-        versions={
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "python": platform.python_version(),
-        },
     )
 
 
-def _check_checkpoint_file(path: Path) -> None:
-    """--checkpoint must be a Keras HDF5 file named as Keras reads it; checked before any list is read."""
-    from training.checkpoints import describe_hdf5
-
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path} does not exist")
-    try:
-        kind = describe_hdf5(path)
-    except ValueError as exc:
-        raise ValueError(
-            f"--checkpoint: {exc}; expected a .hdf5/.h5 weights or model file "
-            f"(SURFsara's cp-EE-L.hdf5, final_model.hdf5) or a Keras 3 .weights.h5"
-        ) from None
-    if kind == "weights3" and not path.name.endswith(".weights.h5"):
-        raise ValueError(f"--checkpoint {path} holds Keras 3 weights; its name must end in .weights.h5")
-    if kind != "weights3" and (path.suffix not in (".h5", ".hdf5") or path.name.endswith(".weights.h5")):
-        raise ValueError(
-            f"--checkpoint {path} holds Keras 2-layout HDF5 weights; its name must end in .hdf5 or .h5"
-        )
+def _output_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """RunConfig's output fields (the run folder itself is resolved with --output)."""
+    return dict(
+        name=args.name,
+        keep_checkpoints=args.keep_checkpoints,
+        full_checkpoints=args.full_checkpoints,
+        argv=tuple(sys.argv[1:]),
+    )
 
 
-def _check_output(output: Path, run_dir: Path) -> None:
-    """The run folder must be creatable: no file where --output or the run folder (or a parent) would be."""
-    for folder, what in ((run_dir, f"run folder {run_dir}"), (output, f"--output {output}")):
-        if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(f"{what} is a file, not a folder; received --output {output}")
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"--output {output}: {parent} is a file, not a folder")
+def _versions() -> dict[str, Any]:
+    """The library versions recorded with a run."""
+    import keras
+    import tensorflow as tf
 
-
-def _memory_bytes() -> int | None:
-    """Physical memory, or the cgroup limit when lower (a SLURM job's --mem); None when unknown."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            limit = int(Path(limit_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        total = min(total, limit)
-    return total
-
-
-def _check_image_memory(img_size: int, *, batch_size: int, channels: int) -> None:
-    """Refuse image sizes that cannot train here, before anything is read or created."""
-    if img_size > MAX_IMG_SIZE:
-        raise ValueError(
-            f"--img_size must be at most {MAX_IMG_SIZE} px (about twice the largest COVIDx "
-            f"source images; larger sizes only upsample), received {img_size}"
-        )
-    memory = _memory_bytes()
-    batch_bytes = batch_size * img_size * img_size * channels * 4
-    if memory and batch_bytes > MAX_BATCH_MEMORY_SHARE * memory:
-        raise ValueError(
-            f"--img_size {img_size} with a batch of {batch_size}: one batch of float32 images is "
-            f"{batch_bytes / 2**30:.1f} GiB, more than {MAX_BATCH_MEMORY_SHARE:.0%} of this machine's "
-            f"{memory / 2**30:.1f} GiB of memory (the input pipeline holds several batches); lower "
-            "--img_size "
-            "or --bs"
-        )
-
-
-def _resolve_recipe(args: argparse.Namespace, *, min_size: int) -> tuple[tuple[int, int], ...]:
-    """Check the recipe flags; returns the progressive stages ``((size, epochs), ...)``."""
-    from training.recipes import parse_progressive
-
-    if not 0 <= args.label_smoothing < 1:
-        raise ValueError(f"--label_smoothing must be in [0, 1), received {args.label_smoothing}")
-    if args.freeze_epochs > args.epochs:
-        raise ValueError(f"--freeze_epochs {args.freeze_epochs} is more than --epochs {args.epochs}")
-    if args.schedule == "onecycle" and not 0 < args.onecycle_pct_start < 1:
-        raise ValueError(f"--onecycle_pct_start must be in (0, 1), received {args.onecycle_pct_start}")
-    if args.schedule == "cosine" and args.min_lr >= args.lr:
-        raise ValueError(
-            f"--schedule cosine decays from --lr to --min_lr: --min_lr {args.min_lr} must be below "
-            f"--lr {args.lr}"
-        )
-    if args.freeze_epochs and args.weights.lower() == "none" and not args.checkpoint:
-        log.warning(
-            "--freeze_epochs %d with --weights none trains the head on a random, frozen backbone",
-            args.freeze_epochs,
-        )
-    if not (args.progressive or "").strip():
-        return ()
-    if args.head == "flatten":
-        raise ValueError(
-            "--progressive needs --head avg or max: the flatten head's dense kernel depends on the image "
-            "size "
-            "(fastai's models pool before their head); received --head flatten"
-        )
-    return parse_progressive(args.progressive, epochs=args.epochs, img_size=args.img_size, min_size=min_size)
-
-
-def list_fingerprints(config) -> dict[str, str]:
-    """``{flag: fingerprint}`` of the lists the run reads (data/fingerprint.py), for run_config.json.
-
-    Image hashes come from ``SHA256SUMS`` beside the images (create_covidx.py
-    writes it) for files not modified since, else from reading the files. A
-    list whose images are not all there (a run from ``--cache``) is left out
-    with a log line: its fingerprint cannot be computed.
-    """
-    import time
-
-    from data.fingerprint import fingerprint_list_files
-    from data.lists import read_list
-
-    data_path = Path(config.data_path)
-    lists = [("--trainfile", config.trainfile, data_path / "train"),
-             ("--valfile", config.valfile, data_path / "train"),
-             ("--testfile", config.testfile, data_path / "test")]
-    found: dict[str, str] = {}
-    start = time.perf_counter()
-    hashed_total = 0
-    for flag, list_file, image_dir in lists:
-        if not list_file:
-            continue
-        entries = read_list(list_file).entries
-        if not all((image_dir / e.filename).is_file() for e in entries):
-            log.debug("%s %s: not every image is in %s (training from --cache?): no fingerprint recorded",
-                     flag, list_file, image_dir)
-            continue
-        found[flag], hashed = fingerprint_list_files(entries, image_dir, dataset_dir=data_path)
-        hashed_total += hashed
-    log.debug("list fingerprints in %.2f s (%d images read, the others from SHA256SUMS)",
-             time.perf_counter() - start, hashed_total)
-    return found
-
-
-def format_fingerprints(fingerprints: dict[str, str]) -> str:
-    """The short fingerprints as printed at the start of a run."""
-    from data.fingerprint import short
-
-    if not fingerprints:
-        return "List fingerprints: none (the images are not in DATA_PATH)"
-    return "List fingerprints: " + ", ".join(f"{flag} {short(fp)}" for flag, fp in fingerprints.items())
+    return {"versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                         "python": platform.python_version()}}
 
 
 @handle_errors
@@ -649,7 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Heavy imports after argument parsing, so --help is instant.
     import keras
 
-    from training.strategy import choose_strategy, gpu_available
+    from training.run_data import format_fingerprints, list_fingerprints
+    from training.strategy import choose_strategy, gpu_available, op_determinism
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
     distribution = choose_strategy(args.strategy)
@@ -661,36 +611,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpu=gpu_available(),
         num_workers=distribution.num_workers,
     )
-    config = dataclasses.replace(config, fingerprints=list_fingerprints(config))
+    fingerprints = list_fingerprints(
+        data_path=config.data_path, trainfile=config.trainfile, testfile=config.testfile,
+        valfile=config.valfile,
+    )
+    config = dataclasses.replace(config, fingerprints=fingerprints)
     if distribution.is_chief:
         pprint.pprint({k: v for k, v in config.to_dict().items() if k not in ("argv", "versions")})
         print(f"Output: {config.run_dir}", flush=True)
         print(format_fingerprints(config.fingerprints), flush=True)
-    with _op_determinism(args.deterministic):
-        return _train_and_evaluate(config, args, distribution)
+    with op_determinism(args.deterministic):
+        return _train_and_evaluate(
+            config, distribution=distribution, resume=args.resume == "auto", n_bootstrap=args.n_bootstrap
+        )
 
 
-@contextlib.contextmanager
-def _op_determinism(enabled: bool) -> Iterator[None]:
-    """TensorFlow op determinism for this run only (put back as it was, for callers of main in-process)."""
-    from tensorflow.python.framework import config as tf_config
-
-    before = tf_config.is_op_determinism_enabled()
-    if enabled:
-        tf_config.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if enabled and not before:
-            tf_config.disable_op_determinism()
-
-
-def _train_and_evaluate(config, args: argparse.Namespace, distribution) -> int:
+def _train_and_evaluate(config, *, distribution, resume: bool, n_bootstrap: int) -> int:
     """Train, then (on the chief) evaluate the final model; each failure ends in one line and an exit code."""
-    import tensorflow as tf
-
-    from training.callbacks import TrainingDiverged
-    from training.preemption import EXIT_PREEMPTED, PreemptionWatcher, TrainingInterrupted
+    from training.evaluate import evaluate_final_model
+    from training.failures import (
+        INPUT_ERRORS,
+        TRAINING_FAILURES,
+        describe_evaluation_failure,
+        describe_training_failure,
+    )
+    from training.preemption import EXIT_PREEMPTED, PreemptionWatcher
     from training.trainer import train
 
     watcher = PreemptionWatcher().install()
@@ -698,46 +643,16 @@ def _train_and_evaluate(config, args: argparse.Namespace, distribution) -> int:
         result = train(
             config,
             distribution=distribution,
-            resume=args.resume == "auto",
+            resume=resume,
             preemption=watcher,
             verbose="auto" if sys.stdout.isatty() else 2,
         )
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except TrainingInterrupted as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except (
-        tf.errors.DeadlineExceededError,
-        tf.errors.UnavailableError,
-        tf.errors.CancelledError,
-        tf.errors.AbortedError,
-    ) as exc:
-        print(
-            f"error: lost contact with another worker ({type(exc).__name__}: {_op_error_summary(exc)}); the "
-            "job stops - re-run it to resume from the last saved epoch",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
-        # tf.data reports an image it cannot decode without its file name ("Invalid PNG data, size 1030").
-        log.debug("full traceback", exc_info=True)
-        print(
-            f"error: training stopped: {_input_error(config, exc, during='training')}; "
-            f"{_saved_state(config)}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    except OSError as exc:
-        if isinstance(exc, USER_ERRORS):
+    except TRAINING_FAILURES as exc:
+        failure = describe_training_failure(exc, config=config)
+        if failure is None:
             raise
-        log.debug("full traceback", exc_info=True)
-        print(
-            f"error: training stopped: writing in {config.run_dir} failed ({exc}); {_saved_state(config)}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        print(failure.message, file=sys.stderr)
+        return failure.exit_code
     finally:
         watcher.uninstall()
     if watcher.requested:
@@ -753,122 +668,33 @@ def _train_and_evaluate(config, args: argparse.Namespace, distribution) -> int:
         print(f"worker {distribution.worker_index} finished", flush=True)
         return 0
     try:
-        return _evaluate_on_test(config, result, n_bootstrap=args.n_bootstrap, seed=args.seed)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
-        log.debug("full traceback", exc_info=True)
-        print(
-            f"error: the final test evaluation stopped: {_input_error(config, exc, during='test')}; "
-            f"training is complete ({result.final_model}): re-run the same command to export and evaluate "
-            "again",
-            file=sys.stderr,
+        evaluation = evaluate_final_model(
+            result,
+            testfile=config.testfile,
+            testfile_fingerprint=config.fingerprints.get("--testfile"),
+            batch_size=config.batch_size,
+            n_bootstrap=n_bootstrap,
+            seed=config.seed,
         )
-        return EXIT_FAILURE
+    except INPUT_ERRORS as exc:
+        failure = describe_evaluation_failure(exc, config=config, final_model=result.final_model)
+        print(failure.message, file=sys.stderr)
+        return failure.exit_code
+    _print_summary(config, result, evaluation)
+    return 0
 
 
-def _saved_state(config) -> str:
-    """What a re-run resumes from, for the message of a stopped run."""
-    from training.checkpoints import find_resume_state
+def _print_summary(config, result, evaluation) -> None:
+    """The test report and the run folder's contents, ending with the disclaimer."""
+    from evaluation.report import format_report
 
-    found = find_resume_state(Path(config.run_dir) / "resume")
-    if found is None:
-        return "no epoch was completed yet: re-running the same command starts the run over"
-    epoch, step = int(found[1]["epoch"]), int(found[1].get("step", 0) or 0)
-    where = f"epoch {epoch}" + (f" and step {step} of the next" if step else "")
-    return f"the state after {where} is saved in {found[0]}: re-running the same command resumes from there"
-
-
-def _input_error(config, exc, *, during: str) -> str:
-    """Name the images behind a TensorFlow input error by decoding the lists the run reads.
-
-    Decoding every image costs minutes on the full COVIDx lists, so it is only
-    paid on this error path (the header check before training finds files cut short).
-    """
-    from data.pipeline import find_image_problems, load_entries
-
-    summary = _op_error_summary(exc)
-    if config.cache:
-        return (
-            f"reading the cache {config.cache} failed ({summary}); check it with --verify_images full "
-            "or rebuild it"
-        )
-    data_path = Path(config.data_path)
-    if during == "test":
-        lists = [("--testfile", config.testfile, data_path / "test")]
-    else:
-        lists = [("--trainfile", config.trainfile, data_path / "train")]
-        if config.valfile:
-            lists.append(("--valfile", config.valfile, data_path / "train"))
-        elif config.val_split == 0:
-            lists.append(("--testfile", config.testfile, data_path / "test"))  # the validation list
-    found = []
-    for flag, list_file, image_dir in lists:
-        entries = load_entries(list_file, image_dir, verify="none", what=flag)
-        found += [
-            (flag, image_dir / e.filename, reason)
-            for e, reason in find_image_problems(entries, image_dir, verify="full")
-        ]
-    if not found:
-        return (
-            f"TensorFlow reported {type(exc).__name__}: {summary}, and every image of the lists decodes "
-            "(run with -v for the traceback)"
-        )
-    named = "; ".join(f"{path} ({flag}): {reason}" for flag, path, reason in found[:3])
-    more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
-    return (
-        f"{len(found)} image(s) cannot be decoded: {named}{more}; replace them or remove them from the list"
-    )
-
-
-def _op_error_summary(exc, limit: int = 300) -> str:
-    """The informative part of a TensorFlow error: its status line, not "Graph execution error:"."""
-    lines = [line.strip() for line in (exc.message or "").splitlines() if line.strip()]
-    useful = [
-        line
-        for line in lines
-        if not line.startswith(("Graph execution error", "Detected at node", "File ", "[[", "{{"))
-    ]
-    return (useful[-1] if useful else lines[0] if lines else type(exc).__name__)[:limit]
-
-
-def _evaluate_on_test(config, result, *, n_bootstrap: int, seed: int) -> int:
-    """The baseline ended with a per-image predict loop over the test list; same report, batched."""
-    import keras
-
-    from evaluation.inference import entries_predictions, predict_images
-    from evaluation.report import evaluate_predictions, format_report, write_evaluation_files
-
-    model = keras.models.load_model(result.final_model, compile=False)
-    _, img_size, _, channels = model.input_shape
-    batch_size = max(config.batch_size, 32)
-    probabilities = predict_images(
-        model.predict_on_batch,
-        result.test_entries,
-        result.test_images,
-        img_size=img_size,
-        channels=channels,
-        batch_size=batch_size,
-    )
-    predictions = entries_predictions(result.test_entries, probabilities, source=config.testfile)
-    metrics = evaluate_predictions(
-        labels=predictions.labels,
-        probabilities=predictions.probabilities,
-        patient_ids=predictions.patient_ids,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-    )
-    if "--testfile" in config.fingerprints:
-        metrics["evaluated"] = {"testfile": config.testfile,
-                                "testfile_fingerprint": config.fingerprints["--testfile"]}
-    eval_dir = result.run_dir / "test_evaluation"
-    write_evaluation_files(eval_dir, predictions=predictions, metrics=metrics)
     print(f"\nTest list {config.testfile} ({len(result.test_entries)} images), final model:")
-    print(format_report(metrics, disclaimer=False))
+    print(format_report(evaluation.metrics, disclaimer=False))
     print(f"\nRun folder: {result.run_dir}")
     print(f"  per-epoch checkpoints: {len(result.checkpoints)} (cp-EE-LOSS.hdf5)")
     print(f"  final model: {result.final_model}  SavedModel: {result.saved_model}")
-    print(f"  test evaluation: {eval_dir}")
+    print(f"  test evaluation: {evaluation.folder}")
     print(f"\n{DISCLAIMER}")
-    return 0
 
 
 if __name__ == "__main__":

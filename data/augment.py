@@ -34,13 +34,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Ranges of the random transform; the defaults are SURFsara's."""
+    """Ranges of the random transform; the defaults are SURFsara's.
+
+    A run records its augmentation with :meth:`to_dict` (``run_config.json``),
+    as it records its model spec, so that a later change of these defaults
+    cannot change what a recorded run means.
+    """
 
     rotation_deg: float = 10.0
     width_shift: float = 0.1
@@ -51,9 +58,32 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.rotation_deg < 0 or self.width_shift < 0 or self.height_shift < 0:
             raise ValueError(f"augmentation ranges must be >= 0, received {self}")
+        if len(self.brightness) != 2:
+            raise ValueError(f"brightness range must be (low, high), received {self.brightness}")
         lo, hi = self.brightness
         if not 0 < lo <= hi:
             raise ValueError(f"brightness range must satisfy 0 < low <= high, received {self.brightness}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (the brightness range as a list)."""
+        values = dataclasses.asdict(self)
+        values["brightness"] = list(self.brightness)
+        return values
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AugmentConfig:
+        """Inverse of :meth:`to_dict`; every field must be there (a record names all its values)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        unknown = sorted(set(data) - set(names))
+        if missing or unknown:
+            raise ValueError(
+                f"an augmentation record needs exactly the fields {', '.join(names)}; received "
+                f"{sorted(data)} (missing {missing or 'none'}, unknown {unknown or 'none'})"
+            )
+        values = dict(data)
+        values["brightness"] = tuple(float(v) for v in values["brightness"])
+        return cls(**values)
 
 
 def affine_transforms(
@@ -87,7 +117,9 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig = Au
     n = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     if height is None or width is None:
-        raise ValueError("augment_batch needs a static image height and width")
+        raise ValueError(
+            f"augment_batch needs a static image height and width, received shape {images.shape}"
+        )
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)
     theta = tf.random.stateless_uniform([n], seeds[0], -config.rotation_deg, config.rotation_deg)
     rows = tf.random.stateless_uniform([n], seeds[1], -config.height_shift, config.height_shift) * height

@@ -125,3 +125,20 @@ def test_config_rejects_bad_ranges() -> None:
         AugmentConfig(brightness=(1.2, 1.1))
     with pytest.raises(ValueError, match=">= 0"):
         AugmentConfig(rotation_deg=-1)
+
+
+def test_config_is_recorded_field_by_field_and_read_back() -> None:
+    """run_config.json stores every parameter (item 6 of issue 12), so a new default cannot change a run."""
+    import json
+
+    record = AugmentConfig(rotation_deg=5.0, brightness=(0.8, 1.2)).to_dict()
+    assert record == {"rotation_deg": 5.0, "width_shift": 0.1, "height_shift": 0.1, "horizontal_flip": True,
+                      "brightness": [0.8, 1.2]}
+    back = AugmentConfig.from_dict(json.loads(json.dumps(record)))
+    assert back == AugmentConfig(rotation_deg=5.0, brightness=(0.8, 1.2)) and back.brightness == (0.8, 1.2)
+    with pytest.raises(ValueError, match=r"received .*missing \['horizontal_flip'\]"):
+        AugmentConfig.from_dict({k: v for k, v in record.items() if k != "horizontal_flip"})
+    with pytest.raises(ValueError, match=r"unknown \['zoom'\]"):
+        AugmentConfig.from_dict({**record, "zoom": 0.1})
+    with pytest.raises(ValueError, match="brightness"):
+        AugmentConfig.from_dict({**record, "brightness": [1.2, 1.1]})

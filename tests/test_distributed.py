@@ -19,14 +19,13 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT, final_weights_fingerprint, free_ports, subprocess_env
 from training.checkpoints import find_resume_state, list_checkpoints
 from training.preemption import EXIT_PREEMPTED, PreemptionWatcher, StopOnPreemption, TrainingInterrupted
 from training.strategy import _tasks_per_node, choose_strategy, cluster_source, slurm_base_port
 from training.watchdog import EXIT_STALLED, StallWatchdog
 
 LABELS = ("normal", "pneumonia", "COVID-19")
-TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +59,6 @@ def _args(root: Path, name: str, *extra: str, epochs: int = 1) -> list[str]:
     ]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG",) and not k.startswith("SLURM_")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.update(extra)
-    return env
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _slurm_job_with_free_ports(tasks: int) -> int:
     """A SLURM job id whose ports (training/strategy.py slurm_base_port) are free on 127.0.0.1."""
     start = int.from_bytes(os.urandom(2), "big")
@@ -96,16 +78,10 @@ def _slurm_job_with_free_ports(tasks: int) -> int:
 
 def _srun_env(job: int, rank: int, tasks: int, **extra: str) -> dict[str, str]:
     """What srun sets in task ``rank`` of a step of ``tasks`` tasks on one node, 127.0.0.1 (no GPU)."""
-    return _env(SLURM_JOB_ID=str(job), SLURM_NTASKS=str(tasks), SLURM_PROCID=str(rank),
+    return subprocess_env(SLURM_JOB_ID=str(job), SLURM_NTASKS=str(tasks), SLURM_PROCID=str(rank),
                 SLURM_LOCALID=str(rank), SLURM_STEP_NUM_TASKS=str(tasks), SLURM_STEP_NODELIST="127.0.0.1",
                 SLURM_STEP_TASKS_PER_NODE=str(tasks), SLURMD_NODENAME="127.0.0.1", CUDA_VISIBLE_DEVICES="",
                 **extra)
-
-
-def _fingerprint(log: str) -> str:
-    match = re.search(r"final weights fingerprint \(worker \d+\): ([0-9a-f]+)", log)
-    assert match, log[-2000:]
-    return match.group(1)
 
 
 def _first_loss(run_dir: Path) -> float:
@@ -115,7 +91,7 @@ def _first_loss(run_dir: Path) -> float:
 
 @pytest.mark.slow
 def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -123,13 +99,15 @@ def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                     TMPDIR=str(scratch)),
+            env=subprocess_env(
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                TMPDIR=str(scratch),
+            ),
         )
         for i in range(2)
     ]
     try:
-        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+        logs = [p.communicate(timeout=SUBPROCESS_TIMEOUT)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -137,7 +115,7 @@ def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     assert "MultiWorkerMirroredStrategy from tf_config" in logs[0]
     # Every worker ends with the same weights (gradients and batch-norm statistics are all-reduced).
-    assert _fingerprint(logs[0]) == _fingerprint(logs[1])
+    assert final_weights_fingerprint(logs[0]) == final_weights_fingerprint(logs[1])
     # Only the chief wrote into the run folder; the other worker's scratch folder is gone.
     run_dir = dataset / "output" / "two-lr0.001"
     assert [e for e, _ in list_checkpoints(run_dir)] == [1]
@@ -146,16 +124,17 @@ def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
     assert list(scratch.iterdir()) == []
     assert "worker 1 finished" in logs[1] and "Sens Normal" not in logs[1]
     config = json.loads((run_dir / "run_config.json").read_text())
-    assert (config["replicas"], config["num_workers"], config["global_batch_size"]) == (2, 2, 8)
+    assert (config["replicas"], config["num_workers"], config["batch_size"]) == (2, 2, 8)
+    assert "global_batch_size" not in config  # it only repeated batch_size, the global batch
 
     # One worker, same global batch, same data: the same loss up to float summation order.
     single = subprocess.run(
         [sys.executable, str(REPO_ROOT / "train_keras.py"), *_args(dataset, "one-", "--no_augment")],
         cwd=REPO_ROOT,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
-        timeout=TIMEOUT,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert single.returncode == 0, single.stderr[-2000:]
     two, one = _first_loss(run_dir), _first_loss(dataset / "output" / "one-lr0.001")
@@ -167,14 +146,14 @@ def test_sigterm_saves_the_step_and_a_restart_finishes_every_epoch(dataset: Path
     cmd = [sys.executable, str(REPO_ROOT / "train_keras.py"), *_args(dataset, "term-", epochs=5)]
     run_dir = dataset / "output" / "term-lr0.001"
     proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.time() + TIMEOUT
+        deadline = time.time() + SUBPROCESS_TIMEOUT
         while time.time() < deadline and not (run_dir / "resume" / "epoch-0001" / "state.json").is_file():
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -184,7 +163,9 @@ def test_sigterm_saves_the_step_and_a_restart_finishes_every_epoch(dataset: Path
     assert state["epoch"] >= 1 and state["step"] >= 1  # saved mid-epoch, at the step it reached
     assert not list(run_dir.rglob(".partial-*"))
 
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"step {state['step']} of the next" in done.stderr
     with open(run_dir / "training_log.csv", newline="") as fh:
@@ -234,7 +215,7 @@ def test_sigkill_of_a_worker_stops_the_job_and_a_restart_resumes(dataset: Path, 
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
     procs = _start_workers(cmd, _slurm_job_with_free_ports(2), logs, scratch)
     try:
-        deadline = time.time() + TIMEOUT
+        deadline = time.time() + SUBPROCESS_TIMEOUT
         while time.time() < deadline and not (run_dir / "resume" / "epoch-0001" / "state.json").is_file():
             assert procs[0].poll() is None and procs[1].poll() is None, logs[0].read_text()[-3000:]
             time.sleep(0.05)
@@ -261,14 +242,14 @@ def test_sigkill_of_a_worker_stops_the_job_and_a_restart_resumes(dataset: Path, 
     procs = _start_workers(cmd, _slurm_job_with_free_ports(2), logs, scratch)
     try:
         for p in procs:
-            p.wait(timeout=TIMEOUT)
+            p.wait(timeout=SUBPROCESS_TIMEOUT)
     finally:
         _kill_all(procs)
     texts = [log.read_text() for log in logs]
     assert [p.returncode for p in procs] == [0, 0], texts[0][-3000:] + texts[1][-3000:]
     for text in texts:
         assert re.search(rf"resuming .* after epoch {state['epoch']}\b", text), text[-3000:]
-    assert _fingerprint(texts[0]) == _fingerprint(texts[1])
+    assert final_weights_fingerprint(texts[0]) == final_weights_fingerprint(texts[1])
     with open(run_dir / "training_log.csv", newline="") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2]
     assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2, 3]
@@ -319,7 +300,7 @@ def test_watchdog_ends_a_process_stuck_before_its_first_step() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO_ROOT,
-        env=_env(PYTHONPATH=str(REPO_ROOT)),
+        env=subprocess_env(PYTHONPATH=str(REPO_ROOT)),
         capture_output=True,
         text=True,
         timeout=60,

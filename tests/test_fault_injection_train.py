@@ -20,7 +20,6 @@ The fast tests below check the resume state's own kill and failure safety in-pro
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -36,7 +35,7 @@ import numpy as np
 import pytest
 
 import train_keras
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, log_epochs
 from training.checkpoints import LATEST, find_resume_state, list_checkpoints, save_resume_state
 from training.preemption import EXIT_PREEMPTED
 
@@ -168,11 +167,6 @@ def _assert_nothing_half_written(run_dir: Path) -> None:
         assert (run_dir / "test_evaluation" / "metrics.json").is_file()
 
 
-def _log_epochs(run_dir: Path) -> list[int]:
-    with open(run_dir / "training_log.csv", newline="") as fh:
-        return [int(row["epoch"]) for row in csv.DictReader(fh)]
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_covidx: Path) -> Path:
     """An uninterrupted run with the same seed and flags (in this process: one TensorFlow start fewer)."""
@@ -231,7 +225,7 @@ def test_kills_at_seeded_moments_end_in_the_uninterrupted_run(
 
     # The folder is complete: each planned epoch once, the final model twice, the log, the evaluation.
     assert [e for e, _ in list_checkpoints(run_dir)] == list(range(1, EPOCHS + 1))
-    assert _log_epochs(run_dir) == list(range(EPOCHS))
+    assert log_epochs(run_dir) == list(range(EPOCHS))
     assert (run_dir / "saved_model" / "saved_model.pb").is_file()
     assert json.loads((run_dir / "run_config.json").read_text())["epochs"] == EPOCHS
     assert not list(run_dir.rglob(".partial-*"))

@@ -305,12 +305,18 @@ def test_smoke_mode_runs_the_same_pipeline_small(script: str, tmp_path: Path, st
 
 
 def _check_recipe_flags(args) -> None:
-    """The checks train_keras.py makes of the recipe flags before it reads any list, passed."""
+    """The checks train_keras.py makes of the ImageNet-transfer flags before it reads any list, passed."""
     import models
+    from training.checks import check_transfer_options
 
     min_size = models.get_model_info(args.model).min_size
     assert args.img_size >= min_size
-    stages = train_keras._resolve_recipe(args, min_size=min_size)
+    stages = check_transfer_options(
+        epochs=args.epochs, lr=args.lr, schedule=args.schedule, min_lr=args.min_lr,
+        onecycle_pct_start=args.onecycle_pct_start, label_smoothing=args.label_smoothing,
+        freeze_epochs=args.freeze_epochs, random_backbone=False, progressive=args.progressive,
+        head=args.head, img_size=args.img_size, min_size=min_size,
+    )
     if args.progressive:
         assert sum(epochs for _, epochs in stages) == args.epochs and stages[-1][0] == args.img_size
 
@@ -362,7 +368,7 @@ def test_resnet18_recipe_end_to_end_in_smoke_mode(tmp_path: Path) -> None:
     config = json.loads((run / "run_config.json").read_text())
     assert config["model"]["name"] == "resnet18" and config["model"]["input_shape"] == [64, 64, 3]
     assert (config["augment"], config["epochs"], config["min_lr"], config["valfile"]) == (
-        False, 2, 3e-5, str(data / "val_COVIDx.txt"))
+        None, 2, 3e-5, str(data / "val_COVIDx.txt"))
     losses = {p.name: float(p.stem.split("-")[2]) for p in run.glob("cp-*.hdf5")}
     assert len(losses) == 2
     metrics = json.loads((tmp_path / "out" / "eval" / "resnet18_test" / "metrics.json").read_text())

@@ -1,7 +1,6 @@
 """train_keras.py end to end on tiny synthetic images: outputs, resume, kill safety, bad input."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -16,28 +15,13 @@ import numpy as np
 import pytest
 
 import train_keras
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, log_epochs, tiny_run_config, train_args
 from training.checkpoints import find_resume_state, list_checkpoints
-
-
-def _args(root: Path, *extra: str, epochs: int = 2, name: str = "run-") -> list[str]:
-    return [
-        "--trainfile", str(root / "train.txt"), "--testfile", str(root / "test.txt"),
-        "--data_path", str(root / "data"), "--output", str(root / "output"),
-        "--img_size", "32", "--bs", "4", "--epochs", str(epochs), "--name", name,
-        "--model", "smallcnn", "--weights", "none", "--lr", "0.001", "--n_bootstrap", "50",
-        *extra,
-    ]
-
-
-def _log_epochs(run_dir: Path) -> list[int]:
-    with open(run_dir / "training_log.csv", newline="") as fh:
-        return [int(row["epoch"]) for row in csv.DictReader(fh)]
 
 
 @pytest.mark.slow
 def test_train_writes_everything_a_user_needs(tiny_covidx: Path, capsys: pytest.CaptureFixture) -> None:
-    assert train_keras.main(_args(tiny_covidx, name="full-")) == 0
+    assert train_keras.main(train_args(tiny_covidx, name="full-")) == 0
     out = capsys.readouterr().out
     run_dir = tiny_covidx / "output" / "full-lr0.001"
     # SURFsara's per-epoch names, in Keras 2's HDF5 weights layout.
@@ -49,7 +33,7 @@ def test_train_writes_everything_a_user_needs(tiny_covidx: Path, capsys: pytest.
     config = json.loads((run_dir / "run_config.json").read_text())
     assert config["model"]["name"] == "smallcnn" and config["model"]["input_shape"] == [32, 32, 3]
     assert config["batch_size"] == 4 and config["class_weights"] == [1.0, 1.0, 25.0]
-    assert _log_epochs(run_dir) == [0, 1]
+    assert log_epochs(run_dir) == [0, 1]
     assert (run_dir / "final_model.hdf5").is_file()
     assert (run_dir / "saved_model" / "saved_model.pb").is_file()
     assert list((run_dir / "logs").rglob("events.out.tfevents.*"))
@@ -64,7 +48,7 @@ def test_train_writes_everything_a_user_needs(tiny_covidx: Path, capsys: pytest.
 @pytest.mark.slow
 def test_trained_model_beats_chance(tiny_covidx: Path) -> None:
     """The class signal of the synthetic images is learnable: far above the 1/3 of chance."""
-    assert train_keras.main(_args(tiny_covidx, "--val_split", "0", epochs=6, name="learn-")) == 0
+    assert train_keras.main(train_args(tiny_covidx, "--val_split", "0", epochs=6, name="learn-")) == 0
     metrics = json.loads(
         (tiny_covidx / "output" / "learn-lr0.001" / "test_evaluation" / "metrics.json").read_text()
     )
@@ -73,31 +57,31 @@ def test_trained_model_beats_chance(tiny_covidx: Path) -> None:
 
 @pytest.mark.slow
 def test_rerun_resumes_and_extends(tiny_covidx: Path, capsys: pytest.CaptureFixture) -> None:
-    args = _args(tiny_covidx, epochs=1, name="resume-")
+    args = train_args(tiny_covidx, epochs=1, name="resume-")
     assert train_keras.main(args) == 0
     run_dir = tiny_covidx / "output" / "resume-lr0.001"
     state1 = json.loads((run_dir / "resume" / "epoch-0001" / "state.json").read_text())
     capsys.readouterr()
     # Same command with more epochs: continues at epoch 2, does not redo epoch 1.
-    assert train_keras.main(_args(tiny_covidx, epochs=3, name="resume-")) == 0
+    assert train_keras.main(train_args(tiny_covidx, epochs=3, name="resume-")) == 0
     err = capsys.readouterr().err
     assert "resuming" in err and "after epoch 1" in err
-    assert _log_epochs(run_dir) == [0, 1, 2]
+    assert log_epochs(run_dir) == [0, 1, 2]
     assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2, 3]
     assert state1["plateau"]["wait"] == 0
     # A different setting is refused instead of silently mixing two runs.
-    code = train_keras.main(_args(tiny_covidx, "--img_size", "40", epochs=3, name="resume-"))
+    code = train_keras.main(train_args(tiny_covidx, "--img_size", "40", epochs=3, name="resume-"))
     assert code == 2
     assert "different settings" in capsys.readouterr().err
     # Starting over removes the previous run's epochs.
-    assert train_keras.main(_args(tiny_covidx, "--resume", "off", epochs=1, name="resume-")) == 0
-    assert _log_epochs(run_dir) == [0]
+    assert train_keras.main(train_args(tiny_covidx, "--resume", "off", epochs=1, name="resume-")) == 0
+    assert log_epochs(run_dir) == [0]
     assert [e for e, _ in list_checkpoints(run_dir)] == [1]
     # Checkpoints past epoch 1 with no resume state: a deleted resume state, refused, nothing deleted.
     shutil.rmtree(run_dir / "resume")
     shutil.copy(list_checkpoints(run_dir)[0][1], run_dir / "cp-07-0.50.hdf5")
     capsys.readouterr()
-    assert train_keras.main(_args(tiny_covidx, epochs=2, name="resume-")) == 2
+    assert train_keras.main(train_args(tiny_covidx, epochs=2, name="resume-")) == 2
     err = capsys.readouterr().err
     assert "no resume state" in err and "checkpoints past epoch 1" in err
     assert (run_dir / "cp-07-0.50.hdf5").is_file()
@@ -105,23 +89,23 @@ def test_rerun_resumes_and_extends(tiny_covidx: Path, capsys: pytest.CaptureFixt
     (run_dir / "cp-07-0.50.hdf5").unlink()
     config_text = (run_dir / "run_config.json").read_text()
     (run_dir / "run_config.json").unlink()
-    assert train_keras.main(_args(tiny_covidx, epochs=2, name="resume-")) == 2
+    assert train_keras.main(train_args(tiny_covidx, epochs=2, name="resume-")) == 2
     assert "no resume state and no run_config.json of this run" in capsys.readouterr().err
     assert [e for e, _ in list_checkpoints(run_dir)] == [1]
     # With it, this is the issue's case (killed after cp-01, before its resume state; a SLURM requeue):
     # the same command starts the run over.
     (run_dir / "run_config.json").write_text(config_text)
-    assert train_keras.main(_args(tiny_covidx, epochs=2, name="resume-")) == 0
+    assert train_keras.main(train_args(tiny_covidx, epochs=2, name="resume-")) == 0
     err = capsys.readouterr().err
     assert "stopped before its first resume state was complete: starting the run over" in err
-    assert _log_epochs(run_dir) == [0, 1]
+    assert log_epochs(run_dir) == [0, 1]
     assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2]
     assert find_resume_state(run_dir / "resume")[1]["epoch"] == 2
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_last_completed_epoch(tiny_covidx: Path) -> None:
-    args = _args(tiny_covidx, epochs=4, name="kill-")
+    args = train_args(tiny_covidx, epochs=4, name="kill-")
     cmd = [sys.executable, str(REPO_ROOT / "train_keras.py"), *args]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     run_dir = tiny_covidx / "output" / "kill-lr0.001"
@@ -141,13 +125,13 @@ def test_killed_run_resumes_from_last_completed_epoch(tiny_covidx: Path) -> None
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"after epoch {completed}" in done.stderr
-    assert _log_epochs(run_dir) == [0, 1, 2, 3]  # every epoch exactly once
+    assert log_epochs(run_dir) == [0, 1, 2, 3]  # every epoch exactly once
     assert [e for e, _ in list_checkpoints(run_dir)] == [1, 2, 3, 4]
     assert not list(run_dir.rglob(".partial-*"))
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny_covidx: Path, capsys: pytest.CaptureFixture) -> None:
-    code = train_keras.main(_args(tiny_covidx, "--lr", "1e12", epochs=2, name="nan-"))
+    code = train_keras.main(train_args(tiny_covidx, "--lr", "1e12", epochs=2, name="nan-"))
     assert code == 1
     err = capsys.readouterr().err
     assert "training loss became nan" in err and "epoch 1" in err
@@ -157,7 +141,7 @@ def test_nan_loss_stops_with_a_clear_message(tiny_covidx: Path, capsys: pytest.C
 def test_mixed_precision_runs_on_cpu_and_exports_float32(tiny_covidx: Path) -> None:
     import keras
 
-    assert train_keras.main(_args(tiny_covidx, "--mixed_precision", "on", epochs=1, name="mp-")) == 0
+    assert train_keras.main(train_args(tiny_covidx, "--mixed_precision", "on", epochs=1, name="mp-")) == 0
     run_dir = tiny_covidx / "output" / "mp-lr0.001"
     assert json.loads((run_dir / "run_config.json").read_text())["mixed_precision"] is True
     model = keras.models.load_model(run_dir / "final_model.hdf5", compile=False)
@@ -182,7 +166,7 @@ def test_bad_lists_fail_before_training(
     tiny_covidx: Path, capsys: pytest.CaptureFixture, mutate, message
 ) -> None:
     mutate(tiny_covidx)
-    args = _args(tiny_covidx, name="bad-")
+    args = train_args(tiny_covidx, name="bad-")
     args[args.index("--trainfile") + 1] = str(tiny_covidx / "bad.txt")
     assert train_keras.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -207,7 +191,7 @@ def test_bad_flags_give_one_line(
     tiny_covidx: Path, capsys: pytest.CaptureFixture, monkeypatch, extra, message
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tiny_covidx / "empty-keras-home"))
-    args = _args(tiny_covidx, name="flags-")
+    args = train_args(tiny_covidx, name="flags-")
     args += extra
     assert train_keras.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -224,7 +208,7 @@ def test_training_from_the_cache_needs_no_original_files(tiny_covidx: Path, tmp_
         for split in ("train", "test")
     }
     cache = build_cache(tmp_path / "cache", lists=lists, size=40)
-    args = _args(tiny_covidx, "--cache", str(cache), epochs=1, name="cached-")
+    args = train_args(tiny_covidx, "--cache", str(cache), epochs=1, name="cached-")
     args[args.index("--data_path") + 1] = str(tmp_path / "originals-not-here")
     assert train_keras.main(args) == 0
     run_dir = tiny_covidx / "output" / "cached-lr0.001"
@@ -242,7 +226,7 @@ def test_valfile_validates_on_that_list(tiny_covidx: Path, capsys: pytest.Captur
     lines = (tiny_covidx / "train.txt").read_text().splitlines(keepends=True)
     (tiny_covidx / "train-part.txt").write_text("".join(lines[:36]) + lines[0])  # one duplicate line
     (tiny_covidx / "val-part.txt").write_text("".join(lines[36:]))
-    args = _args(tiny_covidx, "--valfile", str(tiny_covidx / "val-part.txt"), epochs=1, name="valfile-")
+    args = train_args(tiny_covidx, "--valfile", str(tiny_covidx / "val-part.txt"), epochs=1, name="valfile-")
     args[args.index("--trainfile") + 1] = str(tiny_covidx / "train-part.txt")
     assert train_keras.main(args) == 0
     logged = capsys.readouterr().err  # main() sends its log to stderr
@@ -267,7 +251,7 @@ def test_surfsara_flag_spellings_and_weights_rules(tiny_covidx: Path, monkeypatc
     args = train_keras.parse_args(["--regularizer", "--model", "smallcnn", "--img_size", "32"])
     assert args.regularizer == train_keras.SURFSARA_REGULARIZER == 1e-3
     assert train_keras.parse_args([]).regularizer == 0.0
-    base = _args(tiny_covidx)
+    base = train_args(tiny_covidx)
     base = base[: base.index("--weights")] + base[base.index("--weights") + 2 :]  # default: imagenet
     with caplog.at_level("WARNING"):
         config = train_keras.resolve_config(
@@ -306,7 +290,7 @@ def test_image_that_fails_to_decode_mid_run_is_named_and_the_run_resumes(
         return folder
 
     monkeypatch.setattr(training.callbacks, "save_resume_state", spoil_after_epoch_1)
-    args = _args(tiny_covidx, epochs=2, name="spoilt-")
+    args = train_args(tiny_covidx, epochs=2, name="spoilt-")
     try:
         assert train_keras.main(args) == 1
         captured = capsys.readouterr()
@@ -329,7 +313,7 @@ def test_image_that_fails_to_decode_mid_run_is_named_and_the_run_resumes(
     monkeypatch.undo()
     assert train_keras.main(args) == 0  # the image repaired, the same command finishes the run
     assert "after epoch 1" in capsys.readouterr().err
-    assert _log_epochs(run_dir) == [0, 1]
+    assert log_epochs(run_dir) == [0, 1]
 
 
 def test_full_disk_during_a_save_is_one_line_and_keeps_the_state(
@@ -341,7 +325,7 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_state(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(keras.Model, "save_weights", disk_full)
-    assert train_keras.main(_args(tiny_covidx, epochs=1, name="full-disk-")) == 1
+    assert train_keras.main(train_args(tiny_covidx, epochs=1, name="full-disk-")) == 1
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in captured.err
@@ -366,6 +350,8 @@ def test_help_does_not_import_tensorflow() -> None:
 def test_tensorflow_error_summary_skips_the_boilerplate() -> None:
     import tensorflow as tf
 
+    from training.failures import op_error_summary
+
     exc = tf.errors.UnavailableError(
         None,
         None,
@@ -374,6 +360,94 @@ def test_tensorflow_error_summary_skips_the_boilerplate() -> None:
         "[[{{node CollectiveReduceV2}}]]",
     )
     assert (
-        train_keras._op_error_summary(exc)
+        op_error_summary(exc)
         == "Collective ops is aborted by: failed to connect to all addresses"
     )
+
+
+def test_augmentation_parameters_are_recorded_and_old_records_still_load(tmp_path: Path) -> None:
+    """run_config.json holds the augmentation's parameters, not ``augment: true`` (issue 12 item 6)."""
+    from data.augment import AugmentConfig
+    from data.lists import ListEntry
+    from training.config import RunConfig, read_run_config, write_run_config
+    from training.run_data import RunData
+    from training.trainer import train_batches
+
+    config = tiny_run_config()
+    assert config.augment == AugmentConfig().to_dict() and config.augmentation == AugmentConfig()
+    off = tiny_run_config(augment=False)
+    assert off.augment is None and off.augmentation is None
+    write_run_config(config, tmp_path)
+    record = json.loads((tmp_path / "run_config.json").read_text())
+    assert record["augment"] == {"rotation_deg": 10.0, "width_shift": 0.1, "height_shift": 0.1,
+                                 "horizontal_flip": True, "brightness": [0.9, 1.1]}
+    assert "global_batch_size" not in record
+    assert read_run_config(tmp_path) == config
+    # A file written before the parameters were recorded: augment true/false and global_batch_size.
+    old = {**record, "augment": True, "global_batch_size": record["batch_size"]}
+    assert RunConfig.from_dict(old) == config
+    assert config.changes_blocking_resume(RunConfig.from_dict(old)) == {}
+    assert RunConfig.from_dict({**old, "augment": False}).augment is None
+    # Another value of any parameter (say a changed default) is another run; the training uses the record.
+    rotated = tiny_run_config(augment={**record["augment"], "rotation_deg": 5.0})
+    assert set(rotated.changes_blocking_resume(config)) == {"augment"}
+    entry = ListEntry("p0", "a.png", "normal", "test")
+    data = RunData(train=[entry], val=[entry], test=[entry], train_images=tmp_path, val_images=tmp_path,
+                   test_images=tmp_path)
+    assert train_batches(rotated, data, channels=3).augment == AugmentConfig(rotation_deg=5.0)
+    assert train_batches(off, data, channels=3).augment is None
+
+
+def test_a_changed_augmentation_record_blocks_the_run(
+    tiny_covidx: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder whose run_config.json records other augmentation values is another run: refused, kept."""
+    args = train_args(tiny_covidx, epochs=1, name="augment-")
+    config = train_keras.resolve_config(train_keras.parse_args(args), replicas=1, strategy_name="default",
+                                        gpu=False)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True)
+    record = config.to_dict()
+    (run_dir / "cp-01-0.50.hdf5").write_bytes(b"left by a run killed before its first resume state")
+    (run_dir / "run_config.json").write_text(
+        json.dumps({**record, "augment": {**record["augment"], "brightness": [0.8, 1.2]}})
+    )
+    assert train_keras.main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO ")]
+    assert len(err) == 1 and "different settings" in err[0] and "augment" in err[0], err
+    assert "'brightness': [0.8, 1.2]" in err[0] and "'brightness': [0.9, 1.1]" in err[0]
+    assert (run_dir / "cp-01-0.50.hdf5").is_file() and not (run_dir / "training_log.csv").exists()
+    # The same folder written by a version that recorded only "augment": true means today's defaults.
+    (run_dir / "run_config.json").write_text(json.dumps({**record, "augment": True, "global_batch_size": 4}))
+    assert train_keras.main(args) == 0
+    assert "starting the run over" in capsys.readouterr().err
+    assert json.loads((run_dir / "run_config.json").read_text())["augment"] == record["augment"]
+    assert log_epochs(run_dir) == [0]
+
+
+def test_head_choices_are_the_registry_heads() -> None:
+    import models
+
+    assert train_keras.HEADS == models.HEADS
+    assert train_keras.parse_args(["--head", "linear"]).head == "linear"
+
+
+def test_resnet18_with_the_linear_head_trains_and_saves_that_head(tiny_covidx: Path) -> None:
+    """--head linear (issue 13): torchvision's head, global average pooling then one softmax layer."""
+    import keras
+
+    args = train_args(tiny_covidx, "--head", "linear", epochs=1, name="linear-")
+    args[args.index("--model") + 1] = "resnet18"
+    assert train_keras.main(args) == 0
+    run_dir = tiny_covidx / "output" / "linear-lr0.001"
+    assert json.loads((run_dir / "run_config.json").read_text())["model"]["head"] == "linear"
+    model = keras.models.load_model(run_dir / "final_model.hdf5", compile=False)
+    pool, output = model.layers[-2], model.layers[-1]
+    assert isinstance(pool, keras.layers.GlobalAveragePooling2D) and pool.name == "global_average_pooling2d"
+    assert isinstance(output, keras.layers.Dense) and output.name == "FC_3"
+    assert output.kernel.shape == (512, 3) and output.activation.__name__ == "softmax"
+    assert not {"flatten", "dense", "dense_1"} & {layer.name for layer in model.layers}
+    # The weights-only epoch checkpoint holds the same head.
+    with h5py.File(list_checkpoints(run_dir)[0][1], "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+    assert names[-2:] == ["global_average_pooling2d", "FC_3"] and "dense" not in names

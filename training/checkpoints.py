@@ -97,12 +97,15 @@ def load_weights_file(model: keras.Model, path: str | os.PathLike[str]) -> None:
     kind = describe_hdf5(path)
     # Keras picks the reader from the file name, so the name must match the content.
     if kind == "weights3" and not path.name.endswith(".weights.h5"):
-        raise ValueError(f"checkpoint {path} holds Keras 3 weights; its name must end in .weights.h5")
+        raise ValueError(
+            f"checkpoint {path} holds Keras 3 weights; its name must end in .weights.h5, received {path.name}"
+        )
     if kind in ("weights", "model") and (
         path.suffix not in (".h5", ".hdf5") or path.name.endswith(".weights.h5")
     ):
         raise ValueError(
-            f"checkpoint {path} holds Keras 2-layout HDF5 weights; its name must end in .hdf5 or .h5"
+            f"checkpoint {path} holds Keras 2-layout HDF5 weights; its name must end in .hdf5 or .h5, "
+            f"received {path.name}"
         )
     nested = _nested_model_group(path) if kind == "weights" else None
     try:

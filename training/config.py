@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.fsutil import atomic_write_text
+from data.augment import AugmentConfig
 
 RUN_CONFIG_NAME = "run_config.json"
 
@@ -41,7 +42,10 @@ class RunConfig:
     balance: bool
     covid_per_batch: int
     class_weights: tuple[float, ...]
-    augment: bool
+    # data.augment.AugmentConfig as a dict (None: no augmentation), recorded like the model spec so that
+    # changing a default later cannot change what this run means. run_config.json files written before
+    # the parameters were recorded hold ``true``/``false``; ``true`` reads as today's defaults.
+    augment: dict[str, Any] | None
     # model: a models.ModelSpec as a dict, so the JSON rebuilds the architecture
     model: dict[str, Any]
     weights: str
@@ -66,7 +70,7 @@ class RunConfig:
     deterministic: bool = False
     # a validation list (images in DATA_PATH/train) instead of carving one with val_split
     valfile: str = ""
-    # training recipes (docs/training.md); the defaults are SURFsara's baseline
+    # the ImageNet-transfer study's options (docs/training.md); the defaults are SURFsara's baseline
     schedule: str = "plateau"  # plateau | onecycle | cosine
     min_lr: float = 1e-6  # plateau's floor (SURFsara's min_lr) and cosine's final rate
     onecycle_pct_start: float = 0.25
@@ -86,10 +90,23 @@ class RunConfig:
     strategy: str = "default"
     replicas: int = 1
     num_workers: int = 1
-    global_batch_size: int = 0
     cache: str = ""
     argv: tuple[str, ...] = ()
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Validate the recorded augmentation and store it in one normal form (JSON lists compare equal).
+        augment = self.augment
+        if isinstance(augment, bool):
+            augment = AugmentConfig().to_dict() if augment else None
+        elif augment is not None:
+            augment = AugmentConfig.from_dict(augment).to_dict()
+        object.__setattr__(self, "augment", augment)
+
+    @property
+    def augmentation(self) -> AugmentConfig | None:
+        """The recorded augmentation as the pipeline takes it (None: off)."""
+        return None if self.augment is None else AugmentConfig.from_dict(self.augment)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
@@ -97,7 +114,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Inverse of :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
+        """Inverse of :meth:`to_dict`; unknown keys (from newer versions, or ``global_batch_size`` that
+        older ones wrote, always equal to ``batch_size``) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         for key in ("class_weights", "argv"):

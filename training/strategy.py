@@ -24,12 +24,13 @@ worker is detected by TensorFlow's coordination service or, failing that, by
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import tensorflow as tf
 
@@ -325,3 +326,18 @@ def choose_strategy(kind: str = "auto") -> Distribution:
 def gpu_available() -> bool:
     """True when TensorFlow sees at least one GPU."""
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool) -> Iterator[None]:
+    """TensorFlow op determinism for one run (put back as it was, for callers of main in-process)."""
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    if enabled:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not before:
+            tf_config.disable_op_determinism()

@@ -1,4 +1,4 @@
-"""The training recipes of the ImageNet-transfer study, in Keras: stages, freezing, schedules.
+"""A run's phases and the ImageNet-transfer study's options that change between them.
 
 The study (fastai v1, DenseNet-121 and Xception) trained with a frozen
 backbone first, then unfroze it with lower learning rates for the early layers
@@ -19,6 +19,7 @@ phase from the epoch it resumes at and nothing about phases is saved.
   backbone's variables uses ``learning_rate * multiplier``.
 - :func:`flexible_size_model`: the same layers behind an input of any size,
   for progressive resizing.
+- :class:`PhaseLog`: the phase's state in every epoch's log row.
 
 docs/training.md describes the options and every decision taken where the
 study or fastai left a choice.
@@ -34,8 +35,6 @@ import keras
 from keras import ops
 
 from models.registry import INPUT_LAYER_NAME, head_layer_names
-
-SCHEDULES: tuple[str, ...] = ("plateau", "onecycle", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +52,12 @@ class Phase:
     def epochs(self) -> int:
         """Number of epochs in the phase."""
         return self.end_epoch - self.first_epoch
+
+    def describe(self) -> str:
+        """``epochs 1-2 at 64 px, backbone frozen``, as the run's log names its phases."""
+        first, end = self.first_epoch + 1, self.end_epoch
+        epochs = f"epoch {end}" if first == end else f"epochs {first}-{end}"
+        return f"{epochs} at {self.img_size} px, backbone {'frozen' if self.frozen else 'trainable'}"
 
 
 def parse_progressive(
@@ -103,15 +108,16 @@ def parse_progressive(
         left = epochs - explicit
         if left < len(free):
             raise ValueError(
-                f"--progressive {text!r}: --epochs {epochs} leaves {left} epochs for {len(free)} stages "
-                "without an epoch count; every stage needs at least 1"
+                f"--progressive: every stage needs at least 1 epoch, but --epochs {epochs} leaves {left} "
+                f"for {len(free)} stages without an epoch count; received {text!r}"
             )
         share, extra = divmod(left, len(free))
         for j, i in enumerate(free):
             counts[i] = share + (1 if j >= len(free) - extra else 0)
     elif explicit != epochs:
         raise ValueError(
-            f"--progressive {text!r}: the stages' epochs add up to {explicit}, --epochs is {epochs}"
+            f"--progressive: the stages' epochs add up to {explicit}, --epochs is {epochs}; they must be "
+            f"equal, received {text!r}"
         )
     return tuple((s, int(c)) for s, c in zip(sizes, counts))  # type: ignore[arg-type]
 
@@ -127,7 +133,9 @@ def training_phases(
     """
     stages = tuple(progressive) or ((img_size, epochs),)
     if sum(n for _, n in stages) != epochs:
-        raise ValueError(f"progressive stages {stages} do not add up to the {epochs} epochs of the run")
+        raise ValueError(
+            f"progressive stages must add up to the {epochs} epochs of the run, received {stages}"
+        )
     if not 0 <= freeze_epochs <= epochs:
         raise ValueError(f"--freeze_epochs must be in [0, --epochs={epochs}], received {freeze_epochs}")
     stage_starts = [0]
@@ -198,8 +206,8 @@ class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(f"--onecycle_pct_start must be in (0, 1), received {pct_start}")
         if div <= 0 or div_final <= 0 or lr <= 0 or min_lr < 0:
             raise ValueError(
-                f"learning rates and divisors must be positive: lr={lr}, min_lr={min_lr}, "
-                f"div={div}, div_final={div_final}"
+                f"learning rates and divisors must be positive (min_lr >= 0), received lr={lr}, "
+                f"min_lr={min_lr}, div={div}, div_final={div_final}"
             )
         self.kind = kind
         self.lr = float(lr)
@@ -325,16 +333,16 @@ def flexible_size_model(model: keras.Model) -> keras.Model:
     """
     if any(isinstance(layer, keras.layers.Flatten) for layer in model.layers):
         raise ValueError(
-            "progressive resizing needs a pooling head (--head avg or max): the flatten head's "
-            "dense kernel depends on the image size"
+            "progressive resizing needs a pooling head (--head avg, max or linear): the flatten head's "
+            "dense kernel depends on the image size; received a model with a Flatten layer"
         )
     channels = model.input_shape[-1]
     inputs = keras.Input(shape=(None, None, channels), dtype="float32", name=INPUT_LAYER_NAME)
     return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)
 
 
-class RecipeLog(keras.callbacks.Callback):
-    """Adds the recipe's state to every epoch's logs (CSV log, TensorBoard).
+class PhaseLog(keras.callbacks.Callback):
+    """Adds the phase's state to every epoch's logs (CSV log, TensorBoard).
 
     ``learning_rate`` (with a step ``schedule``: the rate of the epoch's last
     step, as the plateau callback logs the rate the epoch ran with),

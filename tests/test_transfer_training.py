@@ -1,4 +1,4 @@
-"""The ImageNet-transfer study's recipes on real tensors: mixup, schedules, freezing, progressive resizing."""
+"""The ImageNet-transfer study's options on real tensors: mixup, schedules, freezing, progressive resizing."""
 from __future__ import annotations
 
 import csv
@@ -14,19 +14,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from scipy import stats
-from test_distributed import TIMEOUT, _env, _fingerprint, _free_ports
-from test_pipeline import _level, _write_constant_images
-from test_train import _args, _log_epochs
 
 import train_keras
-from conftest import REPO_ROOT
+from conftest import (
+    REPO_ROOT,
+    SUBPROCESS_TIMEOUT,
+    final_weights_fingerprint,
+    free_ports,
+    grey_level,
+    log_epochs,
+    subprocess_env,
+    tiny_run_config,
+    train_args,
+    write_constant_images,
+)
 from data.augment import mixup_batch, mixup_draws
 from data.labels import NUM_CLASSES
 from data.pipeline import load_entries, make_train_dataset, patient_split
 from training.checkpoints import find_resume_state, list_checkpoints
 from training.config import RunConfig
-from training.preemption import EXIT_PREEMPTED, PreemptionWatcher
-from training.recipes import (
+from training.model import build_compiled_model, run_phases
+from training.phases import (
     DiscriminativeAdam,
     PhasedSchedule,
     inner_optimizer,
@@ -35,22 +43,7 @@ from training.recipes import (
     set_backbone_frozen,
     training_phases,
 )
-from training.trainer import build_compiled_model, run_phases
-
-
-def _config(**overrides) -> RunConfig:
-    """A run configuration of the tiny smallcnn (nothing is read from disk by the functions tested)."""
-    values = dict(
-        trainfile="train.txt", testfile="test.txt", data_path="data", val_split=0.1, verify_images="none",
-        balance=True, covid_per_batch=1, class_weights=(1.0, 1.0, 25.0), augment=True,
-        model={"name": "smallcnn", "num_classes": 3, "input_shape": [32, 32, 3], "head": "avg",
-               "head_l2": 1e-4, "backbone_l2": 0.0, "input_norm": "none"},
-        weights="none", checkpoint="", lr=1e-3, batch_size=8, epochs=4, steps_per_epoch=None, seed=0,
-        mixed_precision=False, xla=False, output="out", name="t-", run_dir="out/t-lr0.001",
-        keep_checkpoints=0, full_checkpoints=False,
-    )
-    values.update(overrides)
-    return RunConfig(**values)
+from training.preemption import EXIT_PREEMPTED, PreemptionWatcher
 
 
 def _batch(n: int = 8, size: int = 32, seed: int = 0):
@@ -108,7 +101,7 @@ def test_mixup_lambda_follows_the_folded_beta(alpha: float) -> None:
 def test_mixup_in_the_pipeline_mixes_balanced_batches(tmp_path: Path) -> None:
     """Real batches from the pipeline: each mixed image is lam*a + (1-lam)*b of two images of its batch."""
     labels = ["normal"] * 8 + ["pneumonia"] * 6 + ["COVID-19"] * 3
-    entries = _write_constant_images(tmp_path, labels)
+    entries = write_constant_images(tmp_path, labels)
     kwargs = dict(img_size=8, batch_size=8, class_weights={2: 25.0}, augment=None, seed=5)
     plain = make_train_dataset(entries, tmp_path, **kwargs)
     mixed = make_train_dataset(entries, tmp_path, mixup_alpha=0.4, **kwargs)
@@ -116,7 +109,7 @@ def test_mixup_in_the_pipeline_mixes_balanced_batches(tmp_path: Path) -> None:
         x, y, w, xm, ym, wm = (t.numpy() for t in (x, y, w, xm, ym, wm))
         assert (y.argmax(1) == 2).sum() == 1  # still one COVID-19 image per balanced batch before mixing
         lam, perm = (t.numpy() for t in mixup_draws(8, tf.constant([5, step], tf.int64), 0.4))
-        levels = np.array([_level(img) for img in x], float)
+        levels = np.array([grey_level(img) for img in x], float)
         mixed_levels = (xm.mean(axis=(1, 2, 3)) * 255 - 10) / 4
         np.testing.assert_allclose(mixed_levels, lam * levels + (1 - lam) * levels[perm], atol=0.05)
         np.testing.assert_allclose(ym, lam[:, None] * y + (1 - lam[:, None]) * y[perm], atol=1e-6)
@@ -178,7 +171,7 @@ def test_step_schedules_restart_at_every_phase() -> None:
 
 def test_optimizer_rate_follows_the_step_counter() -> None:
     """The rate is a function of optimizer.iterations: restoring the counter restores the rate."""
-    config = _config(schedule="onecycle", epochs=2)
+    config = tiny_run_config(schedule="onecycle", epochs=2)
     model = build_compiled_model(config, dtype_policy="float32", steps_per_epoch=10)
     optimizer = model.optimizer
     assert float(optimizer.learning_rate) == pytest.approx(1e-3 / 25, rel=1e-5)
@@ -193,8 +186,8 @@ def test_optimizer_rate_follows_the_step_counter() -> None:
 def test_label_smoothing_changes_the_loss_as_expected() -> None:
     y = np.array([[0, 0, 1], [1, 0, 0]], np.float32)
     p = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]], np.float32)
-    plain = build_compiled_model(_config(), dtype_policy="float32").loss
-    smooth = build_compiled_model(_config(label_smoothing=0.1), dtype_policy="float32").loss
+    plain = build_compiled_model(tiny_run_config(), dtype_policy="float32").loss
+    smooth = build_compiled_model(tiny_run_config(label_smoothing=0.1), dtype_policy="float32").loss
     targets = y * 0.9 + 0.1 / 3
     expected = float(np.mean(-(targets * np.log(p)).sum(axis=1)))
     assert float(smooth(y, p)) == pytest.approx(expected, rel=1e-5)
@@ -204,12 +197,12 @@ def test_label_smoothing_changes_the_loss_as_expected() -> None:
 
 
 def test_defaults_compile_surfsaras_optimizer_and_loss() -> None:
-    model = build_compiled_model(_config(), dtype_policy="float32")
+    model = build_compiled_model(tiny_run_config(), dtype_policy="float32")
     assert type(model.optimizer) is keras.optimizers.Adam and model.optimizer.amsgrad
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
     assert model.loss.get_config()["label_smoothing"] == 0.0
     assert model.input_shape == (None, 32, 32, 3)  # fixed size: no progressive view
-    assert len(run_phases(_config())) == 1
+    assert len(run_phases(tiny_run_config())) == 1
 
 
 def _one_step_deltas(model: keras.Model, x, y) -> list[np.ndarray]:
@@ -221,8 +214,8 @@ def _one_step_deltas(model: keras.Model, x, y) -> list[np.ndarray]:
 def test_backbone_multiplier_scales_the_adam_step_not_the_gradient() -> None:
     x, y = _batch(6)
     keras.utils.set_random_seed(1)
-    plain = build_compiled_model(_config(), dtype_policy="float32")
-    slow = build_compiled_model(_config(backbone_lr_mult=0.1), dtype_policy="float32")
+    plain = build_compiled_model(tiny_run_config(), dtype_policy="float32")
+    slow = build_compiled_model(tiny_run_config(backbone_lr_mult=0.1), dtype_policy="float32")
     slow.set_weights(plain.get_weights())
     assert isinstance(slow.optimizer, DiscriminativeAdam)
     names = [v.path for v in plain.trainable_variables]
@@ -238,7 +231,7 @@ def test_backbone_multiplier_scales_the_adam_step_not_the_gradient() -> None:
 def test_frozen_backbone_does_not_change_until_unfrozen(train_bn: bool, policy: str) -> None:
     x, y = _batch(8)
     keras.utils.set_random_seed(0)
-    config = _config(freeze_epochs=1, backbone_lr_mult=0.5, train_bn=train_bn)
+    config = tiny_run_config(freeze_epochs=1, backbone_lr_mult=0.5, train_bn=train_bn)
     model = build_compiled_model(config, dtype_policy=policy)
     model.optimizer.build(model.trainable_variables)
     set_backbone_frozen(model, True, train_bn=train_bn)
@@ -272,7 +265,10 @@ def test_progressive_flags_are_checked(tiny_covidx: Path, capsys: pytest.Capture
     assert parse_progressive("64:2,128,224", epochs=10, img_size=224) == ((64, 2), (128, 4), (224, 4))
     assert parse_progressive("", epochs=10, img_size=224) == ()
     cases = [
-        (["--progressive", "32,48", "--head", "flatten", "--img_size", "48"], "needs --head avg or max"),
+        (
+            ["--progressive", "32,48", "--head", "flatten", "--img_size", "48"],
+            "needs a pooling head (--head avg, max, linear)",
+        ),
         (["--progressive", "32,40", "--head", "avg", "--img_size", "48"], "must equal --img_size (48)"),
         (["--progressive", "32:1,48:2", "--head", "avg", "--img_size", "48"], "add up to 3, --epochs is 2"),
         (
@@ -285,13 +281,13 @@ def test_progressive_flags_are_checked(tiny_covidx: Path, capsys: pytest.Capture
         (["--label_smoothing", "1"], "[0, 1)"),
     ]
     for extra, message in cases:
-        assert train_keras.main(_args(tiny_covidx, *extra, name="recipe-flags-")) == 2, extra
+        assert train_keras.main(train_args(tiny_covidx, *extra, name="transfer-flags-")) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (extra, err)
 
 
-def test_recipe_settings_are_recorded_and_block_a_different_resume() -> None:
-    base = _config()
+def test_transfer_settings_are_recorded_and_block_a_different_resume() -> None:
+    base = tiny_run_config()
     # A run_config.json written before these settings existed reads back as the baseline.
     old = {
         k: v
@@ -301,12 +297,12 @@ def test_recipe_settings_are_recorded_and_block_a_different_resume() -> None:
     assert RunConfig.from_dict(old) == base
     assert base.changes_blocking_resume(RunConfig.from_dict(old)) == {}
     # A plateau run may be extended; a step schedule or progressive stages fix the number of epochs.
-    assert _config(epochs=6).changes_blocking_resume(base) == {}
-    onecycle = _config(schedule="onecycle")
-    assert set(_config(schedule="onecycle", epochs=6).changes_blocking_resume(onecycle)) == {"epochs"}
-    stages = _config(progressive=((32, 2), (48, 2)))
+    assert tiny_run_config(epochs=6).changes_blocking_resume(base) == {}
+    onecycle = tiny_run_config(schedule="onecycle")
+    assert set(tiny_run_config(schedule="onecycle", epochs=6).changes_blocking_resume(onecycle)) == {"epochs"}
+    stages = tiny_run_config(progressive=((32, 2), (48, 2)))
     assert RunConfig.from_dict(json.loads(json.dumps(stages.to_dict()))) == stages
-    assert set(_config(progressive=((32, 2), (48, 4)), epochs=6).changes_blocking_resume(stages)) == {
+    assert set(tiny_run_config(progressive=((32, 2), (48, 4)), epochs=6).changes_blocking_resume(stages)) == {
         "epochs",
         "progressive",
     }
@@ -319,7 +315,7 @@ def test_recipe_settings_are_recorded_and_block_a_different_resume() -> None:
         {"min_lr": 1e-7},
         {"onecycle_pct_start": 0.3},
     ):
-        assert set(_config(**change).changes_blocking_resume(base)) == set(change)
+        assert set(tiny_run_config(**change).changes_blocking_resume(base)) == set(change)
 
 
 # ---------------------------------------------------------------------------
@@ -345,11 +341,11 @@ class _StopAfter(PreemptionWatcher):
 
 
 def _record_train_datasets(monkeypatch) -> list[dict]:
-    """Wrap the trainer's dataset factory: each call's epoch and size, and the shapes of the batches fed."""
-    import training.trainer as trainer
+    """Wrap the pipeline's training dataset factory: each call's epoch and size, and the batch shapes fed."""
+    import training.run_data as run_data
 
     calls: list[dict] = []
-    original = trainer.make_train_dataset
+    original = run_data.make_train_dataset
 
     def recording(*args, **kwargs):
         data = original(*args, **kwargs)
@@ -372,7 +368,7 @@ def _record_train_datasets(monkeypatch) -> list[dict]:
             covid_per_batch=data.covid_per_batch,
         )
 
-    monkeypatch.setattr(trainer, "make_train_dataset", recording)
+    monkeypatch.setattr(run_data, "make_train_dataset", recording)
     return calls
 
 
@@ -391,8 +387,8 @@ def _h5_weight(path: Path, layer: str, index: int = 0) -> np.ndarray:
 def test_progressive_frozen_onecycle_run_resumes_mid_stage(
     tiny_covidx: Path, monkeypatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """All recipes at once; stopped inside the second (40 px, frozen) stage and resumed there."""
-    recipe = [
+    """All the options at once; stopped inside the second (40 px, frozen) stage and resumed there."""
+    options = [
         "--img_size",
         "48",
         "--head",
@@ -410,8 +406,8 @@ def test_progressive_frozen_onecycle_run_resumes_mid_stage(
         "--label_smoothing",
         "0.1",
     ]
-    args = _args(tiny_covidx, *recipe, epochs=4, name="recipe-")
-    run_dir = tiny_covidx / "output" / "recipe-lr0.001"
+    args = train_args(tiny_covidx, *options, epochs=4, name="transfer-")
+    run_dir = tiny_covidx / "output" / "transfer-lr0.001"
     train = load_entries(tiny_covidx / "train.txt", tiny_covidx / "data" / "train")
     train, _ = patient_split(train, fraction=0.1, seed=0)
     steps = math.ceil(sum(e.label != "COVID-19" for e in train) / 3)
@@ -465,13 +461,13 @@ def test_progressive_frozen_onecycle_run_resumes_mid_stage(
 
     # The stages are part of the run: another --epochs cannot resume it.
     capsys.readouterr()
-    assert train_keras.main(_args(tiny_covidx, *recipe, epochs=5, name="recipe-")) == 2
+    assert train_keras.main(train_args(tiny_covidx, *options, epochs=5, name="transfer-")) == 2
     assert "different settings" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_cosine_mixup_run_end_to_end(tiny_covidx: Path) -> None:
-    args = _args(
+    args = train_args(
         tiny_covidx,
         "--schedule",
         "cosine",
@@ -500,15 +496,15 @@ def test_cosine_mixup_run_end_to_end(tiny_covidx: Path) -> None:
     # Each phase (frozen, then unfrozen) is one cosine: its last step is near the floor.
     assert all(1e-5 < float(r["learning_rate"]) < 1e-4 for r in rows)
     cps = dict(list_checkpoints(run_dir))
-    assert _log_epochs(run_dir) == [0, 1] and sorted(cps) == [1, 2]
+    assert log_epochs(run_dir) == [0, 1] and sorted(cps) == [1, 2]
     metrics = json.loads((run_dir / "test_evaluation" / "metrics.json").read_text())
     assert metrics["n_images"] == 15
 
 
 @pytest.mark.slow
-def test_two_workers_agree_with_every_recipe(tiny_covidx: Path) -> None:
+def test_two_workers_agree_with_every_transfer_option(tiny_covidx: Path) -> None:
     """MultiWorkerMirroredStrategy with mixup, progressive stages, freezing and discriminative rates."""
-    recipe = [
+    options = [
         "--img_size",
         "40",
         "--val_split",
@@ -531,9 +527,9 @@ def test_two_workers_agree_with_every_recipe(tiny_covidx: Path) -> None:
     cmd = [
         sys.executable,
         str(REPO_ROOT / "train_keras.py"),
-        *_args(tiny_covidx, *recipe, epochs=3, name="mw-"),
+        *train_args(tiny_covidx, *options, epochs=3, name="mw-"),
     ]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = [
         subprocess.Popen(
             cmd,
@@ -541,12 +537,14 @@ def test_two_workers_agree_with_every_recipe(tiny_covidx: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})),
+            env=subprocess_env(
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            ),
         )
         for i in range(2)
     ]
     try:
-        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+        logs = [p.communicate(timeout=SUBPROCESS_TIMEOUT)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -554,7 +552,7 @@ def test_two_workers_agree_with_every_recipe(tiny_covidx: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     assert "MultiWorkerMirroredStrategy" in logs[0]
     # Same freezing, rates and mixed batches' gradients on both workers: the same weights at the end.
-    assert _fingerprint(logs[0]) == _fingerprint(logs[1])
+    assert final_weights_fingerprint(logs[0]) == final_weights_fingerprint(logs[1])
     rows = _log_rows(tiny_covidx / "output" / "mw-lr0.001")
     assert [(int(float(r["img_size"])), int(float(r["backbone_frozen"]))) for r in rows] == [
         (32, 1),
