@@ -79,7 +79,8 @@ def keras2_model_config(config: dict[str, Any]) -> dict[str, Any]:
             extra = {k: v for k, v in (node.get("kwargs") or {}).items() if v is not None}
             if extra:
                 raise ValueError(
-                    f"layer {layer['name']!r} is called with keyword arguments {sorted(extra)}; cannot export"
+                    "only layers called with tensors as positional arguments can be exported; received "
+                    f"layer {layer['name']!r} called with keyword arguments {sorted(extra)}"
                 )
         layers.append(
             {
@@ -145,7 +146,8 @@ def export_saved_model(model: keras.Model, directory: str | os.PathLike[str]) ->
     _, img_size, width, channels = model.input_shape
     if img_size is None or img_size != width:
         raise ValueError(
-            f"SavedModel export needs a square, fixed input size; model input is {model.input_shape}"
+            "SavedModel export needs a square, fixed input size; received a model input of "
+            f"{model.input_shape}"
         )
 
     archive = keras.export.ExportArchive()
