@@ -30,7 +30,7 @@ import pprint
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from common.cli import (
     DefaultsHelpFormatter,
@@ -45,6 +45,13 @@ from common.cli import (
 from common.disclaimer import DISCLAIMER
 from data.lists import VERIFY_MODES
 from training.checks import MAX_BATCH_MEMORY_SHARE, MAX_IMG_SIZE
+
+if TYPE_CHECKING:  # the modules import TensorFlow, which --help must not wait for
+    from models import ModelInfo, ModelSpec
+    from training.config import RunConfig
+    from training.evaluate import FinalEvaluation
+    from training.strategy import Distribution
+    from training.trainer import TrainResult
 
 log = logging.getLogger("train_keras")
 
@@ -385,7 +392,7 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(
     args: argparse.Namespace, *, replicas: int, strategy_name: str, gpu: bool, num_workers: int = 1
-):
+) -> RunConfig:
     """Turn the namespace into a frozen RunConfig, checking everything checkable up front."""
     from training.checks import check_image_memory, check_input_files, check_output, check_transfer_options
     from training.config import RunConfig, run_folder_name
@@ -471,7 +478,7 @@ def _step_batch_size(args: argparse.Namespace, *, replicas: int, strategy_name: 
     return batch_size
 
 
-def _model_info(model: str, *, img_size: int):
+def _model_info(model: str, *, img_size: int) -> ModelInfo:
     """The registry entry of --model, which must take --img_size."""
     from models import get_model_info, list_models, resolve_model_name
 
@@ -490,7 +497,7 @@ def _model_info(model: str, *, img_size: int):
     return info
 
 
-def _initial_weights(args: argparse.Namespace, info) -> str:
+def _initial_weights(args: argparse.Namespace, info: ModelInfo) -> str:
     """--weights as the run uses it: imagenet falls back to none for models without ImageNet weights."""
     from models import find_imagenet_weights
 
@@ -512,7 +519,7 @@ def _initial_weights(args: argparse.Namespace, info) -> str:
     return weights
 
 
-def _model_spec(args: argparse.Namespace, *, name: str):
+def _model_spec(args: argparse.Namespace, *, name: str) -> ModelSpec:
     """The architecture the flags describe (``models.ModelSpec``), for the registered ``name``."""
     from models import ModelSpec
 
@@ -626,7 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
 
-def _train_and_evaluate(config, *, distribution, resume: bool, n_bootstrap: int) -> int:
+def _train_and_evaluate(
+    config: RunConfig, *, distribution: Distribution, resume: bool, n_bootstrap: int
+) -> int:
     """Train, then (on the chief) evaluate the final model; each failure ends in one line and an exit code."""
     from training.evaluate import evaluate_final_model
     from training.failures import (
@@ -675,6 +684,7 @@ def _train_and_evaluate(config, *, distribution, resume: bool, n_bootstrap: int)
             batch_size=config.batch_size,
             n_bootstrap=n_bootstrap,
             seed=config.seed,
+            resize=config.resize,
         )
     except INPUT_ERRORS as exc:
         failure = describe_evaluation_failure(exc, config=config, final_model=result.final_model)
@@ -684,7 +694,7 @@ def _train_and_evaluate(config, *, distribution, resume: bool, n_bootstrap: int)
     return 0
 
 
-def _print_summary(config, result, evaluation) -> None:
+def _print_summary(config: RunConfig, result: TrainResult, evaluation: FinalEvaluation) -> None:
     """The test report and the run folder's contents, ending with the disclaimer."""
     from evaluation.report import format_report
 

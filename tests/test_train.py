@@ -451,3 +451,24 @@ def test_resnet18_with_the_linear_head_trains_and_saves_that_head(tiny_covidx: P
     with h5py.File(list_checkpoints(run_dir)[0][1], "r") as f:
         names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
     assert names[-2:] == ["global_average_pooling2d", "FC_3"] and "dense" not in names
+
+
+def test_resize_method_is_recorded_and_used(tmp_path: Path) -> None:
+    """run_config.json's "resize", which eval_keras.py and predict.py read back, is what the run uses."""
+    from data.lists import ListEntry
+    from training.config import RunConfig
+    from training.run_data import RunData
+    from training.trainer import train_batches
+
+    config = tiny_run_config()
+    record = config.to_dict()
+    assert record["resize"] == "baseline"
+    assert RunConfig.from_dict({k: v for k, v in record.items() if k != "resize"}) == config  # older files
+    torchvision = tiny_run_config(resize="torchvision")
+    assert set(torchvision.changes_blocking_resume(config)) == {"resize"}
+    entry = ListEntry("p0", "a.png", "normal", "test")
+    data = RunData(train=[entry], val=[entry], test=[entry], train_images=tmp_path, val_images=tmp_path,
+                   test_images=tmp_path)
+    assert train_batches(torchvision, data, channels=3).resize == "torchvision"
+    with pytest.raises(ValueError, match="resize must be one of baseline, torchvision, received 'cubic'"):
+        tiny_run_config(resize="cubic")

@@ -17,6 +17,7 @@ from typing import Any
 
 from common.fsutil import atomic_write_text
 from data.augment import AugmentConfig
+from data.images import RESIZE_METHODS
 
 RUN_CONFIG_NAME = "run_config.json"
 
@@ -70,6 +71,9 @@ class RunConfig:
     deterministic: bool = False
     # a validation list (images in DATA_PATH/train) instead of carving one with val_split
     valfile: str = ""
+    # how images are resized to the model's input (data.images.RESIZE_METHODS): "baseline" is SURFsara's
+    # cv2-style bilinear resize; eval_keras.py and predict.py read it back. Files without it mean "baseline".
+    resize: str = "baseline"
     # the ImageNet-transfer study's options (docs/training.md); the defaults are SURFsara's baseline
     schedule: str = "plateau"  # plateau | onecycle | cosine
     min_lr: float = 1e-6  # plateau's floor (SURFsara's min_lr) and cosine's final rate
@@ -95,6 +99,8 @@ class RunConfig:
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_METHODS)}, received {self.resize!r}")
         # Validate the recorded augmentation and store it in one normal form (JSON lists compare equal).
         augment = self.augment
         if isinstance(augment, bool):

@@ -34,12 +34,14 @@ def evaluate_final_model(
     batch_size: int,
     n_bootstrap: int,
     seed: int,
+    resize: str = "baseline",
 ) -> FinalEvaluation:
     """Predict the test list with ``result``'s final model, compute the metrics and write them.
 
     ``testfile_fingerprint`` (data/fingerprint.py; None when it could not be
     computed) is recorded beside the metrics so that they name the data they
-    mean. Predictions run in batches of at least 32 (or ``batch_size``).
+    mean. Predictions run in batches of at least 32 (or ``batch_size``), with
+    the images resized as in training (``resize``).
     """
     from evaluation.inference import entries_predictions, predict_images
     from evaluation.report import evaluate_predictions, write_evaluation_files
@@ -53,6 +55,7 @@ def evaluate_final_model(
         img_size=img_size,
         channels=channels,
         batch_size=max(batch_size, 32),
+        resize=resize,
     )
     predictions = entries_predictions(result.test_entries, probabilities, source=testfile)
     metrics = evaluate_predictions(

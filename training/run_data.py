@@ -194,6 +194,7 @@ class TrainBatches:
     mixup: float
     seed: int
     steps_per_epoch: int | None = None
+    resize: str = "baseline"
 
     def make(
         self, *, img_size: int, start_epoch: int = 0, start_step: int = 0, num_shards: int = 1,
@@ -211,6 +212,7 @@ class TrainBatches:
             class_weights=dict(enumerate(self.class_weights)),
             augment=self.augment,
             mixup_alpha=self.mixup,
+            resize=self.resize,
             seed=self.seed,
             start_epoch=start_epoch,
             start_step=start_step,
@@ -251,11 +253,12 @@ class ValidationSets:
 
     def __init__(
         self, entries: Sequence[ListEntry], images: ImageSource, *, batch_size: int, channels: int,
-        shard_batches: bool,
+        shard_batches: bool, resize: str = "baseline",
     ) -> None:
         """``shard_batches``: each worker of a multi-worker run validates its share of the batches."""
         self.entries, self.images = entries, images
         self.batch_size, self.channels, self.shard_batches = batch_size, channels, shard_batches
+        self.resize = resize
         self._built: dict[int, tf.data.Dataset] = {}
 
     def at(self, img_size: int) -> tf.data.Dataset:
@@ -263,7 +266,7 @@ class ValidationSets:
         if img_size not in self._built:
             dataset = make_eval_dataset(
                 self.entries, self.images, img_size=img_size, batch_size=self.batch_size,
-                channels=self.channels,
+                channels=self.channels, resize=self.resize,
             )
             if self.shard_batches:
                 # By batch, not by file: the validation files are not sharded by file.

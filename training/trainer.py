@@ -176,6 +176,7 @@ def _train(
     preemption: PreemptionWatcher | None,
     verbose: int | str,
 ) -> TrainResult:
+    """:func:`train`'s steps, writing into ``out_dir`` (the run folder on the chief)."""
     data = load_run_data(
         data_path=config.data_path,
         trainfile=config.trainfile,
@@ -215,7 +216,7 @@ def _train(
         batches=batches,
         validation=ValidationSets(
             data.val, data.val_images, batch_size=config.batch_size, channels=spec.input_shape[-1],
-            shard_batches=distribution.num_workers > 1,
+            shard_batches=distribution.num_workers > 1, resize=config.resize,
         ),
         callbacks=callbacks,
         phases=phases,
@@ -258,6 +259,7 @@ def train_batches(config: RunConfig, data: RunData, *, channels: int) -> TrainBa
         mixup=config.mixup,
         seed=config.seed,
         steps_per_epoch=config.steps_per_epoch,
+        resize=config.resize,
     )
 
 
