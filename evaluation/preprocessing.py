@@ -111,8 +111,7 @@ def recorded_in_run_config(checkpoint: str | Path) -> Recorded | None:
             f"method the model was trained with is unknown ({type(exc).__name__}: {exc}); fix or move the "
             f"file, or give {RESIZE_FLAG}"
         ) from exc
-    resize = check_resize(getattr(config, "resize", DEFAULT_RESIZE), what=f"run configuration {config_path}")
-    return Recorded(resize=resize, where=str(config_path))
+    return Recorded(resize=config.resize, where=str(config_path))  # RunConfig checks the value
 
 
 def choose_preprocessing(

@@ -466,10 +466,9 @@ def test_resize_torchvision_changes_the_probabilities_and_compare_shows_it(
 
 
 def test_resize_recorded_in_run_config_is_used_without_the_flag(
-    zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+    zoo: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """run_config.json's "resize" beside a weights-only checkpoint; a file without the key means baseline."""
-    import logging
     import shutil
 
     run = tmp_path / "run"
@@ -478,28 +477,31 @@ def test_resize_recorded_in_run_config_is_used_without_the_flag(
     config = json.loads((zoo["root"] / "run" / "run_config.json").read_text())
     config_path = run / "run_config.json"
 
-    def evaluate(name: str, *extra: str) -> tuple[dict, np.ndarray]:
+    def evaluate(name: str, *extra: str) -> tuple[dict, np.ndarray, str]:
         assert eval_keras.main(_args(zoo, checkpoint, tmp_path / name, *extra)) == 0
-        assert "Preprocessing: resize " in capsys.readouterr().out
+        captured = capsys.readouterr()  # main's logging set-up writes the warnings to stderr
+        assert "Preprocessing: resize " in captured.out
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        return metrics["preprocessing"], _probabilities(tmp_path / name)
+        return metrics["preprocessing"], _probabilities(tmp_path / name), captured.err
 
     config_path.write_text(json.dumps({**config, "resize": "torchvision"}))
-    preprocessing, probabilities = evaluate("recorded")
+    preprocessing, probabilities, err = evaluate("recorded")
     assert preprocessing == {"resize": "torchvision", "source": f"recorded in {config_path}"}
     np.testing.assert_allclose(probabilities, zoo["keras_torchvision"], atol=1e-5)
+    assert "contradicts" not in err
 
     # The flag wins over the record, with one warning naming both.
-    with caplog.at_level(logging.WARNING):
-        preprocessing, probabilities = evaluate("flagged", "--resize", "baseline")
+    preprocessing, probabilities, err = evaluate("flagged", "--resize", "baseline")
     assert preprocessing == {"resize": "baseline", "source": f"--resize; {config_path} records torchvision"}
     np.testing.assert_allclose(probabilities, zoo["keras"], atol=1e-5)
-    (warning,) = [r.getMessage() for r in caplog.records if "contradicts" in r.getMessage()]
-    assert f"--resize baseline contradicts {config_path}" in warning and "resize torchvision" in warning
+    (warning,) = [line for line in err.splitlines() if "contradicts" in line]
+    assert warning.startswith("WARNING evaluation.preprocessing: --resize baseline contradicts ")
+    assert f"contradicts {config_path}, which says" in warning
+    assert "trained with resize torchvision" in warning
 
     # A run_config.json written before the key existed: the baseline's resize, as those runs trained.
     config_path.write_text(json.dumps({key: v for key, v in config.items() if key != "resize"}))
-    preprocessing, probabilities = evaluate("old")
+    preprocessing, probabilities, _ = evaluate("old")
     assert preprocessing == {"resize": "baseline", "source": f"recorded in {config_path}"}
     np.testing.assert_allclose(probabilities, zoo["keras"], atol=1e-5)
 
