@@ -383,15 +383,21 @@ def _torch_settings(threads: int) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[1]
 
 
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def measure_torch(*, model: str, size: int, batch_size: int, warmup: int, steps: int, windows: int,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, threads: int | None = None) -> dict[str, Any]:
     """The same network's training step in Keras and in PyTorch: images/s of each and their ratio.
 
     Keras: the registry's ``model`` with ``head="linear"``, float32, XLA off, ``train_on_batch``
     (a traced ``tf.function``). PyTorch: its twin from models/torch_reference.py, eager. Same
-    device, batch, image size and number of CPU threads. The frameworks take turns, one timed
-    window each, so a change in the machine's load hits both; the best window of each is
-    reported and ``keras_over_pytorch`` is the ratio of those.
+    device, batch, image size and number of CPU threads: every available core (each framework's
+    default), or ``threads`` (TensorFlow's thread pools are then set by :func:`run_unit` before
+    TensorFlow starts). The frameworks take turns, one timed window each, so a change in the
+    machine's load hits both; the best window of each is reported and ``keras_over_pytorch`` is
+    the ratio of those.
     """
     if model not in TORCH_MODELS:
         raise ValueError(
@@ -399,9 +405,10 @@ def measure_torch(*, model: str, size: int, batch_size: int, warmup: int, steps:
         )
     if warmup < 1:
         raise ValueError(f"the PyTorch comparison needs at least one warm-up step, received {warmup}")
+    import tensorflow as tf
     import torch
 
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = threads or _available_cores()
     with _torch_settings(threads):
         keras_net = _compiled_model(model, size, "float32", False, head="linear")
         torch_step, torch_net = _torch_train_step(model, size=size, batch_size=batch_size, seed=seed)
@@ -424,6 +431,9 @@ def measure_torch(*, model: str, size: int, batch_size: int, warmup: int, steps:
         "keras_over_pytorch": ratio,
         "parameters": {"keras": trainable, "pytorch": sum(p.numel() for p in torch_net.parameters())},
         "threads": threads,
+        # 0: TensorFlow's default, a pool as large as the available cores.
+        "tensorflow_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                               "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
         "device": str(next(torch_net.parameters()).device),
         "torch": torch.__version__,
     }
@@ -452,6 +462,19 @@ def _grow_gpu_memory(tf: Any) -> None:
             return
 
 
+def _limit_tensorflow_threads(tf: Any, threads: int) -> None:
+    """``threads`` intra-op threads and one inter-op thread: one op at a time on ``threads`` cores, as
+    PyTorch runs its eager ops. TensorFlow fixes its pools when it starts, so only a fresh process can."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        raise ValueError(
+            f"--torch-threads {threads}: TensorFlow's thread pools are fixed once it has started, so the "
+            f"measurement needs a fresh process (--isolate process); received a process where it had started"
+        ) from None
+
+
 def run_unit(kind: str, params: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
     """Run one measurement with its memory bookkeeping; returns its result dict.
 
@@ -466,6 +489,8 @@ def run_unit(kind: str, params: dict[str, Any], *, seed: int = 0) -> dict[str, A
 
         if kind == "torch":
             _grow_gpu_memory(tf)
+            if params.get("threads"):
+                _limit_tensorflow_threads(tf, params["threads"])
         keras.utils.set_random_seed(seed)
         for device in tf.config.list_logical_devices("GPU"):
             tf.config.experimental.reset_memory_stats(device.name)

@@ -234,6 +234,14 @@ def _add_torch_options(parser: argparse.ArgumentParser) -> None:
     torch.add_argument(
         "--torch-batch-size", type=positive_int, help="batch size of both" + _preset_help("torch_batch_size")
     )
+    torch.add_argument(
+        "--torch-threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads of both (TensorFlow: intra-op, with one inter-op thread; needs --isolate process); "
+        "default: every available core, each framework's own thread pools. One thread each compares the "
+        "frameworks per core, which busy cores disturb least",
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -282,6 +290,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         fed_xla=args.fed_xla,
         profile=str(Path(args.profile).resolve()) if args.profile else None,
         profile_steps=args.profile_steps,
+        torch_threads=args.torch_threads,
         only=[m for m in MEASUREMENTS if m in args.only],
     )
     if settings["warmup_batches"] < 0:
@@ -299,6 +308,11 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(
             f"--batch-size must be >= 2 (a balanced batch holds one COVID-19 image and others), "
             f"received {settings['batch_size']}"
+        )
+    if settings["torch_threads"] and settings["isolate"] != "process" and "torch" in settings["only"]:
+        raise ValueError(
+            "--torch-threads needs --isolate process (TensorFlow fixes its thread pools when it starts); "
+            f"received --isolate {settings['isolate']}"
         )
     torch_min = max(get_model_info(name).min_size for name in settings["torch_models"])
     if "torch" in settings["only"] and settings["torch_size"] < torch_min:
@@ -411,7 +425,7 @@ def _fed_units(s: dict[str, Any], ctx: _PlanContext) -> list[dict[str, Any]]:
 
 
 def _torch_units(s: dict[str, Any], ctx: _PlanContext) -> list[dict[str, Any]]:
-    size, bs = s["torch_size"], s["torch_batch_size"]
+    size, bs, threads = s["torch_size"], s["torch_batch_size"], s["torch_threads"]
     return [{
         "id": f"torch-{model}",
         "number": "7",
@@ -421,9 +435,10 @@ def _torch_units(s: dict[str, Any], ctx: _PlanContext) -> list[dict[str, Any]]:
             ("keras", "train step, Keras: train_on_batch"),
             ("pytorch", "train step, PyTorch: eager forward/backward/step"),
         ],
-        "config": f"`{model}` {size} px, batch {bs}, float32, linear head, same device and cores",
+        "config": f"`{model}` {size} px, batch {bs}, float32, linear head, same device and "
+        + (f"{threads} thread{'s' if threads > 1 else ''} each" if threads else "cores"),
         "params": {"model": model, "size": size, "batch_size": bs, "warmup": s["train_warmup"],
-                   "steps": s["train_steps"], "windows": s["windows"], "seed": s["seed"]},
+                   "steps": s["train_steps"], "windows": s["windows"], "seed": s["seed"], "threads": threads},
     } for model in s["torch_models"]]
 
 

@@ -278,7 +278,9 @@ def test_quick_keras_against_pytorch_row(tmp_path, capsys) -> None:
     from benchmarks.run import main
 
     out = tmp_path / "bench.json"
-    assert main(["--quick", "--only", "torch", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    # In a worker process, as the default preset runs it; one thread each (TensorFlow's set as it starts).
+    argv = ["--quick", "--only", "torch", "--isolate", "process", "--torch-threads", "1"]
+    assert main([*argv, "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     doc = json.loads(out.read_text())
     (unit,) = doc["measurements"]
@@ -294,7 +296,9 @@ def test_quick_keras_against_pytorch_row(tmp_path, capsys) -> None:
 
     assert set(TORCH_MODELS) <= set(BUILDERS)
     assert result["parameters"] == {"keras": 11_178_051, "pytorch": 11_178_051}
-    assert result["threads"] >= 1 and result["device"] in ("cpu", "cuda:0")
+    assert result["threads"] == 1 and result["device"] in ("cpu", "cuda:0")
+    assert result["tensorflow_threads"] == {"intra_op": 1, "inter_op": 1}
+    assert unit["config"].endswith("same device and 1 thread each")
     assert [len(result["load_average"][k]) for k in ("before", "after")] == [3, 3]
     assert len(result["keras"]["windows"]) == len(result["pytorch"]["windows"]) == 2  # --quick: 2 windows
     assert all(w["batches"] == 2 and w["images"] == 8 for w in result["pytorch"]["windows"])
@@ -336,3 +340,7 @@ def test_bad_arguments_give_one_line_errors(capsys) -> None:
     assert main(["--quick", "--only", "torch", "--torch-size", "16"]) == 2
     err = capsys.readouterr().err
     assert err == "error: --torch-size must be >= 32 px for models resnet18, received 16\n"
+    assert main(["--quick", "--only", "torch", "--torch-threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --torch-threads needs --isolate process")
+    assert err.endswith("received --isolate none\n")
