@@ -48,6 +48,7 @@ from common.cli import (
 )
 from data.images import RESIZE_METHODS
 from data.lists import VERIFY_MODES, ListEntry
+from evaluation.arguments import add_architecture_arguments
 from evaluation.extras import GRADCAM_DIR, Extras
 from evaluation.preprocessing import RESIZE_HELP
 
@@ -67,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="eval_keras.py", description=__doc__, formatter_class=DefaultsHelpFormatter
     )
     _add_model_arguments(parser)
-    _add_architecture_arguments(parser)
+    add_architecture_arguments(parser)
     _add_evaluation_arguments(parser)
     _add_explanation_arguments(parser)
     _add_output_arguments(parser)
@@ -103,33 +104,6 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "model's size is fixed; 512 for a weights-only file without run_config.json)",
     )
     base.add_argument("--resize", choices=RESIZE_METHODS, default=argparse.SUPPRESS, help=RESIZE_HELP)
-
-
-def _add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
-    arch = parser.add_argument_group(
-        "architecture of a weights-only checkpoint",
-        "Only used when there is no run_config.json beside the weights file (with one, they may be "
-        "given only if they agree with it).",
-    )
-    arch.add_argument(
-        "--model",
-        default=argparse.SUPPRESS,
-        help="registry model name, e.g. resnet50v2 (SURFsara's baseline); required for a "
-        "weights-only file without run_config.json",
-    )
-    arch.add_argument(
-        "--head",
-        choices=["flatten", "avg", "max"],
-        default=argparse.SUPPRESS,
-        help="pooling before the dense head (default: flatten, SURFsara's)",
-    )
-    arch.add_argument(
-        "--channels",
-        type=int,
-        choices=[1, 3],
-        default=argparse.SUPPRESS,
-        help="image channels of the model input (default: 3)",
-    )
 
 
 def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:

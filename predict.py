@@ -42,6 +42,7 @@ from common.cli import (
     setup_logging,
 )
 from data.images import RESIZE_METHODS
+from evaluation.arguments import add_architecture_arguments
 from evaluation.preprocessing import RESIZE_HELP
 
 if TYPE_CHECKING:  # numpy is imported in main(), after --help is answered
@@ -80,28 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     inputs.add_argument("--resize", choices=RESIZE_METHODS, default=argparse.SUPPRESS, help=RESIZE_HELP)
 
-    arch = parser.add_argument_group(
-        "architecture of a weights-only checkpoint",
-        "Only used when there is no run_config.json beside the weights file.",
-    )
-    arch.add_argument(
-        "--model",
-        default=argparse.SUPPRESS,
-        help="registry model name, e.g. resnet50v2; required for a weights-only file without run_config.json",
-    )
-    arch.add_argument(
-        "--head",
-        choices=["flatten", "avg", "max"],
-        default=argparse.SUPPRESS,
-        help="pooling before the dense head (default: flatten)",
-    )
-    arch.add_argument(
-        "--channels",
-        type=int,
-        choices=[1, 3],
-        default=argparse.SUPPRESS,
-        help="image channels of the model input (default: 3)",
-    )
+    add_architecture_arguments(parser)
 
     out = parser.add_argument_group("output")
     out.add_argument(

@@ -61,6 +61,8 @@ SURFSARA_REGULARIZER = 1e-3
 # models.HEADS, spelled out here because the registry imports Keras, which --help must not wait for
 # (tests/test_train.py checks that the two agree).
 HEADS = ("flatten", "avg", "max", "linear")
+# data.images.RESIZE_METHODS, spelled out for the same reason (tested equal).
+RESIZE_METHODS = ("baseline", "torchvision")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -191,6 +193,15 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     """Data, batches, augmentation and seeds."""
     train = parser.add_argument_group("training")
     train.add_argument("--seed", default=0, type=int, help="seed for weights, shuffling and augmentation")
+    train.add_argument(
+        "--resize",
+        default="baseline",
+        choices=RESIZE_METHODS,
+        help="how images are resized to --img_size: baseline (SURFsara's cv2-style bilinear without "
+        "antialiasing) or torchvision (the PyTorch studies' Resize((S, S)) on PIL images: Pillow's "
+        "antialiased bilinear, bit for bit); recorded in run_config.json, so eval_keras.py and predict.py "
+        "use it too",
+    )
     train.add_argument(
         "--deterministic",
         action="store_true",
@@ -546,6 +557,7 @@ def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
         valfile=str(args.valfile),
         verify_images=args.verify_images,
         cache=str(args.cache),
+        resize=args.resize,
         balance=args.balance == "covid",
         covid_per_batch=args.covid_per_batch,
         class_weights=tuple(args.class_weights),

@@ -202,10 +202,6 @@ def patient_split(
     return train, val
 
 
-# The pipeline's name for reading one file (other modules and tests import it from here).
-decode_resize = read_resize
-
-
 def _labels_array(entries: Sequence[ListEntry]) -> np.ndarray:
     return np.array([CLASS_TO_INDEX[e.label] for e in entries], dtype=np.int32)
 

@@ -446,14 +446,13 @@ def test_read_image_is_the_evaluation_preprocessing(colour_images: dict[str, Pat
     """predict.py's decoding (data.images.read_image) is the pipeline's and the SavedModel's, bit for bit."""
     import tensorflow as tf
 
-    from data.images import read_image
-    from data.pipeline import decode_resize
+    from data.images import read_image, read_resize
     from training.export import decode_for_serving
 
     path = colour_images[name]
     loaded = read_image(path, img_size=IMG, channels=3)
     assert (loaded.height, loaded.width) == (48, 40)
-    np.testing.assert_array_equal(loaded.pixels, decode_resize(tf.constant(str(path)), img_size=IMG).numpy())
+    np.testing.assert_array_equal(loaded.pixels, read_resize(tf.constant(str(path)), img_size=IMG).numpy())
     served = decode_for_serving(tf.constant(path.read_bytes()), img_size=IMG, channels=3).numpy()
     np.testing.assert_array_equal(loaded.pixels, served)
 

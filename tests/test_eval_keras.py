@@ -509,3 +509,15 @@ def test_resize_recorded_in_run_config_is_used_without_the_flag(
     assert eval_keras.main(_args(zoo, checkpoint, tmp_path / "bad")) == 2
     line = _single_error(capsys)
     assert str(config_path) in line and "baseline, torchvision" in line and "'nearest'" in line
+
+
+def test_head_choices_are_the_registry_heads() -> None:
+    """eval_keras.py and predict.py offer every registry head (torchvision's linear one included)."""
+    import models
+    import predict
+    from evaluation.arguments import HEADS
+
+    assert HEADS == models.HEADS
+    args = eval_keras.parse_args(["--checkpoint", "w.hdf5", "--testfile", "t.txt", "--head", "linear"])
+    assert args.head == "linear"
+    assert predict.parse_args(["--checkpoint", "w.hdf5", "x.png", "--head", "linear"]).head == "linear"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import grey_level, write_constant_images
 from data.images import read_resize
 from data.labels import CLASS_TO_INDEX
 from data.lists import ListEntry, write_list
@@ -19,21 +20,6 @@ from data.pipeline import (
     make_train_dataset,
     patient_split,
 )
-
-
-def _write_constant_images(folder: Path, labels: list[str], size: int = 24) -> list[ListEntry]:
-    """One image per label, each filled with its own grey level so batches can be traced back."""
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i, label in enumerate(labels):
-        name = f"img{i:03d}.png"
-        cv2.imwrite(str(folder / name), np.full((size, size), 10 + 4 * i, np.uint8))
-        entries.append(ListEntry(f"p{i}", name, label, "test"))
-    return entries
-
-
-def _level(image: np.ndarray) -> int:
-    return int(round((float(image.mean()) * 255 - 10) / 4))
 
 
 def test_read_resize_matches_cv2(tmp_path: Path) -> None:
@@ -59,7 +45,7 @@ def test_read_resize_matches_cv2(tmp_path: Path) -> None:
 
 def test_load_entries_is_strict(tmp_path: Path) -> None:
     images = tmp_path / "train"
-    entries = _write_constant_images(images, ["normal", "COVID-19"])
+    entries = write_constant_images(images, ["normal", "COVID-19"])
     good = write_list(tmp_path / "good.txt", entries)
     assert load_entries(good, images) == entries
 
@@ -81,7 +67,7 @@ def test_load_entries_is_strict(tmp_path: Path) -> None:
 
 def test_unreadable_images_are_named(tmp_path: Path) -> None:
     images = tmp_path / "train"
-    entries = _write_constant_images(images, ["normal", "pneumonia"])
+    entries = write_constant_images(images, ["normal", "pneumonia"])
     rng = np.random.default_rng(0)
     noisy = rng.integers(0, 256, (64, 64), dtype=np.uint8)  # incompressible: files of several KiB
     cv2.imwrite(str(images / "big.png"), noisy)
@@ -143,7 +129,7 @@ def test_patient_split_keeps_patients_whole_and_every_class() -> None:
 
 def test_balanced_batches_have_one_covid_and_cover_the_others_once(tmp_path: Path) -> None:
     labels = ["normal"] * 8 + ["pneumonia"] * 6 + ["COVID-19"] * 3
-    entries = _write_constant_images(tmp_path, labels)
+    entries = write_constant_images(tmp_path, labels)
     data = make_train_dataset(
         entries,
         tmp_path,
@@ -162,7 +148,7 @@ def test_balanced_batches_have_one_covid_and_cover_the_others_once(tmp_path: Pat
         assert (classes == CLASS_TO_INDEX["COVID-19"]).sum() == 1
         np.testing.assert_array_equal(w, np.where(classes == 2, 25.0, 1.0))
         for img, c in zip(images, classes):
-            idx = _level(img)
+            idx = grey_level(img)
             assert labels[idx] == ("normal", "pneumonia", "COVID-19")[c]  # label travels with its image
             seen[idx] += 1
     # Two epochs: every normal/pneumonia image exactly twice, COVID-19 images 4 times in total.
@@ -171,7 +157,7 @@ def test_balanced_batches_have_one_covid_and_cover_the_others_once(tmp_path: Pat
 
 
 def test_unbalanced_mode_and_errors(tmp_path: Path) -> None:
-    entries = _write_constant_images(tmp_path, ["normal"] * 5 + ["pneumonia"] * 5)
+    entries = write_constant_images(tmp_path, ["normal"] * 5 + ["pneumonia"] * 5)
     data = make_train_dataset(entries, tmp_path, img_size=8, batch_size=4, balance=False, augment=None)
     assert data.steps_per_epoch == 3 and data.covid_per_batch == 0
     with pytest.raises(ValueError, match="at least one COVID-19 image"):
@@ -181,7 +167,7 @@ def test_unbalanced_mode_and_errors(tmp_path: Path) -> None:
 
 
 def test_augmented_batches_stay_in_range(tmp_path: Path) -> None:
-    entries = _write_constant_images(tmp_path, ["normal"] * 6 + ["COVID-19"] * 2, size=32)
+    entries = write_constant_images(tmp_path, ["normal"] * 6 + ["COVID-19"] * 2, size=32)
     data = make_train_dataset(entries, tmp_path, img_size=32, batch_size=4, seed=0)
     images, _, _ = next(iter(data.dataset))
     images = images.numpy()
@@ -191,17 +177,17 @@ def test_augmented_batches_stay_in_range(tmp_path: Path) -> None:
 
 def test_eval_dataset_is_each_image_once_in_order(tmp_path: Path) -> None:
     labels = ["normal", "pneumonia", "COVID-19", "normal", "COVID-19"]
-    entries = _write_constant_images(tmp_path, labels)
+    entries = write_constant_images(tmp_path, labels)
     batches = list(make_eval_dataset(entries, tmp_path, img_size=8, batch_size=2))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
-    levels = [_level(img) for b in batches for img in b[0].numpy()]
+    levels = [grey_level(img) for b in batches for img in b[0].numpy()]
     classes = [int(c) for b in batches for c in b[1].numpy().argmax(axis=1)]
     assert levels == [0, 1, 2, 3, 4]
     assert classes == [0, 1, 2, 0, 2]
 
 
 def test_same_seed_same_batches(tmp_path: Path) -> None:
-    entries = _write_constant_images(tmp_path, ["normal"] * 9 + ["pneumonia"] * 6 + ["COVID-19"] * 3, size=32)
+    entries = write_constant_images(tmp_path, ["normal"] * 9 + ["pneumonia"] * 6 + ["COVID-19"] * 3, size=32)
 
     def first_batches(seed: int, start_epoch: int = 0) -> np.ndarray:
         data = make_train_dataset(
@@ -226,7 +212,7 @@ def test_a_resumed_stream_is_the_tail_of_an_uninterrupted_one(
     from data.pipeline import CachedImages
 
     labels = ["normal"] * 6 + ["pneumonia"] * 5 + ["COVID-19"] * 3  # 11 others: passes, epochs unaligned
-    entries = _write_constant_images(tmp_path / "img", labels, size=16)
+    entries = write_constant_images(tmp_path / "img", labels, size=16)
     images = tmp_path / "img"
     if source == "cache":
         root = build_cache(tmp_path / "cache", lists={"train": (entries, images)}, size=16, shard_images=4)
@@ -250,13 +236,13 @@ def test_a_resumed_stream_is_the_tail_of_an_uninterrupted_one(
 def test_every_pass_over_a_stream_is_a_permutation(tmp_path: Path) -> None:
     """11 non-COVID images, 3 per batch: each run of 11 consecutive non-COVID rows holds every image once."""
     labels = ["normal"] * 6 + ["pneumonia"] * 5 + ["COVID-19"] * 2
-    entries = _write_constant_images(tmp_path, labels)
+    entries = write_constant_images(tmp_path, labels)
     data = make_train_dataset(entries, tmp_path, img_size=8, batch_size=4, augment=None, seed=2)
     assert data.steps_per_epoch == 4
     others, covid = [], []
     for images, y, _ in data.dataset.take(22):  # 66 non-COVID rows: 6 passes
         for img, c in zip(images.numpy(), y.numpy().argmax(axis=1)):
-            (covid if c == 2 else others).append(_level(img))
+            (covid if c == 2 else others).append(grey_level(img))
     passes = [others[i : i + 11] for i in range(0, 66, 11)]
     assert all(sorted(p) == list(range(11)) for p in passes)
     assert len({tuple(p) for p in passes}) == 6  # a new order every pass
@@ -266,7 +252,7 @@ def test_every_pass_over_a_stream_is_a_permutation(tmp_path: Path) -> None:
 def test_shards_split_each_global_batch_exactly(tmp_path: Path) -> None:
     """Two workers' shards together are the single-worker batch, and each decodes only its half."""
     labels = ["normal"] * 8 + ["pneumonia"] * 7 + ["COVID-19"] * 3
-    entries = _write_constant_images(tmp_path, labels)
+    entries = write_constant_images(tmp_path, labels)
     kwargs = dict(img_size=8, batch_size=6, class_weights={2: 25.0}, augment=None, seed=4)
     whole = make_train_dataset(entries, tmp_path, **kwargs)
     halves = [make_train_dataset(entries, tmp_path, num_shards=2, shard_index=i, **kwargs) for i in (0, 1)]

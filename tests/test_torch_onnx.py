@@ -98,7 +98,7 @@ def test_eval_keras_on_the_exported_model_equals_torch(
 ) -> None:
     import tensorflow as tf
 
-    from data.pipeline import decode_resize
+    from data.images import read_resize
 
     # A class order that is not this project's: the metadata must be what reorders the columns.
     order = ("COVID-19", "normal", "pneumonia")
@@ -125,7 +125,7 @@ def test_eval_keras_on_the_exported_model_equals_torch(
     frame = pd.read_csv(out / "predictions.csv")
     pixels = np.stack(
         [
-            decode_resize(
+            read_resize(
                 tf.constant(str(tiny_covidx / "data" / "test" / name)), img_size=SIZE, channels=3
             ).numpy()
             for name in frame["filename"]

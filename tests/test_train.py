@@ -472,3 +472,56 @@ def test_resize_method_is_recorded_and_used(tmp_path: Path) -> None:
     assert train_batches(torchvision, data, channels=3).resize == "torchvision"
     with pytest.raises(ValueError, match="resize must be one of baseline, torchvision, received 'cubic'"):
         tiny_run_config(resize="cubic")
+
+
+def test_resize_choices_are_the_image_module_methods() -> None:
+    from data.images import RESIZE_METHODS
+
+    assert train_keras.RESIZE_METHODS == RESIZE_METHODS
+    assert train_keras.parse_args([]).resize == "baseline"
+
+
+@pytest.mark.slow
+def test_torchvision_resize_trains_records_and_serves_pillows_pixels(tiny_covidx: Path) -> None:
+    """--resize torchvision (issue 13): recorded in run_config.json, named in the final evaluation, and the
+    SavedModel's bytes signature feeds the model Pillow's resize of the file, as training did."""
+    import tensorflow as tf
+    from PIL import Image
+
+    assert train_keras.main(train_args(tiny_covidx, "--resize", "torchvision", epochs=1, name="tv-")) == 0
+    run_dir = tiny_covidx / "output" / "tv-lr0.001"
+    assert json.loads((run_dir / "run_config.json").read_text())["resize"] == "torchvision"
+    metrics = json.loads((run_dir / "test_evaluation" / "metrics.json").read_text())
+    assert metrics["preprocessing"]["resize"] == "torchvision"
+
+    image_file = sorted((tiny_covidx / "data" / "test").iterdir())[0]
+    with Image.open(image_file) as im:
+        pil = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255.0
+    served = tf.saved_model.load(str(run_dir / "saved_model"))
+    from_bytes = served.signatures["serving_bytes"](image_bytes=tf.constant([image_file.read_bytes()]))
+    from_pixels = served.signatures["serving_default"](images=tf.constant(pil[None]))
+    np.testing.assert_allclose(from_bytes["probabilities"].numpy(), from_pixels["probabilities"].numpy(),
+                               atol=1e-6)
+
+
+def test_a_cache_of_other_lists_is_refused_before_training(tiny_covidx: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """The cache records its lists' fingerprints (issue 14); a train list that is not the one the cache was
+    built from is refused in one line naming both fingerprints, before any epoch."""
+    from data.cache import build_cache
+    from data.lists import read_list
+
+    lists = {
+        split: (read_list(tiny_covidx / f"{split}.txt").entries, tiny_covidx / "data" / split)
+        for split in ("train", "test")
+    }
+    cache = build_cache(tmp_path / "cache", lists=lists, size=32)
+    lines = (tiny_covidx / "train.txt").read_text().splitlines(keepends=True)
+    (tiny_covidx / "train-fewer.txt").write_text("".join(lines[:-1]))  # every image still in the cache
+    args = train_args(tiny_covidx, "--cache", str(cache), epochs=1, name="other-")
+    args[args.index("--trainfile") + 1] = str(tiny_covidx / "train-fewer.txt")
+    assert train_keras.main(args) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "--trainfile" in error[0] and "train-fewer.txt" in error[0]
+    assert error[0].count("sha256:") >= 2, error[0]
+    assert not list((tiny_covidx / "output").glob("other-*/cp-*.hdf5"))

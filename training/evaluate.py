@@ -67,6 +67,8 @@ def evaluate_final_model(
     )
     if testfile_fingerprint is not None:
         metrics["evaluated"] = {"testfile": testfile, "testfile_fingerprint": testfile_fingerprint}
+    # As eval_keras.py records it, so the two metrics.json files of one model say the same.
+    metrics["preprocessing"] = {"resize": resize, "source": "the run's --resize"}
     folder = result.run_dir / EVALUATION_FOLDER
     write_evaluation_files(folder, predictions=predictions, metrics=metrics)
     return FinalEvaluation(metrics=metrics, folder=folder)

@@ -127,15 +127,26 @@ def float32_model(model: keras.Model, rebuild) -> keras.Model:
     return copy
 
 
-def decode_for_serving(image_bytes: tf.Tensor, *, img_size: int, channels: int) -> tf.Tensor:
-    """Encoded PNG/JPEG bytes to a float32 ``[img_size, img_size, channels]`` image in [0, 1]."""
-    image = tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False)
-    image = tf.image.resize(image, [img_size, img_size], method="bilinear", antialias=False)
-    return tf.ensure_shape(image, [img_size, img_size, channels]) / 255.0
+def decode_for_serving(
+    image_bytes: tf.Tensor, *, img_size: int, channels: int, resize: str = "baseline"
+) -> tf.Tensor:
+    """Encoded PNG/JPEG bytes to a float32 ``[img_size, img_size, channels]`` image in [0, 1].
+
+    The training pipeline's decode and resize (:func:`data.images.decode_resize`,
+    ``resize`` one of :data:`data.images.RESIZE_METHODS`), inside the graph.
+    """
+    from data.images import decode_resize
+
+    return decode_resize(image_bytes, img_size=img_size, channels=channels, resize=resize)
 
 
-def export_saved_model(model: keras.Model, directory: str | os.PathLike[str]) -> Path:
+def export_saved_model(
+    model: keras.Model, directory: str | os.PathLike[str], *, resize: str = "baseline"
+) -> Path:
     """Write a SavedModel with ``serving_default`` (float images) and ``serving_bytes`` (encoded images).
+
+    ``serving_bytes`` decodes and resizes as the run was trained (``resize``, one of
+    :data:`data.images.RESIZE_METHODS`), so a client sends the original PNG/JPEG.
 
     Written into a hidden ``.partial-*`` folder beside ``directory`` and
     swapped in (``common.fsutil.atomic_dir``), so a killed export never leaves
@@ -160,7 +171,7 @@ def export_saved_model(model: keras.Model, directory: str | os.PathLike[str]) ->
 
     def from_bytes(image_bytes):
         images = tf.map_fn(
-            lambda b: decode_for_serving(b, img_size=img_size, channels=channels),
+            lambda b: decode_for_serving(b, img_size=img_size, channels=channels, resize=resize),
             image_bytes,
             fn_output_signature=tf.TensorSpec([img_size, img_size, channels], tf.float32),
         )

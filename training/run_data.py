@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import tensorflow as tf
@@ -57,6 +57,7 @@ def load_run_data(
     seed: int = 0,
     cache: str = "",
     verify_images: str = "header",
+    fingerprints: Mapping[str, str] | None = None,
 ) -> RunData:
     """Read and check the lists (before any training starts) and carve the validation set.
 
@@ -65,7 +66,9 @@ def load_run_data(
     ``valfile`` names a validation list whose images are in
     ``DATA_PATH/train``; otherwise ``val_split`` carves one out of the train
     list by patient (drawn with ``seed``), or (``val_split`` 0) the test list
-    validates, as in SURFsara's script.
+    validates, as in SURFsara's script. ``fingerprints`` (``{flag:
+    fingerprint}``, :func:`list_fingerprints`) are checked against the ones a
+    cache recorded when it was built: a cache of other lists is refused.
     """
     root = Path(data_path)
     if not cache and not root.is_dir():
@@ -81,7 +84,8 @@ def load_run_data(
     images: dict[str, ImageSource] = {}
     for flag, list_file, image_dir, split in wanted:
         lists[split], images[split] = _read_list(
-            flag, list_file, image_dir, split=split, cache=cache, verify_images=verify_images
+            flag, list_file, image_dir, split=split, cache=cache, verify_images=verify_images,
+            fingerprint=(fingerprints or {}).get(flag),
         )
     _warn_about_shared_patients(lists)
     train, test = lists["train"], lists["test"]
@@ -102,15 +106,21 @@ def load_run_data(
 
 
 def _read_list(
-    flag: str, list_file: str, image_dir: Path, *, split: str, cache: str, verify_images: str
+    flag: str, list_file: str, image_dir: Path, *, split: str, cache: str, verify_images: str,
+    fingerprint: str | None = None,
 ) -> tuple[list[ListEntry], ImageSource]:
-    """One list's entries and their image source: ``image_dir``, or the cache's ``split``."""
+    """One list's entries and their image source: ``image_dir``, or the cache's ``split``.
+
+    ``fingerprint``: the list's, when its images could be hashed; the cache must have been built from it.
+    """
     if not cache:
         return load_entries(list_file, image_dir, verify=verify_images, what=flag), FileImages(image_dir)
     # The lists still decide what is trained on; the cache only replaces the files.
     entries = load_entries(list_file, image_dir, verify="none", what=flag)
     full = verify_images == "full"
-    return entries, CachedImages(open_cache(cache, split, entries=entries, full_check=full))
+    opened = open_cache(cache, split, entries=entries, full_check=full, fingerprint=fingerprint,
+                        what=f"{flag} {list_file}")
+    return entries, CachedImages(opened)
 
 
 def _warn_about_shared_patients(lists: dict[str, list[ListEntry]]) -> None:

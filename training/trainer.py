@@ -186,6 +186,7 @@ def _train(
         seed=config.seed,
         cache=config.cache,
         verify_images=config.verify_images,
+        fingerprints=config.fingerprints,
     )
     spec = ModelSpec.from_dict(config.model)
     phases = run_phases(config)
@@ -231,7 +232,8 @@ def _train(
                  run_dir, start.epoch, config.epochs)
     else:
         history = loop.run(start)
-    export_final_model(model, spec=spec, out_dir=out_dir, worker_index=distribution.worker_index)
+    export_final_model(model, spec=spec, out_dir=out_dir, worker_index=distribution.worker_index,
+                       resize=config.resize)
     return TrainResult(
         run_dir=run_dir,
         final_model=run_dir / FINAL_MODEL,
@@ -505,9 +507,14 @@ def _export_model_file(model: keras.Model, path: Path, *, spec: ModelSpec) -> No
     write_portable_h5(float32_model(model, rebuild), path)
 
 
-def export_final_model(model: keras.Model, *, spec: ModelSpec, out_dir: Path, worker_index: int) -> None:
-    """Write the float32 copy of ``model`` as ``final_model.hdf5`` and ``saved_model/`` into ``out_dir``."""
+def export_final_model(
+    model: keras.Model, *, spec: ModelSpec, out_dir: Path, worker_index: int, resize: str = "baseline"
+) -> None:
+    """Write the float32 copy of ``model`` as ``final_model.hdf5`` and ``saved_model/`` into ``out_dir``.
+
+    ``resize`` is the run's resize method, which the SavedModel's bytes signature applies.
+    """
     final = float32_model(model, functools.partial(build_model_from_spec, spec, weights=None))
     log.info("final weights fingerprint (worker %d): %s", worker_index, weights_fingerprint(final))
     write_portable_h5(final, out_dir / FINAL_MODEL)
-    export_saved_model(final, out_dir / SAVED_MODEL)
+    export_saved_model(final, out_dir / SAVED_MODEL, resize=resize)
