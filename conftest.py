@@ -132,6 +132,34 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def run_local_cluster(cmd: list[str], *, workers: int = 2, **env: str) -> tuple[list[int], list[str]]:
+    """Run ``cmd`` as every worker of a ``TF_CONFIG`` cluster on 127.0.0.1; their exit codes and logs.
+
+    ``env`` is added to each worker's environment (:func:`subprocess_env`). Workers still running after
+    :data:`SUBPROCESS_TIMEOUT` are killed, so a hung collective fails the test instead of the suite.
+    """
+    import json
+    import subprocess
+
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(workers)]}
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=subprocess_env(
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}), **env
+            ),
+        )
+        for i in range(workers)
+    ]
+    try:
+        logs = [p.communicate(timeout=SUBPROCESS_TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [p.returncode for p in procs], logs
+
+
 def final_weights_fingerprint(log: str) -> str:
     """The ``final weights fingerprint`` a training process logged (training.trainer.weights_fingerprint)."""
     match = re.search(r"final weights fingerprint \(worker \d+\): ([0-9a-f]+)", log)

@@ -19,7 +19,13 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT, final_weights_fingerprint, free_ports, subprocess_env
+from conftest import (
+    REPO_ROOT,
+    SUBPROCESS_TIMEOUT,
+    final_weights_fingerprint,
+    run_local_cluster,
+    subprocess_env,
+)
 from training.checkpoints import find_resume_state, list_checkpoints
 from training.preemption import EXIT_PREEMPTED, PreemptionWatcher, StopOnPreemption, TrainingInterrupted
 from training.strategy import _tasks_per_node, choose_strategy, cluster_source, slurm_base_port
@@ -91,28 +97,11 @@ def _first_loss(run_dir: Path) -> float:
 
 @pytest.mark.slow
 def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     cmd = [sys.executable, str(REPO_ROOT / "train_keras.py"), *_args(dataset, "two-", "--no_augment")]
-    procs = [
-        subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=subprocess_env(
-                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                TMPDIR=str(scratch),
-            ),
-        )
-        for i in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=SUBPROCESS_TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    codes, logs = run_local_cluster(cmd, TMPDIR=str(scratch))
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     assert "MultiWorkerMirroredStrategy from tf_config" in logs[0]
     # Every worker ends with the same weights (gradients and batch-norm statistics are all-reduced).
     assert final_weights_fingerprint(logs[0]) == final_weights_fingerprint(logs[1])

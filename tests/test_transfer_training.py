@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,12 +17,10 @@ from scipy import stats
 import train_keras
 from conftest import (
     REPO_ROOT,
-    SUBPROCESS_TIMEOUT,
     final_weights_fingerprint,
-    free_ports,
     grey_level,
     log_epochs,
-    subprocess_env,
+    run_local_cluster,
     tiny_run_config,
     train_args,
     write_constant_images,
@@ -529,27 +526,8 @@ def test_two_workers_agree_with_every_transfer_option(tiny_covidx: Path) -> None
         str(REPO_ROOT / "train_keras.py"),
         *train_args(tiny_covidx, *options, epochs=3, name="mw-"),
     ]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=subprocess_env(
-                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-            ),
-        )
-        for i in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=SUBPROCESS_TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    codes, logs = run_local_cluster(cmd)
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     assert "MultiWorkerMirroredStrategy" in logs[0]
     # Same freezing, rates and mixed batches' gradients on both workers: the same weights at the end.
     assert final_weights_fingerprint(logs[0]) == final_weights_fingerprint(logs[1])
