@@ -15,9 +15,9 @@ Measurements (images/s and peak memory of each; see benchmarks/README.md):
                 Skipped, with a message, when torch is not installed (requirements-torch.txt)
 
 Presets: the default runs (1)-(6) in about 6 minutes on 2 CPU cores (512 px pipelines, model at
-64 px) and (7) in a few more (ResNet-18 and ResNet50V2 at 224 px, batch 16); --quick runs in
-under a minute (CI); --full is the GPU-node run (512 px, batch 64; (7) at 224 px, batch 64). Any
-option given explicitly overrides the preset.
+64 px) and (7) in 6-11 more (ResNet-18 and ResNet50V2 at 224 px, batch 16; --only leaves it out);
+--quick runs in under a minute (CI); --full is the GPU-node run (512 px, batch 64; (7) at 224 px,
+batch 64). Any option given explicitly overrides the preset.
 """
 from __future__ import annotations
 
