@@ -36,23 +36,18 @@ from typing import Any
 
 import keras
 
+from models.layer_names import (
+    HEAD_DENSE_NAMES,
+    INPUT_LAYER_NAME,
+    POOL_LAYER_NAMES,
+    output_layer_name,
+)
 from models.weights import ImageNetWeights, is_torch_weights_file, resolve_weights
 
 HEADS: tuple[str, ...] = ("flatten", "avg", "max", "linear")
 INPUT_NORMS: tuple[str, ...] = ("none", "imagenet")
 DTYPE_POLICIES: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16")
 
-# Layer names that code and SURFsara-era weight files look up.
-INPUT_LAYER_NAME = "input_1"
-POOL_LAYER_NAMES: dict[str, str] = {
-    "flatten": "flatten",
-    # Keras 2's default names for these layers.
-    "avg": "global_average_pooling2d",
-    "max": "global_max_pooling2d",
-    # torchvision's adaptive average pool before its single linear layer.
-    "linear": "global_average_pooling2d",
-}
-HEAD_DENSE_NAMES: tuple[str, ...] = ("dense", "dense_1")
 HEAD_UNITS: tuple[int, ...] = (1024, 256)
 
 # ImageNet statistics on the [0, 1] scale (keras.applications.imagenet_utils, "torch" mode).
@@ -60,11 +55,6 @@ IMAGENET_MEAN_RGB: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 Builder = Callable[[Any], Any]  # KerasTensor -> KerasTensor (the feature map)
-
-
-def output_layer_name(num_classes: int) -> str:
-    """Name of the softmax layer (SURFsara's ``FC_3`` for three classes)."""
-    return f"FC_{num_classes}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ import keras
 import numpy as np
 
 from common.fsutil import atomic_write_bytes
-from models.registry import HEAD_DENSE_NAMES, output_layer_name, resolve_model_name
+from models.layer_names import HEAD_DENSE_NAMES, output_layer_name
 from models.weights import SAFETENSORS_SUFFIX, TORCH_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,11 @@ def torch_module_name(architecture: str, layer_name: str) -> str | None:
 
 
 def check_supported(model_name: str) -> str:
-    """Canonical name of ``model_name`` if torchvision weights can be loaded into it, else ``ValueError``."""
-    name = resolve_model_name(model_name)
+    """Canonical name of ``model_name`` if torchvision weights can be loaded into it, else ``ValueError``.
+
+    Case-insensitive (neither supported model has an alias in the registry).
+    """
+    name = model_name.strip().lower() if isinstance(model_name, str) else model_name
     if name not in SUPPORTED_MODELS:
         raise ValueError(
             f"torchvision weights (.pth/.pt/.safetensors) can be loaded into "

@@ -34,7 +34,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from models.registry import INPUT_LAYER_NAME, head_layer_names
+from models.layer_names import INPUT_LAYER_NAME
+from models.registry import head_layer_names
 
 
 @dataclasses.dataclass(frozen=True)
