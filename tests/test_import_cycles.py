@@ -1,4 +1,6 @@
-"""data/ has no import cycle, counting every import: module level, TYPE_CHECKING and inside functions."""
+"""No package of the project has an import cycle, counting every import: module level, TYPE_CHECKING and
+inside functions (a cycle that only works because one side imports late is still two modules that cannot be
+understood, tested or changed apart)."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +10,7 @@ from conftest import REPO_ROOT
 
 
 def _imports(path: Path, package: str, modules: set[str]) -> set[str]:
-    """The data/ modules ``path`` imports (``from x import y`` counts x, and x.y when it is a module)."""
+    """The project modules ``path`` imports (``from x import y`` counts x, and x.y when it is a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -25,9 +27,12 @@ def _imports(path: Path, package: str, modules: set[str]) -> set[str]:
     return found
 
 
+PACKAGES = ("common", "data", "models", "training", "evaluation", "benchmarks")
+
+
 def _graph() -> dict[str, set[str]]:
     files = {}
-    for path in (REPO_ROOT / "data").rglob("*.py"):
+    for path in (p for package in PACKAGES for p in (REPO_ROOT / package).rglob("*.py")):
         name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
         files[name] = path
     graph = {}
@@ -63,8 +68,10 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_data_has_no_import_cycle() -> None:
+def test_no_package_has_an_import_cycle() -> None:
     graph = _graph()
+    assert {"models.registry", "models.torch_weights", "training.trainer", "evaluation.loaders"} <= set(graph)
+    assert "models.layer_names" in graph["models.torch_weights"]
     assert {"data.records", "data.build", "data.report", "data.splits", "data.sources.base"} <= set(graph)
     assert "data.records" in graph["data.report"] and "data.records" in graph["data.splits"]
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
