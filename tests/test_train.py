@@ -339,6 +339,8 @@ def test_help_does_not_import_tensorflow() -> None:
         "import sys, train_keras, eval_keras, create_covidx, predict, compare\n"
         "for m in (train_keras, eval_keras, create_covidx, predict, compare):\n"
         "    try:\n        m.parse_args(['--help'])\n    except SystemExit:\n        pass\n"
+        # The run folder's name and configuration: what the recipes and demo.py read without training.
+        "from training.config import RunConfig, run_folder_name\n"
         "print('tensorflow' in sys.modules)"
     )
     out = subprocess.run(

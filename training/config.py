@@ -13,11 +13,13 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.fsutil import atomic_write_text
-from data.augment import AugmentConfig
 from data.images import RESIZE_METHODS
+
+if TYPE_CHECKING:
+    from data.augment import AugmentConfig
 
 RUN_CONFIG_NAME = "run_config.json"
 
@@ -99,6 +101,10 @@ class RunConfig:
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Here, not at module level: data.augment imports TensorFlow, and run_folder_name and the
+        # configuration are read by light tools (the recipes, demo.py) that must not wait for it.
+        from data.augment import AugmentConfig
+
         if self.resize not in RESIZE_METHODS:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_METHODS)}, received {self.resize!r}")
         # Validate the recorded augmentation and store it in one normal form (JSON lists compare equal).
@@ -112,6 +118,8 @@ class RunConfig:
     @property
     def augmentation(self) -> AugmentConfig | None:
         """The recorded augmentation as the pipeline takes it (None: off)."""
+        from data.augment import AugmentConfig
+
         return None if self.augment is None else AugmentConfig.from_dict(self.augment)
 
     def to_dict(self) -> dict[str, Any]:
