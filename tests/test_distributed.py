@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+import train_keras
 from conftest import (
     REPO_ROOT,
     SUBPROCESS_TIMEOUT,
@@ -117,15 +118,9 @@ def test_two_workers_match_one_worker(dataset: Path, tmp_path: Path) -> None:
     assert "global_batch_size" not in config  # it only repeated batch_size, the global batch
 
     # One worker, same global batch, same data: the same loss up to float summation order.
-    single = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train_keras.py"), *_args(dataset, "one-", "--no_augment")],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-    )
-    assert single.returncode == 0, single.stderr[-2000:]
+    # In this process: no cluster here (train_keras.main reads TF_CONFIG, which the workers alone had).
+    assert "TF_CONFIG" not in os.environ
+    assert train_keras.main(_args(dataset, "one-", "--no_augment")) == 0
     two, one = _first_loss(run_dir), _first_loss(dataset / "output" / "one-lr0.001")
     assert two == pytest.approx(one, rel=1e-4)
 
