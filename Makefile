@@ -2,7 +2,8 @@
 #   make demo   - installs the pinned requirements into .venv and runs the whole job
 #                 (synthetic COVIDx -> training -> evaluation) on 2 CPU cores in minutes
 #   make test   - installs requirements + test requirements, runs ruff (rules in pyproject.toml)
-#                 and the test suite on 2 processes (pytest-xdist)
+#                 and the test suite on 2 processes (pytest-xdist; worksteal: an idle worker takes queued tests
+#                 from the busy one, so the long end-to-end tests do not leave one core idle at the end)
 #   make torch  - optional: PyTorch (CPU) for the tests that compare with real torch (CI runs it
 #                 before make test; without it those tests skip with a message)
 PYTHON ?= python3
@@ -34,7 +35,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m ruff check .
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n 2
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf demo_output output .pytest_cache
