@@ -51,6 +51,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from common.cli import EXIT_FAILURE, EXIT_OK, DefaultsHelpFormatter, UsageError, handle_errors, setup_logging
+from data.images import RESIZE_METHODS
 
 log = logging.getLogger("create_covidx")
 
@@ -163,6 +164,13 @@ def _add_cache_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where the cache goes (default: OUT/cache-SIZE)",
     )
+    cache.add_argument(
+        "--cache-resize",
+        choices=RESIZE_METHODS,
+        default="baseline",
+        help="how the cached images are resized: baseline (SURFsara's cv2-style bilinear) or torchvision "
+        "(Pillow's antialiased bilinear, the PyTorch studies'); train with the same train_keras.py --resize",
+    )
 
 
 def _add_synthetic_args(parser: argparse.ArgumentParser) -> None:
@@ -264,8 +272,13 @@ def _split_name(args: argparse.Namespace, given: dict[str, Path]) -> str:
     return args.split if hasattr(args, "split") else implied_split_rule(given)
 
 
-def _build_cache(out: Path, *, size: int, cache_dir: Path | None, progress: bool) -> Path:
-    """Cache every list found in ``out`` (train, val, test) at ``size`` px; returns the cache folder."""
+def _build_cache(
+    out: Path, *, size: int, cache_dir: Path | None, progress: bool, resize: str = "baseline"
+) -> Path:
+    """Cache every list found in ``out`` (train, val, test) at ``size`` px; returns the cache folder.
+
+    ``resize``: the resize method the cache's images get (``data.images.RESIZE_METHODS``).
+    """
     from data.build import list_name
     from data.cache import build_cache
     from data.pipeline import load_entries
@@ -291,9 +304,11 @@ def _build_cache(out: Path, *, size: int, cache_dir: Path | None, progress: bool
         from tqdm import tqdm
 
         wrap = lambda work: tqdm(work, unit="shard", desc="caching")  # noqa: E731
-    root = build_cache(target, lists=lists, size=size, progress=wrap)
+    root = build_cache(target, lists=lists, size=size, progress=wrap, resize=resize)
     counts = ", ".join(f"{name} {len(entries)}" for name, (entries, _) in lists.items())
-    print(f"cache of {size} x {size} px images ({counts}) in {root}; train with --cache {root}")
+    how = "" if resize == "baseline" else f" --resize {resize}"
+    print(f"cache of {size} x {size} px images ({counts}, {resize} resize) in {root}; "
+          f"train with --cache {root}{how}")
     return root
 
 
@@ -351,7 +366,8 @@ def _run(args: argparse.Namespace) -> int:
     given = _check_options(args)
     progress = not args.no_progress and sys.stderr.isatty()
     if not given and args.synthetic is None:
-        _build_cache(args.out, size=args.cache, cache_dir=args.cache_dir, progress=progress)
+        _build_cache(args.out, size=args.cache, cache_dir=args.cache_dir, progress=progress,
+                     resize=args.cache_resize)
         return EXIT_OK
     split = _split_name(args, given)
     if split != "radiography" and args.radiography_split != DEFAULT_RADIOGRAPHY_SPLIT:
@@ -378,7 +394,8 @@ def _run(args: argparse.Namespace) -> int:
         print("error: no usable image was found in the given sources (see report.json)", file=sys.stderr)
         return EXIT_FAILURE
     if args.cache is not None:
-        _build_cache(args.out, size=args.cache, cache_dir=args.cache_dir, progress=progress)
+        _build_cache(args.out, size=args.cache, cache_dir=args.cache_dir, progress=progress,
+                     resize=args.cache_resize)
     return EXIT_OK
 
 

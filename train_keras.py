@@ -43,6 +43,7 @@ from common.cli import (
     setup_logging,
 )
 from common.disclaimer import DISCLAIMER
+from data.images import RESIZE_METHODS
 from data.lists import VERIFY_MODES
 from training.checks import MAX_BATCH_MEMORY_SHARE, MAX_IMG_SIZE
 
@@ -61,8 +62,6 @@ SURFSARA_REGULARIZER = 1e-3
 # models.HEADS, spelled out here because the registry imports Keras, which --help must not wait for
 # (tests/test_train.py checks that the two agree).
 HEADS = ("flatten", "avg", "max", "linear")
-# data.images.RESIZE_METHODS, spelled out for the same reason (tested equal).
-RESIZE_METHODS = ("baseline", "torchvision")
 
 
 class _OneLineParser(argparse.ArgumentParser):

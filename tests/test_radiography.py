@@ -189,6 +189,11 @@ def test_cache_after_the_build_and_from_existing_lists(tmp_path: Path, db: Path)
         == 0
     )
     assert json.loads((tmp_path / "c16" / "manifest.json").read_text())["size"] == 16
+    # --cache-resize torchvision: the PyTorch studies' resize, recorded for train_keras.py --resize to match.
+    assert create_covidx.main(["--out", str(out), "--cache", "16", "--cache-dir", str(tmp_path / "tv16"),
+                               "--cache-resize", "torchvision", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "tv16" / "manifest.json").read_text())
+    assert (manifest["size"], manifest["resize"]) == (16, "torchvision")
 
 
 def test_cache_only_needs_the_lists(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
