@@ -38,9 +38,32 @@ def _resolve(spec: str) -> tuple[Any, str, Any]:
     return owner, name, getattr(owner, name)  # on a class: the plain function, wherever in the MRO
 
 
+def _patch(spec: str, make_wrapper: Any) -> Any:
+    """Replace ``spec`` by ``make_wrapper(original)`` everywhere it is reachable; returns an undo function.
+
+    Functions are replaced in their module and in every loaded module that imported them by name, so
+    ``from training.checkpoints import save_resume_state`` is caught too.
+    """
+    owner, name, original = _resolve(spec)
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    replaced = [(owner, name)]
+    setattr(owner, name, wrapper)
+    if not isinstance(owner, type):
+        for module in list(sys.modules.values()):
+            for attr, value in list(getattr(module, "__dict__", {}).items()):
+                if value is original:
+                    setattr(module, attr, wrapper)
+                    replaced.append((module, attr))
+
+    def undo() -> None:
+        for where, attr in replaced:
+            setattr(where, attr, original)
+
+    return undo
+
+
 def install_fault(spec: str, when: str, nth: int, signame: str, fired: Path | None) -> None:
     """Patch ``spec`` so that its ``nth`` call sends ``signame`` to this process ``when`` (before/after)."""
-    owner, name, original = _resolve(spec)
     calls = 0
     tag = f"{spec}:{when}:{nth}:{signame}"
 
@@ -52,23 +75,46 @@ def install_fault(spec: str, when: str, nth: int, signame: str, fired: Path | No
                 os.fsync(fh.fileno())
         os.kill(os.getpid(), SIGNALS[signame])
 
-    @functools.wraps(original)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == nth and when == "before":
-            fire()
-        result = original(*args, **kwargs)
-        if calls == nth and when == "after":
-            fire()
-        return result
+    def make_wrapper(original: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == nth and when == "before":
+                fire()
+            result = original(*args, **kwargs)
+            if calls == nth and when == "after":
+                fire()
+            return result
 
-    setattr(owner, name, wrapper)
-    if not isinstance(owner, type):
-        for module in list(sys.modules.values()):
-            for attr, value in list(getattr(module, "__dict__", {}).items()):
-                if value is original:
-                    setattr(module, attr, wrapper)
+        return wrapper
+
+    _patch(spec, make_wrapper)
+
+
+def count_calls(specs: list[str], counts: dict[str, int]) -> Any:
+    """Count the calls of every ``spec`` into ``counts`` (patched as faults are); returns an undo function.
+
+    The test runs an uninterrupted run this way to prove that every fault it may choose is a function
+    the run really calls, as often as the fault's call number needs.
+    """
+    undos = []
+    for spec in specs:
+        counts[spec] = 0
+
+        def make_wrapper(original: Any, spec: str = spec) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                counts[spec] += 1
+                return original(*args, **kwargs)
+
+            return wrapper
+
+        undos.append(_patch(spec, make_wrapper))
+
+    def undo() -> None:
+        for step in reversed(undos):
+            step()
+
+    return undo
 
 
 def main(argv: list[str] | None = None) -> int:

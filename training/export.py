@@ -183,5 +183,15 @@ def export_saved_model(
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
     )
     with atomic_dir(directory) as tmp:
-        archive.write_out(str(tmp), verbose=False)
+        write_archive(archive, tmp)
     return directory
+
+
+def write_archive(archive: keras.export.ExportArchive, folder: Path) -> None:
+    """Write ``archive`` as a SavedModel into ``folder`` (the hidden temporary one, before the swap).
+
+    A function of its own so that tests/test_fault_injection_train.py can kill the process right after
+    the SavedModel is complete but before it has its name: Keras 3 returns a backend subclass from
+    ``ExportArchive()``, whose ``write_out`` is not the one ``keras.export.ExportArchive`` shows.
+    """
+    archive.write_out(str(folder), verbose=False)
