@@ -395,7 +395,7 @@ def test_cache_reads_bom_crlf_tabs_and_blank_lines_and_refuses_bad_lines(
     cached = (out / "cache-16" / "train_COVIDx.txt").read_text(encoding="utf-8").splitlines()
     assert cached == ["p0 train0.png normal cohen", "p1 train1.png pneumonia cohen",
                       "COVID 2 train2.png COVID-19 sirm"]
-    assert "(train 3, test 3)" in stdout
+    assert "(train 3, test 3, baseline resize)" in stdout
     for bad, reason in (("t9 test0.png\n", "line 4: expected at least 3 fields"),
                         ("t9 test0.png flu rsna\n", "line 4: no known label in fields 3 and after")):
         good = "".join(f"t{i} test{i}.png {labels[i]} rsna\n" for i in range(3))
