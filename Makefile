@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test torch venv clean
+.PHONY: demo test test-fast torch venv clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m ruff check .
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n 2 --dist worksteal
+
+# The inner loop while changing code: everything but the end-to-end runs marked slow (CI runs all).
+test-fast: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 clean:
 	rm -rf demo_output output .pytest_cache
