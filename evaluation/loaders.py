@@ -67,9 +67,10 @@ from evaluation.preprocessing import (
     DEFAULT_RESIZE,
     Preprocessing,
     Recorded,
+    RunRecord,
     check_resize,
     choose_preprocessing,
-    recorded_in_run_config,
+    run_record,
 )
 
 log = logging.getLogger(__name__)
@@ -392,16 +393,23 @@ def _load_keras_file(path: Path, kind: str, img_size: int | None) -> Predictor:
 
 
 def _spec_for_weights(
-    path: Path, *, model: str | None, img_size: int | None, head: str | None, channels: int | None
+    path: Path,
+    *,
+    record: RunRecord | None,
+    model: str | None,
+    img_size: int | None,
+    head: str | None,
+    channels: int | None,
 ) -> tuple[Any, str]:
-    """The ModelSpec a weights-only file is loaded into, and where it came from."""
+    """The ModelSpec a weights-only file is loaded into (``record``: the run configuration beside it),
+    and where it came from."""
     from models import ModelSpec, resolve_model_name
-    from training.config import RUN_CONFIG_NAME, read_run_config
+    from training.config import RUN_CONFIG_NAME
 
-    config_path = path.parent / RUN_CONFIG_NAME
-    if config_path.is_file():
+    if record is not None:
+        config_path = record.path
         try:
-            spec = ModelSpec.from_dict(read_run_config(config_path).model)
+            spec = ModelSpec.from_dict(record.config.model)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(
                 f"run configuration {config_path} (for checkpoint {path}) is unusable: {_reason(exc)}"
@@ -442,12 +450,20 @@ def _spec_for_weights(
 
 
 def _load_keras_weights(
-    path: Path, *, model: str | None, img_size: int | None, head: str | None, channels: int | None
+    path: Path,
+    *,
+    record: RunRecord | None,
+    model: str | None,
+    img_size: int | None,
+    head: str | None,
+    channels: int | None,
 ) -> Predictor:
     from models import build_model_from_spec
     from training.checkpoints import load_weights_file
 
-    spec, source = _spec_for_weights(path, model=model, img_size=img_size, head=head, channels=channels)
+    spec, source = _spec_for_weights(
+        path, record=record, model=model, img_size=img_size, head=head, channels=channels
+    )
     keras_model = build_model_from_spec(spec, weights=None)
     try:
         load_weights_file(keras_model, path)  # ValueError naming the file when the weights do not fit
@@ -835,12 +851,18 @@ def load_predictor(
             )
     if kind == "onnx":
         return _load_onnx(path, img_size, onnx_conventions, resize)
-    # A Keras or TensorFlow model trained by train_keras.py: its run folder records the resize.
-    preprocessing = choose_preprocessing(resize, recorded_in_run_config(path), checkpoint=path)
+    # A Keras or TensorFlow model trained by train_keras.py: its run folder records the resize (and, for
+    # weights only, the architecture), read once.
+    record = run_record(path)
+    preprocessing = choose_preprocessing(
+        resize, None if record is None else record.recorded, checkpoint=path
+    )
     if kind in ("keras-h5", "keras"):
         predictor = _load_keras_file(path, kind, img_size)
     elif kind == "keras-weights":
-        predictor = _load_keras_weights(path, model=model, img_size=img_size, head=head, channels=channels)
+        predictor = _load_keras_weights(
+            path, record=record, model=model, img_size=img_size, head=head, channels=channels
+        )
     else:
         predictor = _load_saved_model(path, img_size)
     return dataclasses.replace(predictor, preprocessing=preprocessing)

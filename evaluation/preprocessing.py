@@ -27,8 +27,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data.images import RESIZE_METHODS
+
+if TYPE_CHECKING:
+    from training.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +94,26 @@ def run_config_beside(checkpoint: str | Path) -> Path:
     return path.parent / RUN_CONFIG_NAME
 
 
-def recorded_in_run_config(checkpoint: str | Path) -> Recorded | None:
-    """The resize method of the run that wrote ``checkpoint``, from the ``run_config.json`` beside it.
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """The ``run_config.json`` beside a checkpoint, read once: it gives the resize method and, for a
+    weights-only file, the architecture (:mod:`evaluation.loaders`)."""
 
-    None when there is no such file. A file without a ``"resize"`` key was
-    written before the choice existed, by a run that used ``"baseline"``. A file
-    that cannot be read is a ``ValueError`` naming it: guessing the
-    preprocessing instead would silently change what is measured.
+    config: RunConfig
+    path: Path
+
+    @property
+    def recorded(self) -> Recorded:
+        """The resize method it records (a file written before the key existed says ``"baseline"``)."""
+        return Recorded(resize=self.config.resize, where=str(self.path))  # RunConfig checks the value
+
+
+def run_record(checkpoint: str | Path) -> RunRecord | None:
+    """The run configuration of the run that wrote ``checkpoint``, from the ``run_config.json`` beside it.
+
+    None when there is no such file. A file that cannot be read is a
+    ``ValueError`` naming it: guessing the preprocessing (or a weights-only
+    file's architecture) instead would silently change what is measured.
     """
     from training.config import read_run_config
 
@@ -107,11 +124,11 @@ def recorded_in_run_config(checkpoint: str | Path) -> Recorded | None:
         config = read_run_config(config_path)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(
-            f"run configuration {config_path} (for checkpoint {checkpoint}) is unusable, so the resize "
-            f"method the model was trained with is unknown ({type(exc).__name__}: {exc}); fix or move the "
-            f"file, or give {RESIZE_FLAG}"
+            f"run configuration {config_path} (for checkpoint {checkpoint}) is unusable, so how the model "
+            f"was trained (its resize method; for a weights-only file, its architecture) is unknown "
+            f"({type(exc).__name__}: {exc}); fix the file, or move it away to use the flags"
         ) from exc
-    return Recorded(resize=config.resize, where=str(config_path))  # RunConfig checks the value
+    return RunRecord(config=config, path=config_path)
 
 
 def choose_preprocessing(

@@ -215,6 +215,10 @@ def test_weights_architecture_from_run_config(tiny_keras: dict, tmp_path: Path) 
     # Not a complete run configuration: a one-line error naming it.
     with pytest.raises(ValueError, match=r"run_config.json .* is unusable"):
         load_predictor(weights)
+    # --resize does not make the file usable (it also holds the architecture): the advice says so.
+    with pytest.raises(ValueError, match=r"is unusable, .*fix the file, or move it away") as raised:
+        load_predictor(weights, resize="baseline")
+    assert "--resize" not in str(raised.value)
     (tmp_path / "run_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_predictor(weights)
