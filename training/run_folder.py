@@ -92,10 +92,7 @@ def check_same_settings(config: RunConfig, previous: RunConfig, run_dir: Path) -
     """Refuse to continue ``previous`` (the folder's run) with settings that change what it means."""
     changed = config.changes_blocking_resume(previous)
     if changed:
-        details = "; ".join(
-            f"{k}: {old!r} -> {new!r}"
-            for k, old, new in ((k, v[0], v[1]) for k, v in sorted(changed.items()))
-        )
+        details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
         raise ValueError(
             f"run folder {run_dir} holds a run with different settings (recorded -> received: {details}); "
             "re-run with the same flags to resume it, use another --name or --output, "
