@@ -20,6 +20,7 @@ from training.callbacks import TrainingDiverged
 from training.checkpoints import find_resume_state
 from training.config import RunConfig
 from training.preemption import EXIT_PREEMPTED, TrainingInterrupted
+from training.run_data import image_folder
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,15 @@ def input_error(config: RunConfig, exc: tf.errors.OpError, *, during: str) -> st
 
 def _lists_read(config: RunConfig, *, during: str) -> list[tuple[str, str, Path]]:
     """``(flag, list file, image folder)`` of the lists a run reads ``during`` training or the test."""
-    data_path = Path(config.data_path)
     if during == "test":
-        return [("--testfile", config.testfile, data_path / "test")]
-    lists = [("--trainfile", config.trainfile, data_path / "train")]
-    if config.valfile:
-        lists.append(("--valfile", config.valfile, data_path / "train"))
-    elif config.val_split == 0:
-        lists.append(("--testfile", config.testfile, data_path / "test"))  # the validation list
-    return lists
+        lists = [("--testfile", config.testfile)]
+    else:
+        lists = [("--trainfile", config.trainfile)]
+        if config.valfile:
+            lists.append(("--valfile", config.valfile))
+        elif config.val_split == 0:
+            lists.append(("--testfile", config.testfile))  # the validation list
+    return [(flag, list_file, image_folder(config.data_path, flag)) for flag, list_file in lists]
 
 
 def op_error_summary(exc: tf.errors.OpError, limit: int = 300) -> str:

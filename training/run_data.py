@@ -35,6 +35,12 @@ from training.strategy import Distribution
 log = logging.getLogger(__name__)
 
 
+def image_folder(data_path: str | Path, flag: str) -> Path:
+    """Where the images of the list given as ``flag`` are: SURFsara's ``DATA_PATH/train`` and
+    ``DATA_PATH/test``; a ``--valfile`` holds training images, in ``train/``."""
+    return Path(data_path) / ("test" if flag == "--testfile" else "train")
+
+
 @dataclasses.dataclass
 class RunData:
     """The three lists a run uses and where their images come from (folders or a cache)."""
@@ -75,11 +81,11 @@ def load_run_data(
         raise FileNotFoundError(f"--data_path {root} does not exist")
     # (flag, list file, image folder, cache split); validation images are training data, in train/.
     wanted = [
-        ("--trainfile", trainfile, root / "train", "train"),
-        ("--testfile", testfile, root / "test", "test"),
+        ("--trainfile", trainfile, image_folder(root, "--trainfile"), "train"),
+        ("--testfile", testfile, image_folder(root, "--testfile"), "test"),
     ]
     if valfile:
-        wanted.append(("--valfile", valfile, root / "train", "val"))
+        wanted.append(("--valfile", valfile, image_folder(root, "--valfile"), "val"))
     lists: dict[str, list[ListEntry]] = {}
     images: dict[str, ImageSource] = {}
     for flag, list_file, image_dir, split in wanted:
@@ -155,15 +161,13 @@ def list_fingerprints(*, data_path: str, trainfile: str, testfile: str, valfile:
     from data.lists import read_list
 
     root = Path(data_path)
-    lists = [("--trainfile", trainfile, root / "train"),
-             ("--valfile", valfile, root / "train"),
-             ("--testfile", testfile, root / "test")]
     found: dict[str, str] = {}
     start = time.perf_counter()
     hashed_total = 0
-    for flag, list_file, image_dir in lists:
+    for flag, list_file in (("--trainfile", trainfile), ("--valfile", valfile), ("--testfile", testfile)):
         if not list_file:
             continue
+        image_dir = image_folder(root, flag)
         entries = read_list(list_file).entries
         if not all((image_dir / e.filename).is_file() for e in entries):
             log.debug("%s %s: not every image is in %s (training from --cache?): no fingerprint recorded",
