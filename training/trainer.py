@@ -501,10 +501,14 @@ def weights_fingerprint(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
+def _float32_copy(model: keras.Model, *, spec: ModelSpec) -> keras.Model:
+    """``model``'s weights in a float32 model rebuilt from ``spec`` (what every exported file holds)."""
+    return float32_model(model, functools.partial(build_model_from_spec, spec, weights=None))
+
+
 def _export_model_file(model: keras.Model, path: Path, *, spec: ModelSpec) -> None:
     """A training model as a portable float32 HDF5 model file (full-model checkpoints)."""
-    rebuild = functools.partial(build_model_from_spec, spec, weights=None)
-    write_portable_h5(float32_model(model, rebuild), path)
+    write_portable_h5(_float32_copy(model, spec=spec), path)
 
 
 def export_final_model(
@@ -514,7 +518,7 @@ def export_final_model(
 
     ``resize`` is the run's resize method, which the SavedModel's bytes signature applies.
     """
-    final = float32_model(model, functools.partial(build_model_from_spec, spec, weights=None))
+    final = _float32_copy(model, spec=spec)
     log.info("final weights fingerprint (worker %d): %s", worker_index, weights_fingerprint(final))
     write_portable_h5(final, out_dir / FINAL_MODEL)
     export_saved_model(final, out_dir / SAVED_MODEL, resize=resize)
